@@ -1,0 +1,1 @@
+"""harness: a plugin host for comparing certified-robustness methods."""

@@ -1,0 +1,196 @@
+"""The kinds of component a plugin can register, and what each must provide.
+
+Every component is a class with declarative metadata: a unique lowercase
+``name`` (per kind), a one-line ``description``, its ``source`` (the paper it
+reproduces) and an ``Options`` dataclass of typed, closed options. The host
+instantiates a component with validated options: ``Cls(options)``.
+
+Models take raw images in ``[0, 1]`` (``N×C×H×W``) and return logits; any
+normalisation happens inside the model. That keeps the threat model, the
+attacks and the certifiers the same for every method. A model may also
+implement the protocols below, which certifiers use to decide whether they
+apply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from harness.data.types import DatasetInfo, Splits
+from harness.errors import PluginError
+from harness.options import NoOptions, option_docs, parse_options
+from harness.threat import NORMS, ThreatModel
+
+if TYPE_CHECKING:
+    from harness.train import TrainContext, TrainData
+
+KINDS = ("model", "trainer", "certifier", "attacker", "dataset")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a component comes from: the paper it reproduces, and its code."""
+
+    title: str
+    authors: str = ""
+    venue: str = ""
+    url: str = ""
+    code: str = ""
+
+    def __str__(self) -> str:
+        who = f"{self.authors}, " if self.authors else ""
+        venue = f" ({self.venue})" if self.venue else ""
+        return f"{who}{self.title}{venue}"
+
+
+class Component:
+    """Base of every component kind."""
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str]
+    source: ClassVar[Source | None] = None
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def from_config(cls, values: dict[str, Any] | None = None) -> Component:
+        """Instantiate with options parsed (and validated) from plain values."""
+        return cls(parse_options(cls.Options, values or {}, f"{cls.kind} {cls.name!r}"))
+
+    @classmethod
+    def option_docs(cls) -> list[tuple[str, str, Any, str]]:
+        return option_docs(cls.Options)
+
+    @classmethod
+    def validate_class(cls) -> None:
+        """Check the declarative metadata; raise PluginError naming what is wrong."""
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        for attr in ("kind", "name", "description"):
+            if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
+                raise PluginError(f"{where} must set a non-empty string {attr!r}")
+        if cls.kind not in KINDS:
+            raise PluginError(f"{where}: unknown kind {cls.kind!r}; kinds: {', '.join(KINDS)}")
+        if cls.name != cls.name.lower() or " " in cls.name:
+            raise PluginError(f"{where}: name {cls.name!r} must be lowercase without spaces")
+        norms = getattr(cls, "norms", None)
+        if norms is not None and not set(norms) <= set(NORMS):
+            raise PluginError(f"{where}: norms {norms!r} must be among {NORMS}")
+
+
+class Dataset(Component):
+    """A labelled image dataset with a train and a test split."""
+
+    kind = "dataset"
+    info: ClassVar[DatasetInfo]
+
+    def load(self, root: Path, *, download: bool = True) -> Splits:
+        """Load both splits from ``root``, verifying checksums.
+
+        Downloads from the official location when files are missing and
+        ``download`` is true; raises :class:`~harness.errors.UsageError`
+        naming the missing or corrupt file otherwise.
+        """
+        raise NotImplementedError(f"dataset {self.name!r} does not implement load()")
+
+
+class Model(Component):
+    """Builds the network a trainer trains."""
+
+    kind = "model"
+
+    def build(self, data: DatasetInfo) -> nn.Module:
+        """Return a fresh network mapping ``[0,1]`` images ``N×C×H×W`` to logits ``N×K``."""
+        raise NotImplementedError(f"model {self.name!r} does not implement build()")
+
+
+class Trainer(Component):
+    """A training method: what ``harness run --plugin NAME`` names.
+
+    ``model`` is the name of the model it trains unless a preset names
+    another. ``norms`` are the threat models it trains for. Its ``Options``
+    must have an integer ``epochs`` field (the ``--epochs`` override); fields
+    declared with :func:`harness.options.epochs_field` scale with it.
+    """
+
+    kind = "trainer"
+    model: ClassVar[str]
+    norms: ClassVar[tuple[str, ...]] = ("inf",)
+
+    def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
+        """Train ``model`` in place on ``data`` for ``ctx.threat``.
+
+        It must leave the model in its final, evaluated form (for the l_inf-dist
+        nets, p = ∞). Report progress through ``ctx.progress``.
+        """
+        raise NotImplementedError(f"trainer {self.name!r} does not implement fit()")
+
+
+@dataclass
+class Certificate:
+    """Per-sample verdicts of a certifier.
+
+    ``certified[i]`` promises that every input in the threat model's ball
+    around sample ``i`` (and inside ``[0,1]``) is classified as its label.
+    ``radius[i]``, when the certifier yields one, is the largest radius it
+    certifies (raw pixel units, in the threat's norm); 0 where it certifies
+    nothing.
+    """
+
+    certified: torch.Tensor
+    radius: torch.Tensor | None = None
+
+
+class Certifier(Component):
+    """Sound robustness verification of a trained model."""
+
+    kind = "certifier"
+    norms: ClassVar[tuple[str, ...]]
+
+    def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
+        """Whether this certifier can certify ``model`` under ``threat``."""
+        return threat.norm in self.norms
+
+    def certify(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> Certificate:
+        """Certify a batch (the model is in eval mode, on the images' device)."""
+        raise NotImplementedError(f"certifier {self.name!r} does not implement certify()")
+
+
+class Attacker(Component):
+    """An empirical attack: an upper bound on robust accuracy."""
+
+    kind = "attacker"
+    norms: ClassVar[tuple[str, ...]]
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        """Return adversarial images inside the threat model's ball and ``[0,1]``."""
+        raise NotImplementedError(f"attacker {self.name!r} does not implement perturb()")
+
+
+# -- protocols that models may implement, and certifiers rely on --------------------------
+
+
+@runtime_checkable
+class LipschitzBounded(Protocol):
+    """A model that knows an upper bound on the Lipschitz constant of each logit."""
+
+    def lipschitz_constant(self, norm: str) -> float | None:
+        """An upper bound L with ``|z_k(x) − z_k(x')| ≤ L·‖x − x'‖_norm`` for every logit k,
+        w.r.t. raw ``[0,1]`` inputs, in the model's current (eval) state; ``None`` if unknown."""
+
+
+@runtime_checkable
+class IntervalBounded(Protocol):
+    """A model that can bound its logits over an input box."""
+
+    def interval_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Sound element-wise (lower, upper) bounds of the logits for inputs in the box
+        ``[lower, upper]`` (raw ``[0,1]`` images), in eval mode; ``None`` if the model
+        cannot bound itself in its current state."""

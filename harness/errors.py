@@ -1,0 +1,45 @@
+"""Domain exceptions.
+
+Library code raises these; only the CLI turns them into exit codes. A
+:class:`UsageError` is the user's mistake (bad name, bad value, missing file):
+the CLI prints its message on one line and exits with status 2, without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HarnessError(Exception):
+    """Base class of every error the harness raises on purpose."""
+
+
+class UsageError(HarnessError):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+    exit_code = 2
+
+
+class PluginError(HarnessError):
+    """A plugin broke the host's contract (duplicate names, bad metadata)."""
+
+
+class SoundnessError(HarnessError):
+    """A certifier certified a sample that an attack broke: a critical bug."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice most similar to ``name``, if any is reasonably close."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return matches[0] if matches else None
+
+
+def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UsageError:
+    """The error for a lookup that failed: the name, the closest match, every choice."""
+    choices = sorted(choices)
+    hint = closest(name, choices)
+    did_you_mean = f"did you mean {hint!r}? " if hint else ""
+    available = ", ".join(choices) if choices else "none"
+    return UsageError(f"unknown {kind} {name!r}; {did_you_mean}available: {available}")

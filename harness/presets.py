@@ -1,0 +1,140 @@
+"""Presets: named, sourced training configurations stored as TOML data files.
+
+File format (``registry/presets/*.toml``)::
+
+    trainer = "linf_v2"                 # the method these presets configure
+
+    [[presets]]
+    name = "paper-0.3"                  # unique per (trainer, dataset)
+    dataset = "mnist"
+    norm = "inf"
+    eps = 0.3                           # raw pixel units; "8/255" is accepted
+    default = true                      # chosen when --preset and --eps are not given
+    seed = 2021
+    source = "where every value comes from"
+    model = "linf_dist_net"             # optional: defaults to the trainer's model
+
+    [presets.model_options]             # options of the model component
+    depth = 5
+
+    [presets.trainer_options]           # options of the trainer component
+    epochs = 450
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib.resources.abc import Traversable
+from pathlib import Path
+from typing import Any
+
+from harness.errors import PluginError, UsageError, unknown_name
+from harness.threat import format_eps, parse_eps, parse_norm
+
+_PRESET_KEYS = {"name", "dataset", "norm", "eps", "default", "seed", "source", "model", "model_options", "trainer_options"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    trainer: str
+    name: str
+    dataset: str
+    norm: str
+    eps: float
+    source: str
+    origin: str  # file and plugin it came from
+    default: bool = False
+    seed: int | None = None
+    model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    trainer_options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.dataset}, l_{self.norm} eps {format_eps(self.eps)})"
+
+
+def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
+    """Parse one preset file; a malformed file is the plugin's bug (PluginError)."""
+    origin = f"{getattr(path, 'name', path)} (plugin {plugin!r})"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PluginError(f"cannot read presets {origin}: {exc}") from None
+    trainer = data.get("trainer")
+    if not isinstance(trainer, str):
+        raise PluginError(f"presets {origin} must name a top-level 'trainer'")
+    presets = []
+    for raw in data.get("presets", []):
+        unknown = set(raw) - _PRESET_KEYS
+        missing = {"name", "dataset", "eps", "source"} - set(raw)
+        if unknown or missing:
+            raise PluginError(f"preset {raw.get('name')!r} in {origin}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        try:
+            presets.append(
+                Preset(
+                    trainer=trainer,
+                    name=raw["name"],
+                    dataset=raw["dataset"],
+                    norm=parse_norm(raw.get("norm", "inf")),
+                    eps=parse_eps(raw["eps"]),
+                    source=raw["source"],
+                    origin=origin,
+                    default=bool(raw.get("default", False)),
+                    seed=raw.get("seed"),
+                    model=raw.get("model"),
+                    model_options=dict(raw.get("model_options", {})),
+                    trainer_options=dict(raw.get("trainer_options", {})),
+                )
+            )
+        except UsageError as exc:
+            raise PluginError(f"preset {raw.get('name')!r} in {origin}: {exc}") from None
+    return presets
+
+
+def select_preset(
+    presets: list[Preset],
+    *,
+    trainer: str,
+    dataset: str,
+    name: str | None,
+    norm: str,
+    eps: float | None,
+) -> Preset | None:
+    """The preset a run uses.
+
+    ``--preset NAME`` picks by name; otherwise the preset whose threat model
+    matches ``--eps``; otherwise the dataset's default preset. ``None`` when
+    the trainer has no presets at all (it then runs with its default options).
+    """
+    if not presets and name is None:
+        return None
+    mine = [p for p in presets if p.dataset == dataset]
+    if name is not None:
+        for preset in mine:
+            if preset.name == name:
+                return preset
+        elsewhere = sorted({p.dataset for p in presets if p.name == name})
+        if elsewhere:
+            raise UsageError(
+                f"preset {name!r} of {trainer!r} is for {', '.join(elsewhere)}, not {dataset!r}; "
+                f"presets for {dataset!r}: {', '.join(p.name for p in mine) or 'none'}"
+            )
+        raise unknown_name(f"preset of {trainer!r} for {dataset!r}", name, [p.name for p in mine])
+    if not mine:
+        datasets = sorted({p.dataset for p in presets})
+        raise UsageError(f"{trainer!r} has no preset for dataset {dataset!r}; it has presets for: {', '.join(datasets)}")
+    listing = "; ".join(p.describe() for p in mine)
+    if eps is not None:
+        matching = [p for p in mine if p.norm == norm and math.isclose(p.eps, eps, rel_tol=1e-6)]
+        if len(matching) == 1:
+            return matching[0]
+        raise UsageError(
+            f"{trainer!r} has no preset for {dataset!r} at l_{norm} eps {format_eps(eps)}; "
+            f"choose one with --preset (it then runs at your eps): {listing}"
+        )
+    defaults = [p for p in mine if p.default] or (mine if len(mine) == 1 else [])
+    if not defaults:
+        raise UsageError(f"{trainer!r} has several presets for {dataset!r} and no default; choose with --preset or --eps: {listing}")
+    return defaults[0]

@@ -1,0 +1,88 @@
+"""Numbers reported in papers, kept apart from measured runs.
+
+File format (``registry/reported/*.toml``)::
+
+    [[results]]
+    method = "linf_v2"          # trainer name, when the harness implements the method
+    label = "l_inf-dist net v2" # how the leaderboard names it
+    dataset = "mnist"
+    norm = "inf"
+    eps = 0.3
+    clean = 98.56               # percent, as printed in the paper
+    pgd = 94.73                 # percent; omit when not reported
+    certified = 93.20           # percent
+    attack = "PGD-100"          # what the attack column means for this row
+    epochs = 450
+    source = "Zhang et al., ICLR 2022, Table 2 (median of 8 runs)"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from importlib.resources.abc import Traversable
+from pathlib import Path
+
+from harness.errors import PluginError, UsageError
+from harness.threat import parse_eps, parse_norm
+
+_KEYS = {"method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source"}
+
+
+@dataclass(frozen=True)
+class ReportedResult:
+    """One row of a paper's table. Accuracies are fractions in [0, 1]."""
+
+    label: str
+    dataset: str
+    norm: str
+    eps: float
+    certified: float | None
+    clean: float | None
+    pgd: float | None
+    source: str
+    method: str | None = None
+    attack: str | None = None
+    epochs: int | None = None
+
+
+def _fraction(value: float | None, where: str) -> float | None:
+    if value is None:
+        return None
+    if not 0 <= value <= 100:
+        raise PluginError(f"{where}: accuracy {value} is not a percentage")
+    return value / 100
+
+
+def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]:
+    origin = f"{getattr(path, 'name', path)} (plugin {plugin!r})"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise PluginError(f"cannot read reported results {origin}: {exc}") from None
+    results = []
+    for raw in data.get("results", []):
+        where = f"reported result {raw.get('label')!r} in {origin}"
+        unknown = set(raw) - _KEYS
+        missing = {"label", "dataset", "eps", "source"} - set(raw)
+        if unknown or missing:
+            raise PluginError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        try:
+            results.append(
+                ReportedResult(
+                    label=raw["label"],
+                    dataset=raw["dataset"],
+                    norm=parse_norm(raw.get("norm", "inf")),
+                    eps=parse_eps(raw["eps"]),
+                    clean=_fraction(raw.get("clean"), where),
+                    pgd=_fraction(raw.get("pgd"), where),
+                    certified=_fraction(raw.get("certified"), where),
+                    source=raw["source"],
+                    method=raw.get("method"),
+                    attack=raw.get("attack"),
+                    epochs=raw.get("epochs"),
+                )
+            )
+        except UsageError as exc:
+            raise PluginError(f"{where}: {exc}") from None
+    return results
