@@ -1,1 +1,45 @@
-"""harness: a plugin host for comparing certified-robustness methods."""
+"""harness: a plugin host for comparing certified-robustness methods.
+
+The public API for plugin authors is what this module exports; plugins import
+nothing else from the host except :mod:`harness.options`, :mod:`harness.data`
+and :mod:`harness.train` helpers.
+"""
+
+from harness.components import (
+    Attacker,
+    Certificate,
+    Certifier,
+    Dataset,
+    IntervalBounded,
+    LipschitzBounded,
+    Model,
+    Source,
+    Trainer,
+)
+from harness.data.types import DatasetInfo, Splits
+from harness.errors import HarnessError, PluginError, SoundnessError, UsageError
+from harness.hookspecs import hookimpl
+from harness.threat import ThreatModel
+from harness.train import TrainContext, TrainData
+
+__all__ = [
+    "Attacker",
+    "Certificate",
+    "Certifier",
+    "Dataset",
+    "DatasetInfo",
+    "HarnessError",
+    "IntervalBounded",
+    "LipschitzBounded",
+    "Model",
+    "PluginError",
+    "SoundnessError",
+    "Source",
+    "Splits",
+    "ThreatModel",
+    "TrainContext",
+    "TrainData",
+    "Trainer",
+    "UsageError",
+    "hookimpl",
+]

@@ -190,7 +190,9 @@ class LipschitzBounded(Protocol):
 class IntervalBounded(Protocol):
     """A model that can bound its logits over an input box."""
 
-    def interval_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Sound element-wise (lower, upper) bounds of the logits for inputs in the box
-        ``[lower, upper]`` (raw ``[0,1]`` images), in eval mode; ``None`` if the model
-        cannot bound itself in its current state."""
+    def supports_interval_bounds(self) -> bool:
+        """Whether :meth:`interval_bounds` is sound for the model in its current state."""
+
+    def interval_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sound element-wise (lower, upper) bounds of the logits for every input in the
+        box ``[lower, upper]`` (raw ``[0,1]`` images ``N×C×H×W``), in eval mode."""

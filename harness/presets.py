@@ -9,6 +9,7 @@ File format (``registry/presets/*.toml``)::
     dataset = "mnist"
     norm = "inf"
     eps = 0.3                           # raw pixel units; "8/255" is accepted
+    paper = true                        # a paper's setting: --eps picks among these
     default = true                      # chosen when --preset and --eps are not given
     seed = 2021
     source = "where every value comes from"
@@ -33,7 +34,7 @@ from typing import Any
 from harness.errors import PluginError, UsageError, unknown_name
 from harness.threat import format_eps, parse_eps, parse_norm
 
-_PRESET_KEYS = {"name", "dataset", "norm", "eps", "default", "seed", "source", "model", "model_options", "trainer_options"}
+_PRESET_KEYS = {"name", "dataset", "norm", "eps", "paper", "default", "seed", "source", "model", "model_options", "trainer_options"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Preset:
     eps: float
     source: str
     origin: str  # file and plugin it came from
+    paper: bool = False
     default: bool = False
     seed: int | None = None
     model: str | None = None
@@ -81,6 +83,7 @@ def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
                     eps=parse_eps(raw["eps"]),
                     source=raw["source"],
                     origin=origin,
+                    paper=bool(raw.get("paper", False)),
                     default=bool(raw.get("default", False)),
                     seed=raw.get("seed"),
                     model=raw.get("model"),
@@ -104,8 +107,8 @@ def select_preset(
 ) -> Preset | None:
     """The preset a run uses.
 
-    ``--preset NAME`` picks by name; otherwise the preset whose threat model
-    matches ``--eps``; otherwise the dataset's default preset. ``None`` when
+    ``--preset NAME`` picks by name; otherwise the paper preset whose threat
+    model matches ``--eps``; otherwise the dataset's default preset. ``None`` when
     the trainer has no presets at all (it then runs with its default options).
     """
     if not presets and name is None:
@@ -127,7 +130,7 @@ def select_preset(
         raise UsageError(f"{trainer!r} has no preset for dataset {dataset!r}; it has presets for: {', '.join(datasets)}")
     listing = "; ".join(p.describe() for p in mine)
     if eps is not None:
-        matching = [p for p in mine if p.norm == norm and math.isclose(p.eps, eps, rel_tol=1e-6)]
+        matching = [p for p in mine if p.paper and p.norm == norm and math.isclose(p.eps, eps, rel_tol=1e-6)]
         if len(matching) == 1:
             return matching[0]
         raise UsageError(

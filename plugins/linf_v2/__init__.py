@@ -1,1 +1,33 @@
-"""TODO"""
+"""Built-in plugin: the l_inf-dist net v2 (Zhang et al., ICLR 2022).
+
+Registers the ``linf_dist_net`` model, the ``linf_v2`` trainer, the paper's
+presets (``registry/presets/linf_v2.toml``) and its reported numbers
+(``registry/reported/linf_v2.toml``).
+"""
+
+from __future__ import annotations
+
+from harness.hookspecs import hookimpl
+from harness_plugins.linf_v2.model import LinfDistNetModel
+from harness_plugins.linf_v2.trainer import LinfV2Trainer
+from harness_registry import path
+
+
+@hookimpl
+def register_models():
+    return [LinfDistNetModel]
+
+
+@hookimpl
+def register_trainers():
+    return [LinfV2Trainer]
+
+
+@hookimpl
+def register_presets():
+    return [path("presets", "linf_v2.toml")]
+
+
+@hookimpl
+def register_reported_results():
+    return [path("reported", "linf_v2.toml")]

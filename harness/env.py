@@ -1,0 +1,84 @@
+"""What produced a run: versions, code commit, hardware."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import UsageError
+
+DISTRIBUTION = "harness-bench"
+
+
+def harness_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@lru_cache(maxsize=1)
+def git_commit() -> str | None:
+    """The commit of the checkout the harness runs from, with ``-dirty`` if it has changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` is CUDA when present, else the CPU; ``cuda`` without CUDA is a user error."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {choice!r} asked for, but this torch ({torch.__version__}) sees no CUDA device; valid: auto, cpu")
+        return torch.device(choice)
+    raise UsageError(f"unknown device {choice!r}; valid: auto, cpu, cuda")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {cpu_name()} ({torch.get_num_threads()} threads)"
+
+
+def environment(plugin_versions: dict[str, str | None]) -> dict[str, Any]:
+    return {
+        "harness": harness_version(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "commit": git_commit(),
+        "plugins": plugin_versions,
+    }

@@ -1,0 +1,133 @@
+"""The leaderboard as data: finished runs and reported numbers, grouped and ranked.
+
+Runs are grouped by (dataset, norm, eps) and ranked by certified accuracy
+(ties: clean accuracy). Numbers reported in papers sit beside them, marked as
+reported and never ranked. Rendering lives in :mod:`harness.render`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from harness.reported import ReportedResult
+from harness.store import RunRecord
+
+
+@dataclass
+class Row:
+    """One line of the leaderboard. Accuracies are fractions; ``None`` when absent."""
+
+    kind: str  # "measured" or "reported"
+    method: str
+    preset: str | None
+    clean: float | None
+    robust: float | None
+    certified: float | None
+    by_certifier: dict[str, float] = field(default_factory=dict)
+    attack: str | None = None
+    epochs: int | None = None
+    train_seconds: float | None = None
+    eval_samples: int | None = None
+    train_samples: int | None = None
+    run_id: int | None = None
+    rank: int | None = None
+    source: str | None = None
+
+
+@dataclass
+class Group:
+    dataset: str
+    norm: str
+    eps: float
+    rows: list[Row]
+
+
+def _row_from_run(run: RunRecord) -> Row:
+    m = run.metrics
+    attacks = sorted(k.split("/", 1)[1] for k in m if k.startswith("robust_accuracy/"))
+    return Row(
+        kind="measured",
+        method=run.info.plugin,
+        preset=run.info.preset,
+        clean=m.get("clean_accuracy"),
+        robust=m.get("robust_accuracy"),
+        certified=m.get("certified_accuracy"),
+        by_certifier={k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("certified_accuracy/")},
+        attack="+".join(attacks) or None,
+        epochs=run.info.epochs,
+        train_seconds=run.train_seconds,
+        eval_samples=int(m["eval_samples"]) if "eval_samples" in m else None,
+        train_samples=run.info.config.get("train_samples"),
+        run_id=run.id,
+    )
+
+
+def _row_from_reported(result: ReportedResult) -> Row:
+    return Row(
+        kind="reported",
+        method=result.label,
+        preset=None,
+        clean=result.clean,
+        robust=result.pgd,
+        certified=result.certified,
+        attack=result.attack,
+        epochs=result.epochs,
+        source=result.source,
+    )
+
+
+def _key(dataset: str, norm: str, eps: float) -> tuple[str, str, float]:
+    # Group radii that differ only by float noise (8/255 computed two ways).
+    return dataset, norm, float(f"{eps:.9g}")
+
+
+def build(
+    runs: list[RunRecord],
+    reported: list[ReportedResult],
+    *,
+    dataset: str | None = None,
+    norm: str | None = None,
+    eps: float | None = None,
+    include_reported: bool = True,
+) -> list[Group]:
+    """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them."""
+
+    def wanted(d: str, n: str, e: float) -> bool:
+        return (
+            (dataset is None or d == dataset)
+            and (norm is None or n == norm)
+            and (eps is None or math.isclose(e, eps, rel_tol=1e-6))
+        )
+
+    groups: dict[tuple[str, str, float], Group] = {}
+
+    def group(d: str, n: str, e: float) -> Group:
+        key = _key(d, n, e)
+        if key not in groups:
+            groups[key] = Group(dataset=d, norm=n, eps=e, rows=[])
+        return groups[key]
+
+    for run in runs:
+        if wanted(run.info.dataset, run.info.norm, run.info.eps):
+            group(run.info.dataset, run.info.norm, run.info.eps).rows.append(_row_from_run(run))
+    if include_reported:
+        for result in reported:
+            if wanted(result.dataset, result.norm, result.eps):
+                group(result.dataset, result.norm, result.eps).rows.append(_row_from_reported(result))
+
+    def order(row: Row) -> tuple[float, float, int]:
+        return (
+            -(row.certified if row.certified is not None else -1.0),
+            -(row.clean if row.clean is not None else -1.0),
+            0 if row.kind == "measured" else 1,
+        )
+
+    for g in groups.values():
+        g.rows.sort(key=order)
+        rank = 0
+        for row in g.rows:
+            if row.kind == "measured":
+                rank += 1
+                row.rank = rank
+    return [groups[k] for k in sorted(groups)]

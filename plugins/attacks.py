@@ -1,0 +1,62 @@
+"""Attacks from torchattacks, run the same way for every method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torchattacks
+from torch import nn
+
+from harness.components import Attacker, Source
+from harness.hookspecs import hookimpl
+from harness.options import doc_field
+from harness.threat import ThreatModel
+
+
+@dataclass(frozen=True)
+class PGDOptions:
+    steps: int = doc_field(100, "PGD iterations (the v2 paper's evaluation uses 100)")
+    step_ratio: float = doc_field(0.25, "step size as a fraction of eps (v2: eps/4)")
+    restarts: int = doc_field(1, "random restarts; a sample is broken if any restart breaks it")
+    random_start: bool = doc_field(True, "start from a uniformly random point in the ball")
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.restarts < 1 or not 0 < self.step_ratio <= 1:
+            raise ValueError("steps and restarts must be >= 1 and 0 < step_ratio <= 1")
+
+
+class PGD(Attacker):
+    name = "pgd"
+    description = "torchattacks PGD under l_inf: cross-entropy, sign steps of eps/4, uniform random start"
+    source = Source(
+        title="Towards deep learning models resistant to adversarial attacks",
+        authors="Madry et al.",
+        venue="ICLR 2018",
+        code="torchattacks.PGD (Harry24k/adversarial-attacks-pytorch 3.5.1)",
+    )
+    norms = ("inf",)
+    Options = PGDOptions
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+        o = self.options
+        attack = torchattacks.PGD(
+            model, eps=threat.eps, alpha=threat.eps * o.step_ratio, steps=o.steps, random_start=o.random_start
+        )
+        best = images.clone()
+        broken = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for _ in range(o.restarts):
+            rest = torch.nonzero(~broken).flatten()
+            adv = attack(images[rest], labels[rest])
+            with torch.no_grad():
+                fooled = model(adv).argmax(1) != labels[rest]
+            best[rest[fooled]] = adv[fooled]
+            broken[rest[fooled]] = True
+            if bool(broken.all()):
+                break
+        return best
+
+
+@hookimpl
+def register_attackers() -> list[type[Attacker]]:
+    return [PGD]

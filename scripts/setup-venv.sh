@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create (or update) .venv with everything harness needs, CPU-only.
+#
+# torch is pinned to 2.13.0: on the development machines that is a local CPU
+# wheel, where a plain `torch` would pull a multi-GB CUDA build. torchattacks
+# is installed without its dependencies: it pins requests~=2.25 and wants
+# torchvision, neither of which its code uses here (torchvision's PyPI wheel
+# does not even import beside this torch); it needs scipy and tqdm, which the
+# project depends on.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip
+pip install torch==2.13.0
+pip install --no-deps torchattacks==3.5.1
+pip install -e '.[test]'
+.venv/bin/python -c "import torch, torchattacks, harness; print('harness', harness.__name__, 'torch', torch.__version__)"

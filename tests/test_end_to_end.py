@@ -1,0 +1,66 @@
+"""The whole path on a tiny configuration: train, evaluate, store, leaderboard."""
+
+import json
+import sqlite3
+
+import pytest
+
+TINY = [
+    "--preset", "quick", "--epochs", "2", "--train-samples", "2000", "--eval-samples", "64",
+    "--set", "model.width=64", "--set", "model.depth=3", "--set", "attacker.pgd.steps=10", "--no-save",
+]
+
+
+@pytest.fixture
+def finished_run(harness_cli, shared_data):
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--data-dir", str(shared_data), *TINY)
+    assert r.code == 0, r.err
+    return r
+
+
+def test_run_is_recorded_with_metrics_and_per_sample_results(finished_run, harness_cli, tmp_path):
+    assert "run 1 finished" in finished_run.out
+    shown = json.loads(harness_cli("show", "1", "--format", "json", "--samples", "1000").out)
+    m = shown["metrics"]
+    assert shown["status"] == "finished" and shown["info"]["plugin"] == "linf_v2"
+    assert m["eval_samples"] == 64
+    assert 0 <= m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
+    assert m["clean_accuracy"] > 0.3  # it learned something even in 2 tiny epochs
+    assert {"certified_accuracy/lipschitz-margin", "certified_accuracy/interval", "robust_accuracy/pgd"} <= set(m)
+    # The resolved configuration is stored in full, overrides included.
+    config = shown["info"]["config"]
+    assert config["model"]["options"]["width"] == 64 and config["trainer"]["options"]["epochs"] == 2
+    assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 5 / 6)  # scaled with --epochs
+    assert config["evaluation"]["attackers"][0]["options"]["steps"] == 10
+    env = shown["info"]["environment"]
+    assert env["torch"] and env["harness"] and shown["info"]["device"].startswith("cpu")
+    samples = shown["samples"]
+    assert len(samples) == 64 and len({s["index"] for s in samples}) == 64
+    for s in samples:
+        certified, radius = s["certificates"]["lipschitz-margin"]
+        assert (radius > 0.3) == certified  # certified iff the radius exceeds eps
+        assert s["certificates"]["interval"][1] is None
+        if certified or s["certificates"]["interval"][0]:
+            assert s["prediction"] == s["label"] and s["attacks"]["pgd"]
+    # Per-sample rows really are in the database file.
+    with sqlite3.connect(tmp_path / "results.db") as db:
+        assert db.execute("select count(*) from samples where run_id = 1").fetchone()[0] == 64
+
+
+def test_leaderboard_shows_the_run_beside_reported_numbers(finished_run, harness_cli):
+    out = harness_cli("leaderboard").out
+    assert "mnist  l_inf  eps=0.3" in out
+    assert "linf_v2" in out and "quick (train 2000)" in out
+    assert "reported" in out and "93.20" in out  # the v2 paper's MNIST 0.3 number
+    csv_out = harness_cli("leaderboard", "--format", "csv", "--no-reported").out.splitlines()
+    assert len(csv_out) == 2 and csv_out[1].startswith("mnist,inf,0.3,measured,1,linf_v2,quick")
+    md = harness_cli("leaderboard", "--format", "markdown", "--dataset", "mnist").out
+    assert md.startswith("### mnist") and "| rank |" in md
+    data = json.loads(harness_cli("leaderboard", "--format", "json", "--eps", "0.3").out)
+    assert data[0]["rows"][0]["kind"] in ("measured", "reported")
+    assert harness_cli("leaderboard", "--dataset", "cifar10", "--no-reported").out.startswith("no finished runs")
+
+
+def test_runs_lists_every_status(finished_run, harness_cli):
+    out = harness_cli("runs").out
+    assert "finished" in out and "linf_v2" in out

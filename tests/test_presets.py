@@ -1,0 +1,80 @@
+import pytest
+
+from harness.errors import PluginError, UsageError
+from harness.presets import Preset, load_presets, select_preset
+
+
+def preset(name, dataset="mnist", eps=0.3, paper=False, default=False):
+    return Preset(trainer="m", name=name, dataset=dataset, norm="inf", eps=eps, source="s", origin="o", paper=paper, default=default)
+
+
+PRESETS = [
+    preset("paper-0.1", eps=0.1, paper=True),
+    preset("paper-0.3", eps=0.3, paper=True, default=True),
+    preset("quick", eps=0.3),
+    preset("paper-8/255", dataset="cifar10", eps=8 / 255, paper=True, default=True),
+    preset("quick", dataset="cifar10", eps=8 / 255),
+]
+
+
+def select(**kw):
+    args = {"trainer": "m", "dataset": "mnist", "name": None, "norm": "inf", "eps": None} | kw
+    return select_preset(PRESETS, **args)
+
+
+def test_eps_selects_the_papers_preset_not_quick():
+    assert select(eps=0.3).name == "paper-0.3"
+    assert select(eps=0.1).name == "paper-0.1"
+    assert select(dataset="cifar10", eps=8 / 255).name == "paper-8/255"
+
+
+def test_default_and_by_name():
+    assert select().name == "paper-0.3"
+    assert select(name="quick").dataset == "mnist"
+    assert select(name="quick", dataset="cifar10").dataset == "cifar10"
+
+
+def test_no_preset_at_that_eps_lists_the_presets():
+    with pytest.raises(UsageError) as exc:
+        select(eps=0.2)
+    assert "eps 0.2" in str(exc.value) and "paper-0.3" in str(exc.value) and "--preset" in str(exc.value)
+
+
+def test_unknown_preset_names_closest_and_all():
+    with pytest.raises(UsageError) as exc:
+        select(name="quik")
+    assert "did you mean 'quick'" in str(exc.value) and "paper-0.1" in str(exc.value)
+
+
+def test_preset_of_another_dataset_says_so():
+    with pytest.raises(UsageError, match="is for cifar10"):
+        select(name="paper-8/255")
+
+
+def test_dataset_without_presets():
+    with pytest.raises(UsageError, match="no preset for dataset 'fashion-mnist'"):
+        select(dataset="fashion-mnist")
+
+
+def test_trainer_without_presets_runs_with_defaults():
+    assert select_preset([], trainer="m", dataset="mnist", name=None, norm="inf", eps=0.3) is None
+
+
+def test_malformed_file_is_a_plugin_error(tmp_path):
+    bad = tmp_path / "p.toml"
+    bad.write_text('trainer = "m"\n[[presets]]\nname = "x"\ndataset = "mnist"\neps = 0.3\nsource = "s"\nepochs = 3\n')
+    with pytest.raises(PluginError, match="unknown keys \\['epochs'\\]"):
+        load_presets(bad, "p")
+
+
+def test_builtin_presets_cover_the_papers_settings(registry):
+    v2 = {(p.dataset, p.name): p for p in registry.presets_for("linf_v2")}
+    assert {("mnist", "paper-0.1"), ("mnist", "paper-0.3"), ("cifar10", "paper-2/255"), ("cifar10", "paper-8/255"),
+            ("cifar10", "paper-16/255"), ("mnist", "quick"), ("fashion-mnist", "quick"), ("cifar10", "quick")} <= set(v2)
+    # Table 3: θ = 2·eps_train; eps_train_ratio × eps reproduces the commands' eps_train.
+    expected_eps_train = {"paper-0.1": 0.3, "paper-0.3": 0.45, "paper-2/255": 0.03922, "paper-8/255": 0.09411, "paper-16/255": 0.15685}
+    for (_, name), p in v2.items():
+        if name in expected_eps_train:
+            assert p.paper and p.source
+            assert p.trainer_options["eps_train_ratio"] * p.eps == pytest.approx(expected_eps_train[name], abs=2e-4)
+            assert p.trainer_options["batch_size"] == 512 and p.trainer_options["lr"] == 0.03

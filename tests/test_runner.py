@@ -1,0 +1,175 @@
+"""Runs that fail, are interrupted or would report unsound certificates are recorded as such."""
+
+import os
+import signal
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from harness import Certificate, Certifier, Dataset, DatasetInfo, Model, Splits, Trainer, hookimpl
+from harness.errors import SoundnessError
+from harness.plugins import make_plugin_manager
+from harness.registry import Registry
+from harness.runner import RunRequest, execute, plan_run
+from harness.store import open_store
+
+
+class Blobs(Dataset):
+    name = "blobs"
+    description = "two Gaussian blobs as 1×2×2 images (test data)"
+    info = DatasetInfo(name="blobs", num_classes=2, shape=(1, 2, 2), mean=(0.5,), std=0.25)
+
+    def load(self, root, *, download=True):
+        g = torch.Generator().manual_seed(0)
+
+        def make(n):
+            labels = torch.randint(0, 2, (n,), generator=g)
+            centre = torch.where(labels[:, None] == 1, 200.0, 55.0)
+            images = (centre + 20 * torch.randn(n, 4, generator=g)).clamp(0, 255).to(torch.uint8)
+            return images.view(n, 1, 2, 2), labels
+
+        return Splits(*make(256), *make(64))
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class LinearModel(Model):
+    name = "linear"
+    description = "a linear classifier (test)"
+
+    def build(self, data):
+        return Linear()
+
+
+@dataclass(frozen=True)
+class Epochs:
+    epochs: int = 1
+
+
+class Fit(Trainer):
+    name = "fit"
+    description = "a few steps of cross-entropy (test)"
+    model = "linear"
+    Options = Epochs
+    fail_with: BaseException | None = None
+
+    def fit(self, model, data, ctx):
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(self.options.epochs):
+            for x, y in data.batches(64, ctx.generator):
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if self.fail_with is not None:
+                    raise self.fail_with
+        model.eval()
+
+
+class Boom(Fit):
+    name = "boom"
+    fail_with = RuntimeError("boom")
+
+
+class CtrlC(Fit):
+    name = "ctrl-c"
+    fail_with = KeyboardInterrupt()
+
+
+class SigTerm(Fit):
+    name = "sigterm"
+
+    def fit(self, model, data, ctx):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class Liar(Certifier):
+    name = "liar"
+    description = "certifies everything (an unsound certifier, for the test)"
+    norms = ("inf",)
+
+    def certify(self, model, images, labels, threat):
+        return Certificate(certified=torch.ones(len(labels), dtype=torch.bool))
+
+
+class TestPlugin:
+    def __init__(self, certifiers=()):
+        self.certifiers = list(certifiers)
+
+    @hookimpl
+    def register_datasets(self):
+        return [Blobs]
+
+    @hookimpl
+    def register_models(self):
+        return [LinearModel]
+
+    @hookimpl
+    def register_trainers(self):
+        return [Fit, Boom, CtrlC, SigTerm]
+
+    @hookimpl
+    def register_certifiers(self):
+        return self.certifiers
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(str(tmp_path / "r.db"))
+    yield s
+    s.close()
+
+
+def run(store, plugin, certifiers=(), **kw):
+    registry = Registry.from_plugin_manager(make_plugin_manager(extra=[TestPlugin(certifiers)]))
+    plan = plan_run(registry, RunRequest(plugin=plugin, dataset="blobs", eps=0.01, device="cpu", attacks=["pgd"], **kw))
+    return execute(plan, store)
+
+
+def test_a_finished_run_then_a_failed_one(store):
+    first = run(store, "fit", epochs=3)
+    before = store.samples(first)
+    with pytest.raises(RuntimeError, match="boom"):
+        run(store, "boom")
+    failed = store.list_runs(status="failed")
+    assert len(failed) == 1 and failed[0].error == "RuntimeError: boom" and failed[0].metrics == {}
+    assert store.get_run(first).status == "finished"
+    assert store.samples(first) == before
+    assert store.get_run(first).metrics["clean_accuracy"] > 0.9
+
+
+def test_an_interrupted_run_is_recorded_as_interrupted(store):
+    with pytest.raises(KeyboardInterrupt):
+        run(store, "ctrl-c")
+    (record,) = store.list_runs()
+    assert record.status == "interrupted" and "interrupted" in record.error
+
+
+def test_an_unsound_certificate_fails_the_run_instead_of_reporting_it(store):
+    with pytest.raises(SoundnessError, match="liar certified"):
+        run(store, "fit", certifiers=[Liar], epochs=1, eval_samples=64)
+    (record,) = store.list_runs()
+    assert record.status == "failed" and "unsound certificate" in record.error and record.metrics == {}
+
+
+def test_sigterm_during_training_is_recorded_through_the_cli(harness_cli, monkeypatch, tmp_path):
+    import harness.cli
+
+    real = harness.cli.make_plugin_manager
+    monkeypatch.setattr(harness.cli, "make_plugin_manager", lambda: real(extra=[TestPlugin()]))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        r = harness_cli("run", "--plugin", "sigterm", "--dataset", "blobs", "--eps", "0.01", "--no-save")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert r.code == 130 and "interrupted" in r.err
+    assert "interrupted" in harness_cli("runs").out
