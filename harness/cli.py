@@ -340,8 +340,8 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         code = exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except click.exceptions.Abort:  # click turns KeyboardInterrupt (Ctrl-C, our SIGTERM handler) into Abort
+        click.echo("interrupted", err=True)
         code = 130
     except UsageError as exc:
         if debug:

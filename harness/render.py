@@ -75,7 +75,7 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
         return json.dumps([_group_json(g) for g in groups], indent=2)
     if fmt == "csv":
         buf = io.StringIO()
-        writer = csv.writer(buf)
+        writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["dataset", "norm", "eps", "kind", "rank", "method", "preset", "clean", "robust", "attack",
                          "certified", "by_certifier", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source"])
         for g in groups:
@@ -83,7 +83,7 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
                 writer.writerow([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.method, r.preset, r.clean, r.robust, r.attack,
                                  r.certified, json.dumps(r.by_certifier), r.epochs, r.train_seconds, r.eval_samples,
                                  r.train_samples, r.run_id, r.source])
-        return buf.getvalue()
+        return buf.getvalue().rstrip("\n")
     if not groups:
         return "no finished runs yet (harness run --plugin NAME --dataset NAME)"
     blocks = []

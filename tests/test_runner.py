@@ -101,7 +101,7 @@ class Liar(Certifier):
         return Certificate(certified=torch.ones(len(labels), dtype=torch.bool))
 
 
-class TestPlugin:
+class BlobsPlugin:
     def __init__(self, certifiers=()):
         self.certifiers = list(certifiers)
 
@@ -130,7 +130,7 @@ def store(tmp_path):
 
 
 def run(store, plugin, certifiers=(), **kw):
-    registry = Registry.from_plugin_manager(make_plugin_manager(extra=[TestPlugin(certifiers)]))
+    registry = Registry.from_plugin_manager(make_plugin_manager(extra=[BlobsPlugin(certifiers)]))
     plan = plan_run(registry, RunRequest(plugin=plugin, dataset="blobs", eps=0.01, device="cpu", attacks=["pgd"], **kw))
     return execute(plan, store)
 
@@ -165,7 +165,7 @@ def test_sigterm_during_training_is_recorded_through_the_cli(harness_cli, monkey
     import harness.cli
 
     real = harness.cli.make_plugin_manager
-    monkeypatch.setattr(harness.cli, "make_plugin_manager", lambda: real(extra=[TestPlugin()]))
+    monkeypatch.setattr(harness.cli, "make_plugin_manager", lambda: real(extra=[BlobsPlugin()]))
     previous = signal.getsignal(signal.SIGTERM)
     try:
         r = harness_cli("run", "--plugin", "sigterm", "--dataset", "blobs", "--eps", "0.01", "--no-save")

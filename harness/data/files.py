@@ -90,9 +90,10 @@ def fetch(path: Path, urls: list[str], *, download: bool) -> Path:
         raise _missing(path, urls, f"cannot create its folder: {_one_line(e)}") from e
     failures = []
     for url in urls:
-        print(f"downloading {url} to {path}", file=sys.stderr, flush=True)
         try:
             with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response, open(part, "wb") as out:
+                # Said only once the server answered: offline, the user sees one line, the error.
+                print(f"downloading {url} to {path}", file=sys.stderr, flush=True)
                 shutil.copyfileobj(response, out, _CHUNK)
             os.replace(part, path)
             return path

@@ -1,0 +1,469 @@
+"""The SQLAlchemy store: the Store contract, the schema version, and the errors a user can meet."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from dataclasses import replace
+from datetime import timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from harness.errors import HarnessError, UsageError
+from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, RunInfo, SampleResult, open_store
+from harness.store import _sql
+from harness.store._sql import SqlStore
+
+EPS = 8 / 255
+
+
+def make_info(**overrides) -> RunInfo:
+    info = RunInfo(
+        plugin="linf_v2",
+        dataset="mnist",
+        norm="inf",
+        eps=EPS,
+        preset="quick",
+        seed=1234,
+        epochs=3,
+        config={"trainer": {"lr": 0.001, "schedule": [1, 2]}, "model": {"width": 128}, "preset": "quick"},
+        device="cpu",
+        environment={"torch": "2.13.0", "python": "3.11.7", "plugins": {"linf_v2": "0.1"}},
+    )
+    return replace(info, **overrides)
+
+
+def make_samples(n: int, attacks=("fgsm", "pgd"), certifiers=("crown", "ibp", "lip")) -> list[SampleResult]:
+    return [
+        SampleResult(
+            index=i,
+            label=i % 10,
+            prediction=(i * 7) % 10,
+            attacks={a: (i + k) % 3 != 0 for k, a in enumerate(attacks)},
+            certificates={c: ((i + k) % 2 == 0, None if k == 1 else 0.001 * i + k / 3) for k, c in enumerate(certifiers)},
+        )
+        for i in range(n)
+    ]
+
+
+def finish(store: SqlStore, run_id: int, samples: list[SampleResult] | None = None, **metrics: float) -> None:
+    store.record_results(
+        run_id,
+        metrics=metrics or {"clean": 0.99, "certified": 0.9},
+        samples=make_samples(5) if samples is None else samples,
+        train_seconds=12.5,
+        eval_seconds=3.25,
+    )
+
+
+def rows(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "runs.db"
+
+
+@pytest.fixture
+def store(db):
+    s = SqlStore.open(str(db))
+    yield s
+    s.close()
+
+
+def test_open_store_gives_a_sql_store_and_creates_the_file(db):
+    store = open_store(str(db))
+    try:
+        assert isinstance(store, SqlStore)
+        assert db.is_file()
+    finally:
+        store.close()
+
+
+def test_a_new_run_is_running_and_its_info_round_trips(store):
+    info = make_info(preset=None, epochs=None)
+    run_id = store.create_run(info)
+    record = store.get_run(run_id)
+    assert record.id == run_id
+    assert record.info == info
+    assert record.status == RUNNING
+    assert record.created_at.tzinfo == timezone.utc
+    assert (record.finished_at, record.train_seconds, record.eval_seconds, record.error) == (None, None, None, None)
+    assert record.metrics == {}
+    assert store.samples(run_id) == []
+
+
+def test_record_results_finishes_the_run_with_exact_metrics_and_samples(store):
+    run_id = store.create_run(make_info())
+    samples = make_samples(20)
+    metrics = {"clean": 0.9875, "certified": 1 / 3, "pgd": 0.0}
+    store.record_results(run_id, metrics=metrics, samples=samples, train_seconds=61.125, eval_seconds=0.1)
+    record = store.get_run(run_id)
+    assert record.status == FINISHED
+    assert record.metrics == metrics
+    assert (record.train_seconds, record.eval_seconds, record.error) == (61.125, 0.1, None)
+    assert record.finished_at.tzinfo == timezone.utc
+    assert record.finished_at >= record.created_at
+    assert store.samples(run_id) == samples
+    # both kinds of radius come back as they went in
+    assert store.samples(run_id)[3].certificates == {"crown": (False, 0.003), "ibp": (True, None), "lip": (False, 0.003 + 2 / 3)}
+
+
+def test_samples_come_back_by_index(store):
+    run_id = store.create_run(make_info())
+    samples = make_samples(6)
+    finish(store, run_id, samples=[samples[i] for i in (4, 0, 5, 2, 1, 3)])
+    assert [s.index for s in store.samples(run_id)] == [0, 1, 2, 3, 4, 5]
+    assert store.samples(run_id) == samples
+
+
+def test_a_sample_without_attacks_or_certificates(store):
+    run_id = store.create_run(make_info())
+    samples = [SampleResult(index=7, label=1, prediction=2)]
+    store.record_results(run_id, metrics={}, samples=samples, train_seconds=0.0, eval_seconds=0.0)
+    assert store.samples(run_id) == samples
+    assert store.get_run(run_id).metrics == {}
+
+
+def test_a_failed_record_results_stores_nothing(store, db):
+    run_id = store.create_run(make_info())
+    samples = make_samples(10)
+    samples[7] = replace(samples[7], index=3)  # a duplicate index: the samples insert fails part-way
+    with pytest.raises(IntegrityError):
+        store.record_results(run_id, metrics={"clean": 0.5}, samples=samples, train_seconds=1.0, eval_seconds=1.0)
+    record = store.get_run(run_id)
+    assert record.status == RUNNING
+    assert (record.finished_at, record.train_seconds, record.eval_seconds) == (None, None, None)
+    assert record.metrics == {}
+    assert store.samples(run_id) == []
+    for table in ("metrics", "samples", "sample_attacks", "sample_certificates"):
+        assert rows(db, table) == 0, table
+    # and the run can still be finished properly afterwards
+    finish(store, run_id)
+    assert store.get_run(run_id).status == FINISHED
+
+
+def test_a_finished_run_is_never_rewritten(store):
+    run_id = store.create_run(make_info())
+    finish(store, run_id, clean=0.75)
+    before = (store.get_run(run_id), store.samples(run_id))
+    with pytest.raises(HarnessError, match=f"run {run_id} .* is finished") as exc:
+        finish(store, run_id, samples=make_samples(3), clean=0.1)
+    assert not isinstance(exc.value, UsageError)
+    with pytest.raises(HarnessError, match="is finished"):
+        store.mark_ended(run_id, INTERRUPTED, "too late")
+    assert (store.get_run(run_id), store.samples(run_id)) == before
+
+
+def test_mark_ended_sets_status_and_error_and_keeps_earlier_runs(store):
+    first = store.create_run(make_info(seed=1))
+    finish(store, first, clean=0.8)
+    first_before = (store.get_run(first), store.samples(first))
+
+    second = store.create_run(make_info(seed=2))
+    store.mark_ended(second, FAILED, "RuntimeError: CUDA out of memory", train_seconds=42.5)
+    third = store.create_run(make_info(seed=3))
+    store.mark_ended(third, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)")
+
+    failed, interrupted = store.get_run(second), store.get_run(third)
+    assert (failed.status, failed.error, failed.train_seconds) == (FAILED, "RuntimeError: CUDA out of memory", 42.5)
+    assert (interrupted.status, interrupted.train_seconds) == (INTERRUPTED, None)
+    assert failed.finished_at is not None and failed.finished_at.tzinfo == timezone.utc
+    assert failed.metrics == {} and store.samples(second) == []
+    assert failed.info == make_info(seed=2)
+    assert (store.get_run(first), store.samples(first)) == first_before
+
+
+def test_mark_ended_only_takes_failed_or_interrupted(store):
+    run_id = store.create_run(make_info())
+    for status in (FINISHED, RUNNING, "crashed"):
+        with pytest.raises(ValueError, match=repr(status)):
+            store.mark_ended(run_id, status, "x")
+    assert store.get_run(run_id).status == RUNNING
+
+
+def test_a_missing_run_id_is_a_usage_error_naming_it(store, db):
+    def check(call):
+        with pytest.raises(UsageError) as exc:
+            call()
+        assert str(exc.value) == f"no run with id 42 in {db}"
+
+    check(lambda: store.get_run(42))
+    check(lambda: store.samples(42))
+    check(lambda: store.mark_ended(42, FAILED, "boom"))
+    check(lambda: finish(store, 42))
+
+
+def test_list_runs_filters_and_orders_oldest_first(store):
+    mnist = store.create_run(make_info())
+    finish(store, mnist, certified=0.5)
+    cifar = store.create_run(make_info(dataset="cifar10"))
+    finish(store, cifar, certified=0.25)
+    l2 = store.create_run(make_info(norm="2", eps=0.5))
+    finish(store, l2, certified=0.7)
+    other_eps = store.create_run(make_info(eps=0.3))
+    finish(store, other_eps, certified=0.8)
+    near_miss = store.create_run(make_info(eps=EPS * (1 + 1e-7)))
+    finish(store, near_miss)
+    running = store.create_run(make_info())
+    failed = store.create_run(make_info())
+    store.mark_ended(failed, FAILED, "boom")
+
+    def ids(**filters):
+        return [r.id for r in store.list_runs(**filters)]
+
+    assert ids() == [mnist, cifar, l2, other_eps, near_miss, running, failed]
+    assert ids(status=FINISHED) == [mnist, cifar, l2, other_eps, near_miss]
+    assert ids(status=RUNNING) == [running]
+    assert ids(status=FAILED) == [failed]
+    assert ids(dataset="cifar10") == [cifar]
+    assert ids(norm="2") == [l2]
+    assert ids(eps=0.3) == [other_eps]
+    assert ids(status=FINISHED, dataset="mnist", norm="inf", eps=EPS) == [mnist]
+    assert ids(dataset="svhn") == []
+    # 8/255 typed as a rounded decimal is not the same float, but the same radius
+    typed = float("0.031372549020")
+    assert typed != EPS
+    assert ids(status=FINISHED, eps=typed) == [mnist, cifar]
+    # metrics come with the listed runs
+    by_id = {r.id: r for r in store.list_runs(status=FINISHED)}
+    assert by_id[l2].metrics == {"certified": 0.7}
+    assert by_id[other_eps].info.eps == 0.3
+
+
+def test_eps_matching_works_both_ways(store):
+    typed = store.create_run(make_info(eps=float("0.0313725490196078")))
+    assert [r.id for r in store.list_runs(eps=8 / 255)] == [typed]
+    assert store.list_runs(eps=0.0) == []
+    zero = store.create_run(make_info(eps=0.0))
+    assert [r.id for r in store.list_runs(eps=0.0)] == [zero]
+
+
+def test_a_second_store_on_the_same_file_sees_the_runs(store, db):
+    run_id = store.create_run(make_info())
+    finish(store, run_id)
+    other = SqlStore.open(str(db))
+    try:
+        assert other.get_run(run_id) == store.get_run(run_id)
+        assert other.samples(run_id) == store.samples(run_id)
+        # and writes through either are seen by both
+        second = other.create_run(make_info(seed=9))
+        assert [r.id for r in store.list_runs()] == [run_id, second]
+    finally:
+        other.close()
+
+
+def test_runs_persist_across_processes(db):
+    script = textwrap.dedent(
+        f"""
+        from harness.store import open_store, RunInfo, SampleResult
+        store = open_store({str(db)!r})
+        info = RunInfo("linf_v2", "mnist", "inf", 8 / 255, None, 7, 2, {{"a": 1}}, "cpu", {{"python": "3"}})
+        run_id = store.create_run(info)
+        store.record_results(run_id, metrics={{"clean": 0.5}},
+                             samples=[SampleResult(3, 1, 1, {{"pgd": True}}, {{"ibp": (True, 0.25)}})],
+                             train_seconds=1.0, eval_seconds=2.0)
+        store.close()
+        print(run_id)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    run_id = int(done.stdout.strip())
+    store = open_store(str(db))
+    try:
+        record = store.get_run(run_id)
+        assert (record.status, record.info.seed, record.info.eps, record.metrics) == (FINISHED, 7, 8 / 255, {"clean": 0.5})
+        assert store.samples(run_id) == [SampleResult(3, 1, 1, {"pgd": True}, {"ibp": (True, 0.25)})]
+    finally:
+        store.close()
+
+
+def test_a_bare_relative_path_is_relative_to_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = open_store("relative.db")
+    try:
+        store.create_run(make_info())
+    finally:
+        store.close()
+    monkeypatch.chdir(tmp_path.parent)
+    assert (tmp_path / "relative.db").is_file()
+
+
+def test_a_sqlite_url_opens_the_same_database(store, db):
+    run_id = store.create_run(make_info())
+    other = open_store(f"sqlite:///{db}")
+    try:
+        assert other.get_run(run_id).info == make_info()
+    finally:
+        other.close()
+
+
+def test_ten_thousand_samples_are_stored_and_read_back(store, db):
+    run_id = store.create_run(make_info())
+    samples = make_samples(10_000)
+    finish(store, run_id, samples=samples)
+    assert rows(db, "samples") == 10_000
+    assert rows(db, "sample_attacks") == 20_000
+    assert rows(db, "sample_certificates") == 30_000
+    back = store.samples(run_id)
+    assert len(back) == 10_000
+    assert back[9_999] == SampleResult(
+        index=9_999,
+        label=9,
+        prediction=(9_999 * 7) % 10,
+        attacks={"fgsm": False, "pgd": True},
+        certificates={"crown": (False, 9.999), "ibp": (True, None), "lip": (False, 9.999 + 2 / 3)},
+    )
+    assert back[0].attacks == {"fgsm": False, "pgd": True}
+    assert back == samples
+
+
+def test_non_finite_floats_are_refused_in_json_columns(store, db):
+    with pytest.raises(ValueError, match="config is not plain JSON"):
+        store.create_run(make_info(config={"trainer": {"lr": float("inf")}}))
+    assert store.list_runs() == []
+
+
+# -- the schema version -------------------------------------------------------------------------------
+
+
+def stored_version(db: Path) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT version FROM schema_meta").fetchone()[0]
+
+
+def test_a_new_database_records_the_schema_version(store, db):
+    assert stored_version(db) == _sql.SCHEMA_VERSION == 1
+
+
+def test_an_older_database_is_migrated_in_order(db, monkeypatch):
+    SqlStore.open(str(db)).close()  # a schema-1 database
+    calls = []
+
+    def one_to_two(conn):
+        calls.append(1)
+        conn.exec_driver_sql("CREATE TABLE added_in_two (x INTEGER)")
+
+    def two_to_three(conn):
+        calls.append(2)
+
+    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(_sql, "_MIGRATIONS", {1: one_to_two, 2: two_to_three})
+    SqlStore.open(str(db)).close()
+    assert calls == [1, 2]
+    assert stored_version(db) == 3
+    SqlStore.open(str(db)).close()
+    assert calls == [1, 2]  # nothing left to do
+
+
+def test_a_failed_migration_leaves_the_database_as_it_was(db, monkeypatch):
+    store = SqlStore.open(str(db))
+    run_id = store.create_run(make_info())
+    store.close()
+
+    def one_to_two(conn):
+        conn.exec_driver_sql("CREATE TABLE added_in_two (x INTEGER)")
+
+    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(_sql, "_MIGRATIONS", {1: one_to_two})  # no way from 2 to 3
+    with pytest.raises(UsageError, match="no migration from schema 2 to 3"):
+        SqlStore.open(str(db))
+    assert stored_version(db) == 1
+    with sqlite3.connect(db) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "added_in_two" not in tables  # the DDL was rolled back with the rest
+    monkeypatch.undo()
+    store = SqlStore.open(str(db))
+    try:
+        assert store.get_run(run_id).status == RUNNING
+    finally:
+        store.close()
+
+
+# -- errors on open -----------------------------------------------------------------------------------
+
+
+def open_error(url: str) -> str:
+    with pytest.raises(UsageError) as exc:
+        SqlStore.open(url)
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_directory_that_does_not_exist(tmp_path):
+    path = tmp_path / "nope" / "runs.db"
+    assert open_error(str(path)) == f"cannot open database '{path}': directory {path.parent} does not exist"
+    url = f"sqlite:///{path}"
+    assert open_error(url) == f"cannot open database '{url}': directory {path.parent} does not exist"
+    assert not path.parent.exists()
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notes.db"
+    garbage = b"this is not a database\n" * 200
+    path.write_bytes(garbage)
+    message = open_error(str(path))
+    assert str(path) in message and "not a database" in message
+    assert path.read_bytes() == garbage
+
+
+def test_a_directory_given_as_the_database(tmp_path):
+    assert "is a directory" in open_error(str(tmp_path))
+
+
+def test_a_database_from_a_newer_harness(tmp_path):
+    path = tmp_path / "future.db"
+    SqlStore.open(str(path)).close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE schema_meta SET version = 5")
+    assert open_error(str(path)) == (
+        f"database '{path}' was written by a newer harness (schema 5, this harness understands up to 1)"
+    )
+    assert stored_version(path) == 5
+
+
+def test_a_database_of_someone_else_with_a_runs_table(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE runs (name TEXT)")
+    message = open_error(str(path))
+    assert str(path) in message and "no harness schema version" in message
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("nosuchdialect://host/db", "unknown database dialect 'nosuchdialect'"),
+        ("sqlite+nosuchdriver:///x.db", "unknown database dialect 'sqlite+nosuchdriver'"),
+        ("not a url://", "not a valid SQLAlchemy URL"),
+    ],
+)
+def test_bad_urls(url, reason, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert open_error(url) == f"cannot open database '{url}': {reason}"
+
+
+def test_a_password_in_the_url_is_not_repeated(monkeypatch):
+    message = open_error("nosuchdialect://user:hunter2@host/db")
+    assert "hunter2" not in message and "user:***@host/db" in message
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
+def test_a_directory_that_is_not_writable(tmp_path):
+    directory = tmp_path / "locked"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        message = open_error(str(directory / "runs.db"))
+        assert message == f"cannot open database '{directory / 'runs.db'}': directory {directory} is not writable"
+    finally:
+        directory.chmod(0o700)
