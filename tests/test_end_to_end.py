@@ -4,6 +4,7 @@ import json
 import sqlite3
 
 import pytest
+import torch
 
 TINY = [
     "--preset", "quick", "--epochs", "2", "--train-samples", "2000", "--eval-samples", "64",
@@ -32,7 +33,8 @@ def test_run_is_recorded_with_metrics_and_per_sample_results(finished_run, harne
     assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 8 / 10)  # scaled with --epochs
     assert config["evaluation"]["attackers"][0]["options"]["steps"] == 10
     env = shown["info"]["environment"]
-    assert env["torch"] and env["harness"] and shown["info"]["device"].startswith("cpu")
+    assert env["torch"] and env["harness"] and env["python"]
+    assert shown["info"]["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
     samples = shown["samples"]
     assert len(samples) == 64 and len({s["index"] for s in samples}) == 64
     for s in samples:
@@ -75,3 +77,14 @@ def test_quick_preset_trains_a_certifiably_robust_mnist_model(harness_cli, share
     # Measured on the development CPU: clean 87.5%, PGD 80.6%, certified 77.9% (1,000 samples).
     assert m["clean_accuracy"] > 0.8 and m["certified_accuracy"] > 0.65
     assert m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"]
+
+
+def test_plugins_lists_every_builtin_plugin_and_what_it_registered(harness_cli):
+    out = harness_cli("plugins").out
+    for plugin in ("datasets", "torchattacks", "certifiers", "linf_v2"):
+        assert f"{plugin} 0.1.0 (harness-bench)" in out
+    assert "trainer   linf_v2" in out and "model     linf_dist_net" in out
+    assert "certifier interval" in out and "certifier lipschitz-margin" in out and "attacker  pgd" in out
+    assert "mnist/paper-0.3" in out
+    verbose = harness_cli("plugins", "--verbose").out
+    assert "eps_train_ratio = 1.5" in verbose and "Table 3" in verbose
