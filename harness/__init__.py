@@ -1,8 +1,9 @@
 """harness: a plugin host for comparing certified-robustness methods.
 
-The public API for plugin authors is what this module exports; plugins import
-nothing else from the host except :mod:`harness.options`, :mod:`harness.data`
-and :mod:`harness.train` helpers.
+The public API for plugin authors is what this module exports, plus the
+helper modules :mod:`harness.options` (typed options), :mod:`harness.data`
+(files, checksums, augmentation), :mod:`harness.train` (batches, schedules)
+and :mod:`harness.threat`. Plugins import nothing else from the host.
 """
 
 from harness.components import (

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import platform
 import signal
 import sys
 from collections.abc import Callable
@@ -124,7 +126,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--norm", type=NormType(), default=None, help="Threat-model norm. Default: the preset's (inf).")
 @click.option("--preset", default=None, metavar="NAME", help="Preset name (e.g. quick, paper-0.3). Default: the paper's preset for --eps, else the dataset's default.")
 @click.option("--epochs", type=int, default=None, help="Override the number of epochs; the schedule scales with it.")
-@click.option("--seed", type=int, default=None, help="Random seed. Default: the preset's (the paper's).")
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=None, help="Random seed. Default: the preset's (the paper's).")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="Training and evaluation device.")
 @click.option("--eval-samples", type=int, default=None, help="Evaluate on a fixed, seeded subset of N test samples (the same for every run).")
 @click.option("--eval-batch-size", type=int, default=500, show_default=True, help="Batch size of the evaluation.")
@@ -202,7 +204,7 @@ def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float 
 
 
 @cli.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--samples", "n_samples", type=int, default=0, help="Also list the first N per-sample results.")
 @format_option(("table", "json"))
 @with_store
@@ -230,7 +232,7 @@ def show(store: Store, run_id: int, n_samples: int, fmt: str) -> None:
         return
     info = record.info
     lines = [
-        f"run {record.id}: {record.status}",
+        f"run {record.id}: {record.status}" + (" (stale: its process is gone)" if _stale(record) else ""),
         f"  method      {info.plugin} (preset {info.preset}, seed {info.seed}, {info.epochs} epochs)",
         f"  threat      {info.dataset}, l_{info.norm} eps={format_eps(info.eps)}",
         f"  created     {record.created_at:%Y-%m-%d %H:%M:%S} UTC" + (f", ended {record.finished_at:%Y-%m-%d %H:%M:%S}" if record.finished_at else ""),
@@ -284,7 +286,7 @@ def runs(store: Store, status: str | None, dataset: str | None) -> None:
     for r in store.list_runs(status=status, dataset=dataset):
         cert = r.metrics.get("certified_accuracy")
         rows.append([
-            str(r.id), r.status, r.info.plugin, r.info.preset or "—", r.info.dataset,
+            str(r.id), r.status + (" (stale: its process is gone)" if _stale(r) else ""), r.info.plugin, r.info.preset or "—", r.info.dataset,
             f"l_{r.info.norm} {format_eps(r.info.eps)}", render.percent(cert), f"{r.created_at:%Y-%m-%d %H:%M}",
             (r.error or "")[:60],
         ])
@@ -292,6 +294,22 @@ def runs(store: Store, status: str | None, dataset: str | None) -> None:
         click.echo("no runs recorded")
         return
     click.echo(render.text_table(["id", "status", "plugin", "preset", "dataset", "threat", "certified", "created (UTC)", "error"], rows))
+
+
+def _stale(record: Any) -> bool:
+    """A ``running`` run whose process, on this host, no longer exists (killed with SIGKILL, OOM)."""
+    from harness.store import RUNNING
+
+    env = record.info.environment
+    if record.status != RUNNING or env.get("host") != platform.node() or not isinstance(env.get("pid"), int):
+        return False
+    try:
+        os.kill(env["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 @cli.command()

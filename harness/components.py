@@ -23,7 +23,7 @@ from torch import nn
 
 from harness.data.types import DatasetInfo, Splits
 from harness.errors import PluginError
-from harness.options import NoOptions, option_docs, parse_options
+from harness.options import NoOptions, option_docs
 from harness.threat import NORMS, ThreatModel
 
 if TYPE_CHECKING:
@@ -59,11 +59,6 @@ class Component:
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()
-
-    @classmethod
-    def from_config(cls, values: dict[str, Any] | None = None) -> Component:
-        """Instantiate with options parsed (and validated) from plain values."""
-        return cls(parse_options(cls.Options, values or {}, f"{cls.kind} {cls.name!r}"))
 
     @classmethod
     def option_docs(cls) -> list[tuple[str, str, Any, str]]:
@@ -168,6 +163,10 @@ class Attacker(Component):
 
     kind = "attacker"
     norms: ClassVar[tuple[str, ...]]
+
+    def label(self) -> str:
+        """How tables name this attack with its settings (e.g. ``PGD-100``)."""
+        return self.name
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         """Return adversarial images inside the threat model's ball and ``[0,1]``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -57,13 +58,15 @@ def cpu_name() -> str:
 def resolve_device(choice: str) -> torch.device:
     """``auto`` is CUDA when present, else the CPU; ``cuda`` without CUDA is a user error."""
     if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cpu":
         return torch.device("cpu")
     if choice.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError(f"device {choice!r} asked for, but this torch ({torch.__version__}) sees no CUDA device; valid: auto, cpu")
-        return torch.device(choice)
+        device = torch.device(choice)
+        # With an explicit index, so it compares equal to the devices of tensors and generators.
+        return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
     raise UsageError(f"unknown device {choice!r}; valid: auto, cpu, cuda")
 
 
@@ -79,6 +82,8 @@ def environment(plugin_versions: dict[str, str | None]) -> dict[str, Any]:
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "host": platform.node(),
+        "pid": os.getpid(),
         "commit": git_commit(),
         "plugins": plugin_versions,
     }

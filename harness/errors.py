@@ -30,6 +30,11 @@ class SoundnessError(HarnessError):
     """A certifier certified a sample that an attack broke: a critical bug."""
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (white space folded), or its type name."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The choice most similar to ``name``, if any is reasonably close."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

@@ -94,6 +94,9 @@ def evaluate(
             logits = model(x)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise HarnessError(f"the model returned logits of shape {tuple(logits.shape)}; expected (batch, classes)")
+            if not bool(torch.isfinite(logits).all()):
+                bad = int((~torch.isfinite(logits)).any(1).sum())
+                raise HarnessError(f"the model gives non-finite logits on {bad} of {s.stop - s.start} test images (did training diverge?)")
             predictions[s] = logits.argmax(1).cpu()
             task.advance(s.stop - s.start)
     correct = predictions == labels

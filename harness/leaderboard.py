@@ -7,11 +7,11 @@ reported and never ranked. Rendering lives in :mod:`harness.render`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from harness.reported import ReportedResult
 from harness.store import RunRecord
+from harness.threat import format_eps, same_eps
 
 
 @dataclass
@@ -45,7 +45,8 @@ class Group:
 
 def _row_from_run(run: RunRecord) -> Row:
     m = run.metrics
-    attacks = sorted(k.split("/", 1)[1] for k in m if k.startswith("robust_accuracy/"))
+    labels = {a["name"]: a.get("label", a["name"]) for a in run.info.config.get("evaluation", {}).get("attackers", [])}
+    attacks = sorted(labels.get(name, name) for name in (k.split("/", 1)[1] for k in m if k.startswith("robust_accuracy/")))
     return Row(
         kind="measured",
         method=run.info.plugin,
@@ -77,11 +78,6 @@ def _row_from_reported(result: ReportedResult) -> Row:
     )
 
 
-def _key(dataset: str, norm: str, eps: float) -> tuple[str, str, float]:
-    # Group radii that differ only by float noise (8/255 computed two ways).
-    return dataset, norm, float(f"{eps:.9g}")
-
-
 def build(
     runs: list[RunRecord],
     reported: list[ReportedResult],
@@ -97,16 +93,19 @@ def build(
         return (
             (dataset is None or d == dataset)
             and (norm is None or n == norm)
-            and (eps is None or math.isclose(e, eps, rel_tol=1e-6))
+            and (eps is None or same_eps(e, eps))
         )
 
-    groups: dict[tuple[str, str, float], Group] = {}
+    groups: list[Group] = []
 
     def group(d: str, n: str, e: float) -> Group:
-        key = _key(d, n, e)
-        if key not in groups:
-            groups[key] = Group(dataset=d, norm=n, eps=e, rows=[])
-        return groups[key]
+        for g in groups:
+            if g.dataset == d and g.norm == n and same_eps(g.eps, e):
+                if len(format_eps(e)) < len(format_eps(g.eps)):
+                    g.eps = e  # show 8/255 rather than a typed 0.0313725
+                return g
+        groups.append(Group(dataset=d, norm=n, eps=e, rows=[]))
+        return groups[-1]
 
     for run in runs:
         if wanted(run.info.dataset, run.info.norm, run.info.eps):
@@ -123,11 +122,11 @@ def build(
             0 if row.kind == "measured" else 1,
         )
 
-    for g in groups.values():
+    for g in groups:
         g.rows.sort(key=order)
         rank = 0
         for row in g.rows:
             if row.kind == "measured":
                 rank += 1
                 row.rank = rank
-    return [groups[k] for k in sorted(groups)]
+    return sorted(groups, key=lambda g: (g.dataset, g.norm, g.eps))

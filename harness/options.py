@@ -98,11 +98,16 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise UsageError(f"{where}: expected a number, got {value!r}")
         if isinstance(value, (int, float)):
+            if math.isnan(value):
+                raise UsageError(f"{where}: expected a number, got nan")
             return float(value)
         from harness.threat import parse_eps  # accepts "8/255"
 
         try:
-            return parse_eps(str(value))
+            number = parse_eps(str(value))
+            if math.isnan(number):
+                raise UsageError("nan")
+            return number
         except UsageError:
             if str(value).strip().lower() in ("inf", "infinity"):
                 return math.inf

@@ -24,7 +24,6 @@ File format (``registry/presets/*.toml``)::
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import PluginError, UsageError, unknown_name
-from harness.threat import format_eps, parse_eps, parse_norm
+from harness.threat import format_eps, parse_eps, parse_norm, same_eps
 
 _PRESET_KEYS = {"name", "dataset", "norm", "eps", "paper", "default", "seed", "source", "model", "model_options", "trainer_options"}
 
@@ -130,7 +129,7 @@ def select_preset(
         raise UsageError(f"{trainer!r} has no preset for dataset {dataset!r}; it has presets for: {', '.join(datasets)}")
     listing = "; ".join(p.describe() for p in mine)
     if eps is not None:
-        matching = [p for p in mine if p.paper and p.norm == norm and math.isclose(p.eps, eps, rel_tol=1e-6)]
+        matching = [p for p in mine if p.paper and p.norm == norm and same_eps(p.eps, eps)]
         if len(matching) == 1:
             return matching[0]
         raise UsageError(

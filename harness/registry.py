@@ -81,10 +81,6 @@ class Registry:
             label = "plugin" if kind == "trainer" else kind
             raise unknown_name(label, name, self._entries[kind]) from None
 
-    def entry(self, kind: str, name: str) -> Entry:
-        self.get(kind, name)
-        return self._entries[kind][name]
-
     def names(self, kind: str) -> list[str]:
         return sorted(self._entries[kind])
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import torch
 from harness.components import Attacker, Certifier, Dataset, Model, Trainer
 from harness.data.files import default_data_dir
 from harness.env import device_name, environment, resolve_device
-from harness.errors import UsageError, unknown_name
+from harness.errors import UsageError, one_line, unknown_name
 from harness.evaluation import SUBSET_SEED, eval_indices, evaluate
 from harness.options import has_field, options_dict, parse_options, scale_epochs
 from harness.presets import Preset, select_preset
@@ -94,7 +95,7 @@ class Plan:
                     "samples": r.eval_samples,
                     "subset_seed": SUBSET_SEED,
                     "batch_size": r.eval_batch_size,
-                    "attackers": [{"name": a.name, "options": options_dict(a.options)} for a in self.attackers],
+                    "attackers": [{"name": a.name, "label": a.label(), "options": options_dict(a.options)} for a in self.attackers],
                     "certifiers": [{"name": c.name, "options": options_dict(c.options)} for c in self.certifiers],
                 },
                 "overrides": list(r.overrides),
@@ -224,6 +225,8 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
     train_images, train_labels = _subset(splits.train_images, splits.train_labels, plan.request.train_samples)
     test_index = eval_indices(splits.test_images.shape[0], plan.request.eval_samples)
 
+    save_dir = _prepare_save_dir(plan.request.save_dir)
+
     torch.manual_seed(plan.seed)
     generator = torch.Generator(device=plan.device).manual_seed(plan.seed)
     model = plan.model.build(info).to(plan.device)
@@ -243,20 +246,18 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
             environment=environment(plan.plugin_versions),
         )
     )
-    params = sum(p.numel() for p in model.parameters())
-    progress.log(
-        f"run {run_id}: {plan.trainer.name} on {plan.dataset.name}, {plan.threat}, preset {config['preset']}, "
-        f"{plan.epochs} epochs, seed {plan.seed}, {params:,} parameters, {device_name(plan.device)}"
-    )
     train_seconds: float | None = None
     try:
+        params = sum(p.numel() for p in model.parameters())
+        progress.log(
+            f"run {run_id}: {plan.trainer.name} on {plan.dataset.name}, {plan.threat}, preset {config['preset']}, "
+            f"{plan.epochs} epochs, seed {plan.seed}, {params:,} parameters, {device_name(plan.device)}"
+        )
         start = time.perf_counter()
         ctx = TrainContext(threat=plan.threat, device=plan.device, seed=plan.seed, generator=generator, progress=progress)
         plan.trainer.fit(model, data, ctx)
         _sync(plan.device)
         train_seconds = time.perf_counter() - start
-        if plan.request.save_dir is not None:
-            _save(Path(plan.request.save_dir) / f"run-{run_id}", model, config)
         start = time.perf_counter()
         result = evaluate(
             model,
@@ -279,9 +280,29 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
         _mark(store, run_id, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)", train_seconds)
         raise
     except BaseException as exc:
-        _mark(store, run_id, FAILED, f"{type(exc).__name__}: {exc}", train_seconds)
+        _mark(store, run_id, FAILED, f"{type(exc).__name__}: {one_line(exc)}", train_seconds)
         raise
+    if save_dir is not None:
+        # After the results are safe: a full disk must not cost the run its numbers.
+        try:
+            _save(save_dir / f"run-{run_id}", model, config)
+        except OSError as exc:
+            progress.log(f"warning: run {run_id} is recorded, but its weights could not be saved: {one_line(exc)}")
     return run_id
+
+
+def _prepare_save_dir(save_dir: Path | None) -> Path | None:
+    """Create ``--save-dir`` before training, so a bad path is a user error, not a lost run."""
+    if save_dir is None:
+        return None
+    path = Path(save_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --save-dir {str(path)!r}: {one_line(exc)}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--save-dir {str(path)!r} is not writable")
+    return path
 
 
 def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: float | None) -> None:

@@ -46,6 +46,16 @@ def format_eps(eps: float) -> str:
     return f"{eps:.6g}"
 
 
+#: Radii equal to this relative tolerance are the same threat model (8/255 typed as 0.03137);
+#: radii that papers compare differ by far more.
+EPS_REL_TOL = 1e-4
+
+
+def same_eps(a: float, b: float) -> bool:
+    """Whether two radii name the same threat model."""
+    return math.isclose(a, b, rel_tol=EPS_REL_TOL)
+
+
 @dataclass(frozen=True)
 class ThreatModel:
     """Perturbations ``x'`` with ``‖x' − x‖_norm ≤ eps`` and ``x'`` in ``[0, 1]``.

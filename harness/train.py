@@ -29,22 +29,19 @@ class TrainData:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
-        n = len(self)
-        return n // batch_size if drop_last else math.ceil(n / batch_size)
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
 
     def batches(
         self,
         batch_size: int,
         generator: torch.Generator,
         augmentation: Augmentation | None = None,
-        drop_last: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of shuffled ``(images, labels)`` batches."""
         n = len(self)
         order = torch.randperm(n, generator=generator, device=generator.device).to(self.images.device)
-        stop = n - n % batch_size if drop_last else n
-        for start in range(0, stop, batch_size):
+        for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             images = self.images[index].float().div_(255)
             if augmentation is not None and augmentation.active:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from harness.components import Certificate, Certifier, IntervalBounded, LipschitzBounded, Source
-from harness.hookspecs import hookimpl
+from harness import Certificate, Certifier, IntervalBounded, LipschitzBounded, Source, hookimpl
 from harness.threat import ThreatModel
 
 #: Relative slack on the margin for float32 rounding in the forward pass.
@@ -52,7 +51,7 @@ class LipschitzMargin(Certifier):
         margin = logits.gather(1, labels[:, None])[:, 0] - runner_up(logits, labels)
         slack = MARGIN_SLACK * logits.abs().amax(1).clamp(min=1.0)
         # Each logit moves by at most L·eps, so the margin by at most 2·L·eps.
-        radius = ((margin - slack) / (2 * lipschitz)).clamp(min=0)
+        radius = ((margin - slack) / (2 * lipschitz)).nan_to_num(nan=0.0).clamp(min=0)
         return Certificate(certified=radius > threat.eps, radius=radius)
 
 

@@ -14,6 +14,7 @@ PYTHON=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 pip install torch==2.13.0
-pip install --no-deps torchattacks==3.5.1
 pip install -e '.[test]'
-.venv/bin/python -c "import torch, torchattacks, harness; print('harness', harness.__name__, 'torch', torch.__version__)"
+# Last, and with --no-deps, so pip neither pulls nor complains about its stale pins.
+pip install --no-deps torchattacks==3.5.1
+.venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks')))"

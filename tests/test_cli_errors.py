@@ -108,3 +108,24 @@ def test_every_command_has_an_example_in_its_help(harness_cli):
     for name in harness.cli.cli.commands:
         r = harness_cli(name, "--help")
         assert r.code == 0 and "Example" in r.out, name
+
+
+@pytest.mark.parametrize("override", ["trainer.lam0=0", "trainer.adam_eps=-1", "trainer.beta2=1", "trainer.crop_padding=-1",
+                                      "model.momentum=nan", "trainer.lr=inf", "trainer.p_end_epoch=1000"])
+def test_bad_option_values_are_user_errors(harness_cli, override):
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--set", override)
+    assert_one_line_error(r, override.split(".")[1].split("=")[0])
+    assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+def test_seed_out_of_range(harness_cli):
+    assert_one_line_error(harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--seed", "100000000000000000000"), "--seed")
+
+
+def test_unwritable_save_dir_is_caught_before_training(harness_cli, shared_data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--data-dir", str(shared_data),
+                    "--save-dir", str(blocker / "runs"))
+    assert_one_line_error(r, "--save-dir", "a-file")
+    assert harness_cli("runs").out.strip() == "no runs recorded"

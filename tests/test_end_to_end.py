@@ -51,7 +51,7 @@ def test_run_is_recorded_with_metrics_and_per_sample_results(finished_run, harne
 def test_leaderboard_shows_the_run_beside_reported_numbers(finished_run, harness_cli):
     out = harness_cli("leaderboard").out
     assert "mnist  l_inf  eps=0.3" in out
-    assert "linf_v2" in out and "quick (train 2000)" in out
+    assert "linf_v2" in out and "quick (train 2000)" in out and "PGD-10" in out
     assert "reported" in out and "93.20" in out  # the v2 paper's MNIST 0.3 number
     csv_out = harness_cli("leaderboard", "--format", "csv", "--no-reported").out.splitlines()
     assert len(csv_out) == 2 and csv_out[1].startswith("mnist,inf,0.3,measured,1,linf_v2,quick")

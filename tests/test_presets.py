@@ -67,6 +67,28 @@ def test_malformed_file_is_a_plugin_error(tmp_path):
         load_presets(bad, "p")
 
 
+# Zhang et al., ICLR 2022, Appendix B Table 3, and the commands' "--epochs 0,0,e1,e1+e2,T".
+TABLE_3 = {
+    # name: (depth, epochs, p_start_epoch, p_end_epoch, lam0, lam_end, crop_padding, flip)
+    "paper-0.1": (5, 450, 25, 400, 0.05, 2e-4, 1, False),
+    "paper-0.3": (5, 450, 25, 400, 0.05, 2e-4, 1, False),
+    "paper-2/255": (6, 1300, 100, 1250, 0.05, 2e-3, 3, True),
+    "paper-8/255": (6, 1300, 100, 1250, 0.1, 5e-4, 3, True),
+    "paper-16/255": (6, 1300, 100, 1250, 0.1, 2e-4, 3, True),
+}
+
+
+def test_paper_presets_match_table_3(registry):
+    presets = {p.name: p for p in registry.presets_for("linf_v2") if p.paper}
+    assert set(presets) == set(TABLE_3)
+    for name, (depth, epochs, e1, e12, lam0, lam_end, pad, flip) in TABLE_3.items():
+        m, t = presets[name].model_options, presets[name].trainer_options
+        assert (m["depth"], m["width"], m["identity_value"]) == (depth, 5120, 10.0), name
+        assert (t["epochs"], t["p_start_epoch"], t["p_end_epoch"]) == (epochs, e1, e12), name
+        assert (t["lam0"], t["lam_end"], t["crop_padding"], t["flip"], t["padding_mode"]) == (lam0, lam_end, pad, flip, "edge"), name
+        assert presets[name].seed == 2021
+
+
 def test_builtin_presets_cover_the_papers_settings(registry):
     v2 = {(p.dataset, p.name): p for p in registry.presets_for("linf_v2")}
     assert {("mnist", "paper-0.1"), ("mnist", "paper-0.3"), ("cifar10", "paper-2/255"), ("cifar10", "paper-8/255"),

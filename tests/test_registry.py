@@ -57,4 +57,4 @@ def test_builtin_components_are_registered(registry):
     assert {"lipschitz-margin", "interval"} <= set(registry.names("certifier"))
     assert "pgd" in registry.names("attacker")
     assert {"mnist", "fashion-mnist", "cifar10"} <= set(registry.names("dataset"))
-    assert registry.entry("trainer", "linf_v2").plugin == "linf_v2"
+    assert registry.plugin_components["linf_v2"]["trainer"] == ["linf_v2"]

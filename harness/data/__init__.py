@@ -2,7 +2,7 @@
 
 from harness.data.augment import Augmentation
 from harness.data.files import default_data_dir, fetch, gunzip, md5sum, sha256sum, verify
-from harness.data.idx import read_idx, read_idx_gz
+from harness.data.idx import read_idx
 from harness.data.types import DatasetInfo, Splits
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "gunzip",
     "md5sum",
     "read_idx",
-    "read_idx_gz",
     "sha256sum",
     "verify",
 ]

@@ -18,7 +18,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from harness.errors import UsageError
+from harness.errors import UsageError, one_line
 
 #: Environment variable: the folder datasets are read from and downloaded to.
 DATA_ENV = "HARNESS_DATA"
@@ -66,9 +66,6 @@ def _missing(path: Path, urls: list[str], reason: str = "") -> UsageError:
     )
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
 
 def fetch(path: Path, urls: list[str], *, download: bool) -> Path:
     """Return ``path``, downloading it first from the first of ``urls`` that answers.
@@ -87,7 +84,7 @@ def fetch(path: Path, urls: list[str], *, download: bool) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _missing(path, urls, f"cannot create its folder: {_one_line(e)}") from e
+        raise _missing(path, urls, f"cannot create its folder: {one_line(e)}") from e
     failures = []
     for url in urls:
         try:
@@ -98,7 +95,7 @@ def fetch(path: Path, urls: list[str], *, download: bool) -> Path:
             os.replace(part, path)
             return path
         except (OSError, http.client.HTTPException, ValueError) as e:  # URLError and timeouts are OSErrors
-            failures.append(f"{url}: {_one_line(e)}")
+            failures.append(f"{url}: {one_line(e)}")
             part.unlink(missing_ok=True)
     raise _missing(path, urls, "download failed: " + "; ".join(failures))
 
@@ -140,4 +137,4 @@ def gunzip(path: Path, *, url: str | None = None) -> bytes:
             return f.read()
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
         again = f" from {url}" if url else ""
-        raise UsageError(f"corrupt data file {path}: {_one_line(e)}; delete it and download it again{again}") from e
+        raise UsageError(f"corrupt data file {path}: {one_line(e)}; delete it and download it again{again}") from e

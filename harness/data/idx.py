@@ -6,10 +6,7 @@ one big-endian int32 per dimension, then the values in row-major order.
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import struct
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,13 +50,3 @@ def read_idx(data: bytes) -> torch.Tensor:
     # astype copies into a writable, native-endian array that torch can share.
     return torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
 
-
-def read_idx_gz(path: Path) -> tuple[torch.Tensor, str]:
-    """Read a gzipped IDX file: the tensor and the sha256 of the decompressed payload.
-
-    The payload's digest, unlike the ``.gz`` file's, does not change when the
-    file is compressed again, so it identifies the data wherever it came from.
-    """
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    return read_idx(data), hashlib.sha256(data).hexdigest()

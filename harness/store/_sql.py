@@ -52,7 +52,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from harness.errors import HarnessError, UsageError
+from harness.errors import HarnessError, UsageError, one_line
+from harness.threat import EPS_REL_TOL, same_eps
 from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, RunInfo, RunRecord, SampleResult, Store
 
 #: The schema this code writes. Bump it with a migration in :data:`_MIGRATIONS`.
@@ -61,7 +62,6 @@ SCHEMA_VERSION = 1
 #: ``k -> upgrade from schema k to k + 1``, run inside the transaction that opens the database.
 _MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
-_EPS_REL_TOL = 1e-9
 _BUSY_TIMEOUT_S = 30
 _BEGIN = "harness_sqlite_begin"  # execution option: the statement that begins a SQLite transaction
 
@@ -239,6 +239,9 @@ class SqlStore(Store):
         Raises UsageError if there is no such run, HarnessError if it is not ``running``
         (a finished run is never rewritten). Any failure leaves the run as it was.
         """
+        bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
+        if bad:
+            raise HarnessError(f"run {run_id}: metrics {', '.join(bad)} are not finite numbers; nothing was stored")
         metric_rows = [{"run_id": run_id, "name": name, "value": float(value)} for name, value in metrics.items()]
         sample_rows: list[dict[str, Any]] = []
         attack_rows: list[dict[str, Any]] = []
@@ -330,12 +333,12 @@ class SqlStore(Store):
             conditions.append(RunRow.norm == str(norm))
         if eps is not None:
             # A slightly wider range in SQL (it can use the index), then the exact tolerance below.
-            slack = 2 * _EPS_REL_TOL * abs(eps)
+            slack = 2 * EPS_REL_TOL * abs(eps)
             conditions.append(RunRow.eps.between(eps - slack, eps + slack))
         with Session(self._engine) as session:
             runs = session.scalars(select(RunRow).where(*conditions).order_by(RunRow.id)).all()
             if eps is not None:
-                runs = [r for r in runs if math.isclose(r.eps, eps, rel_tol=_EPS_REL_TOL)]
+                runs = [r for r in runs if same_eps(r.eps, eps)]
             metrics: dict[int, dict[str, float]] = {r.id: {} for r in runs}
             query = select(MetricRow.run_id, MetricRow.name, MetricRow.value).join(RunRow).where(*conditions)
             for run_id, name, value in session.execute(query):
@@ -525,5 +528,4 @@ def _now() -> datetime:
 
 def _one_line(exc: BaseException) -> str:
     """The driver's own message when there is one (without SQLAlchemy's statement and links), on one line."""
-    cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    return " ".join(str(cause).split()) or type(cause).__name__
+    return one_line(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)

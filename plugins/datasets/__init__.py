@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from harness.components import Dataset
-from harness.hookspecs import hookimpl
+from harness import Dataset, hookimpl
 from harness_plugins.datasets.cifar import CIFAR10
 from harness_plugins.datasets.mnist import MNIST, FashionMNIST
 

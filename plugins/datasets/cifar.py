@@ -10,9 +10,8 @@ from typing import IO, ClassVar
 import numpy as np
 import torch
 
-from harness.components import Dataset, Source
+from harness import Dataset, Source, UsageError
 from harness.data import DatasetInfo, Splits, fetch, verify
-from harness.errors import UsageError
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_BATCHES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5")

@@ -7,9 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from harness.components import Dataset, Source
+from harness import Dataset, Source, UsageError
 from harness.data import DatasetInfo, Splits, fetch, gunzip, read_idx, verify
-from harness.errors import UsageError
 
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

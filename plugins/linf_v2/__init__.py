@@ -7,7 +7,7 @@ presets (``registry/presets/linf_v2.toml``) and its reported numbers
 
 from __future__ import annotations
 
-from harness.hookspecs import hookimpl
+from harness import hookimpl
 from harness_plugins.linf_v2.model import LinfDistNetModel
 from harness_plugins.linf_v2.trainer import LinfV2Trainer
 from harness_registry import path

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness.components import Model, Source
+from harness import Model, Source
 from harness.data import DatasetInfo
 from harness.options import doc_field
 from harness_plugins.lpdist import LpDistLinear
@@ -40,6 +40,10 @@ class LinfDistNetOptions:
     def __post_init__(self) -> None:
         if self.depth < 2 or self.width < 1:
             raise ValueError(f"depth must be >= 2 and width >= 1, got depth {self.depth}, width {self.width}")
+        if not 0 < self.momentum <= 1:
+            raise ValueError(f"momentum must be in (0, 1], got {self.momentum}")
+        if not 0 <= self.identity_value < math.inf:
+            raise ValueError(f"identity_value must be a finite number >= 0, got {self.identity_value}")
 
 
 class LinfDistNet(nn.Module):

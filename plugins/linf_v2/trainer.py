@@ -7,7 +7,8 @@ Faithful to the paper (Appendix B, Table 3) and its code (``main.py``):
   network's normalised units, and ``s`` is a learnable logit scale (init 1)
   trained at lr/5;
 * p = 8 until ``p_start_epoch``, then exponential to ``p_end`` at
-  ``p_end_epoch``, then ∞; everything is updated per mini-batch;
+  ``p_end_epoch``, then ∞ (if p_end ≥ 100, as in the code); everything is
+  updated per mini-batch; the model is evaluated at p = ∞ in any case;
 * λ = λ0·(λ_end/λ0)^r, r the progress of the p schedule (0 before, 1 after):
   λ0 during p = 8, decaying while p grows, λ_end once p = ∞ (the code keeps
   λ_end; the paper's text says λ vanishes);
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.components import Source, Trainer
+from harness import Source, Trainer
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
 from harness.train import TrainContext, TrainData, cosine_lr
@@ -68,10 +69,18 @@ class LinfV2Options:
             raise ValueError(
                 f"need 0 <= p_start_epoch <= p_end_epoch <= epochs, got {self.p_start_epoch}, {self.p_end_epoch}, {self.epochs}"
             )
-        if not 1 <= self.p_start <= self.p_end:
-            raise ValueError(f"need 1 <= p_start <= p_end, got {self.p_start}, {self.p_end}")
-        if self.eps_train_ratio <= 0 or self.lr <= 0 or self.batch_size < 1:
-            raise ValueError("eps_train_ratio and lr must be > 0 and batch_size >= 1")
+        if not 1 <= self.p_start <= self.p_end < math.inf:
+            raise ValueError(f"need 1 <= p_start <= p_end < inf, got {self.p_start}, {self.p_end}")
+        positive = {"eps_train_ratio": self.eps_train_ratio, "lam0": self.lam0, "lam_end": self.lam_end, "lr": self.lr,
+                    "scale_lr_ratio": self.scale_lr_ratio, "adam_eps": self.adam_eps}
+        for name, value in positive.items():
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        for name, value in (("beta1", self.beta1), ("beta2", self.beta2)):
+            if not 0 <= value < 1:
+                raise ValueError(f"Adam {name} must be in [0, 1), got {value}")
+        if self.batch_size < 1 or self.crop_padding < 0:
+            raise ValueError(f"need batch_size >= 1 and crop_padding >= 0, got {self.batch_size}, {self.crop_padding}")
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,8 @@ class Schedule:
 
     def p(self, t: float) -> float:
         if t >= self.o.p_end_epoch:
-            return math.inf
+            # As the v2 code: the switch to ∞ happens only for a schedule that ends at a large p.
+            return math.inf if self.o.p_end >= 100 else self.o.p_end
         return self.o.p_start * (self.o.p_end / self.o.p_start) ** self.relaxation(t)
 
     def lam(self, t: float) -> float:

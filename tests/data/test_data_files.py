@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data import default_data_dir, fetch, gunzip, md5sum, read_idx, read_idx_gz, sha256sum, verify
+from harness.data import default_data_dir, fetch, gunzip, md5sum, read_idx, sha256sum, verify
 from harness.errors import UsageError
 
 UNREACHABLE = "http://127.0.0.1:9/x"  # the discard port: refused at once, no network needed
@@ -159,14 +159,3 @@ def test_read_idx_reads_big_endian_ints() -> None:
 def test_read_idx_rejects_malformed_data(data: bytes, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         read_idx(data)
-
-
-def test_read_idx_gz_returns_the_payload_digest(tmp_path: Path) -> None:
-    payload = idx_bytes(np.arange(10, dtype=np.uint8))
-    path = tmp_path / "x-idx1-ubyte.gz"
-    path.write_bytes(gzip.compress(payload, compresslevel=9))
-    tensor, digest = read_idx_gz(path)
-    assert tensor.tolist() == list(range(10))
-    assert digest == hashlib.sha256(payload).hexdigest()
-    path.write_bytes(gzip.compress(payload, compresslevel=1, mtime=12345))  # other .gz bytes, same payload
-    assert read_idx_gz(path)[1] == digest

@@ -87,3 +87,39 @@ def test_interval_bounds_contain_sampled_points_and_clip_to_the_image_range(smal
     # Clipping to [0, 1] gives bounds at least as tight as the unclipped box.
     low2, high2 = small_net.interval_bounds(x - 0.3, x + 0.3)
     assert bool((low2 <= low + 1e-5).all() and (high <= high2 + 1e-5).all())
+
+
+def test_fit_uses_the_papers_optimiser_and_a_separate_scale_lr(monkeypatch):
+    from harness import ThreatModel
+    from harness.train import TrainContext, TrainData
+    from harness_plugins.linf_v2.trainer import LinfV2Trainer
+    from harness_plugins.lpdist import lp_layers
+
+    made = []
+    real_adam = torch.optim.Adam
+
+    def spy(groups, **kw):
+        optimizer = real_adam(groups, **kw)
+        made.append((kw, optimizer))
+        return optimizer
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    info = DatasetInfo(name="tiny", num_classes=2, shape=(1, 2, 2), mean=(0.5,), std=0.25)
+    net = LinfDistNet(info, LinfDistNetOptions(depth=3, width=8))
+    g = torch.Generator().manual_seed(0)
+    data = TrainData(info, torch.randint(0, 256, (64, 1, 2, 2), dtype=torch.uint8), torch.randint(0, 2, (64,)))
+    ctx = TrainContext(threat=ThreatModel("inf", 0.1), device=torch.device("cpu"), seed=0, generator=g)
+    LinfV2Trainer(LinfV2Options(epochs=2, p_start_epoch=0.5, p_end_epoch=1.5, batch_size=16, lr=0.03)).fit(net, data, ctx)
+    (kw, optimizer), = made
+    assert kw == {"betas": (0.9, 0.99), "eps": 1e-10}
+    model_group, scale_group = optimizer.param_groups
+    assert len(model_group["params"]) == sum(1 for _ in net.parameters()) and model_group["weight_decay"] == 0
+    (scale,) = scale_group["params"]
+    assert scale.shape == () and scale_group["lr"] == pytest.approx(model_group["lr"] / 5)
+    assert scale.item() != 1.0  # the scale is trained
+    assert not net.training and all(math.isinf(layer.p) for layer in lp_layers(net))
+
+
+def test_a_schedule_that_ends_below_p_100_does_not_switch_to_infinity():
+    s = Schedule(LinfV2Options(epochs=10, p_start_epoch=1, p_end_epoch=5, p_end=50))
+    assert s.p(6) == 50

@@ -210,7 +210,7 @@ def test_list_runs_filters_and_orders_oldest_first(store):
     finish(store, l2, certified=0.7)
     other_eps = store.create_run(make_info(eps=0.3))
     finish(store, other_eps, certified=0.8)
-    near_miss = store.create_run(make_info(eps=EPS * (1 + 1e-7)))
+    near_miss = store.create_run(make_info(eps=EPS * (1 + 1e-3)))
     finish(store, near_miss)
     running = store.create_run(make_info())
     failed = store.create_run(make_info())
@@ -467,3 +467,16 @@ def test_a_directory_that_is_not_writable(tmp_path):
         assert message == f"cannot open database '{directory / 'runs.db'}': directory {directory} is not writable"
     finally:
         directory.chmod(0o700)
+
+
+def test_non_finite_metrics_are_refused_and_nothing_is_stored(tmp_path):
+    from harness.errors import HarnessError
+
+    store = SqlStore.open(str(tmp_path / "r.db"))
+    run_id = store.create_run(make_info())
+    with pytest.raises(HarnessError, match="average_radius/x"):
+        store.record_results(run_id, metrics={"clean_accuracy": 0.5, "average_radius/x": float("nan")}, samples=[],
+                             train_seconds=1.0, eval_seconds=1.0)
+    record = store.get_run(run_id)
+    assert record.status == "running" and record.metrics == {}
+    store.close()

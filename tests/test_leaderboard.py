@@ -1,0 +1,40 @@
+from datetime import datetime, timezone
+
+from harness import leaderboard, render
+from harness.reported import ReportedResult
+from harness.store import RunInfo, RunRecord
+
+
+def run(run_id, certified, clean=0.9, eps=8 / 255, dataset="cifar10", preset="quick"):
+    info = RunInfo(plugin="m", dataset=dataset, norm="inf", eps=eps, preset=preset, seed=0, epochs=3,
+                   config={"evaluation": {"attackers": [{"name": "pgd", "label": "PGD-100"}]}}, device="cpu", environment={})
+    metrics = {"clean_accuracy": clean, "robust_accuracy": certified + 0.05, "certified_accuracy": certified,
+               "certified_accuracy/interval": certified, "robust_accuracy/pgd": certified + 0.05, "eval_samples": 10000.0}
+    return RunRecord(id=run_id, info=info, status="finished", created_at=datetime.now(timezone.utc), finished_at=None,
+                     train_seconds=10.0, eval_seconds=1.0, error=None, metrics=metrics)
+
+
+PAPER = ReportedResult(label="paper", dataset="cifar10", norm="inf", eps=0.0313725, certified=0.40, clean=0.54, pgd=0.42, source="Table 2", attack="PGD-100")
+
+
+def test_runs_are_ranked_by_certified_and_reported_rows_are_not_ranked():
+    (group,) = leaderboard.build([run(1, 0.30), run(2, 0.45), run(3, 0.30, clean=0.95)], [PAPER])
+    assert [(r.kind, r.run_id, r.rank) for r in group.rows] == [
+        ("measured", 2, 1), ("reported", None, None), ("measured", 3, 2), ("measured", 1, 3)]
+
+
+def test_threat_models_group_apart_and_eps_written_two_ways_groups_together():
+    groups = leaderboard.build([run(1, 0.3), run(2, 0.3, eps=2 / 255), run(3, 0.9, eps=0.3, dataset="mnist")], [PAPER])
+    assert [(g.dataset, round(g.eps, 6), len(g.rows)) for g in groups] == [("cifar10", round(2 / 255, 6), 1), ("cifar10", round(8 / 255, 6), 2), ("mnist", 0.3, 1)]
+    assert {r.kind for r in leaderboard.build([run(1, 0.3)], [PAPER], eps=0.0313725)[0].rows} == {"measured", "reported"}
+    assert leaderboard.build([run(1, 0.3)], [PAPER], include_reported=False)[0].rows[0].kind == "measured"
+
+
+def test_rendering_shows_percentages_labels_and_sources():
+    groups = leaderboard.build([run(1, 0.3)], [PAPER])
+    table = render.leaderboard(groups, "table")
+    assert "cifar10  l_inf  eps=8/255" in table and "30.00" in table and "35.00 PGD-100" in table and "reported: Table 2" in table
+    assert render.leaderboard(groups, "markdown").startswith("### cifar10  l_inf  eps=8/255\n\n| rank |")
+    csv_lines = render.leaderboard(groups, "csv").splitlines()
+    assert csv_lines[0].startswith("dataset,norm,eps,kind,rank") and len(csv_lines) == 3
+    assert render.leaderboard([], "table").startswith("no finished runs")
