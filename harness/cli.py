@@ -182,10 +182,11 @@ def _summary(record: Any) -> str:
 @click.option("--dataset", default=None, help="Only this dataset.")
 @click.option("--norm", type=NormType(), default=None, help="Only this norm.")
 @click.option("--eps", type=EpsType(), default=None, help="Only this radius (0.3, 8/255).")
-@click.option("--no-reported", is_flag=True, help="Hide the numbers reported in papers.")
+@click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
+              help="Numbers reported in papers: beside measured runs, for every setting, or none.")
 @format_option(("table", "markdown", "csv", "json"))
 @with_store
-def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float | None, no_reported: bool, fmt: str) -> None:
+def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, fmt: str) -> None:
     """Finished runs grouped by (dataset, norm, eps), ranked by certified accuracy.
 
     Numbers reported in papers are shown beside them, marked "reported".
@@ -194,12 +195,13 @@ def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float 
     Examples:
       harness leaderboard
       harness leaderboard --dataset cifar10 --eps 8/255 --format markdown
+      harness leaderboard --reported all     # also the papers' numbers for settings not run yet
     """
     from harness import leaderboard as lb
     from harness import render
 
     runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps)
-    groups = lb.build(runs, state().registry.reported, dataset=dataset, norm=norm, eps=eps, include_reported=not no_reported)
+    groups = lb.build(runs, state().registry.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
     click.echo(render.leaderboard(groups, fmt))
 
 

@@ -14,6 +14,9 @@ from harness.store import RunRecord
 from harness.threat import format_eps, same_eps
 
 
+REPORTED_CHOICES = ("runs", "all", "none")
+
+
 @dataclass
 class Row:
     """One line of the leaderboard. Accuracies are fractions; ``None`` when absent."""
@@ -85,9 +88,15 @@ def build(
     dataset: str | None = None,
     norm: str | None = None,
     eps: float | None = None,
-    include_reported: bool = True,
+    reported_rows: str = "runs",
 ) -> list[Group]:
-    """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them."""
+    """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them.
+
+    ``reported_rows``: "runs" shows reported numbers in groups that have a
+    measured run, "all" in every group, "none" nowhere.
+    """
+    if reported_rows not in REPORTED_CHOICES:
+        raise ValueError(f"reported_rows must be one of {REPORTED_CHOICES}, got {reported_rows!r}")
 
     def wanted(d: str, n: str, e: float) -> bool:
         return (
@@ -110,10 +119,16 @@ def build(
     for run in runs:
         if wanted(run.info.dataset, run.info.norm, run.info.eps):
             group(run.info.dataset, run.info.norm, run.info.eps).rows.append(_row_from_run(run))
-    if include_reported:
+    measured = list(groups)
+    if reported_rows != "none":
         for result in reported:
-            if wanted(result.dataset, result.norm, result.eps):
-                group(result.dataset, result.norm, result.eps).rows.append(_row_from_reported(result))
+            if not wanted(result.dataset, result.norm, result.eps):
+                continue
+            if reported_rows == "runs" and not any(
+                g.dataset == result.dataset and g.norm == result.norm and same_eps(g.eps, result.eps) for g in measured
+            ):
+                continue
+            group(result.dataset, result.norm, result.eps).rows.append(_row_from_reported(result))
 
     def order(row: Row) -> tuple[float, float, int]:
         return (

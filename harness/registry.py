@@ -106,7 +106,12 @@ class Registry:
 
 
 def _call_each(pm: pluggy.PluginManager, hook_name: str) -> list[tuple[str, object]]:
-    """Call every implementation of a hook separately, so results can be attributed."""
+    """Call every implementation of a hook separately, so results can be attributed.
+
+    The ``register_*`` hooks are plain collectors: wrappers and call ordering
+    (``tryfirst``) have no meaning for them, so calling each implementation
+    directly loses nothing.
+    """
     caller = getattr(pm.hook, hook_name)
     results = []
     for impl in caller.get_hookimpls():

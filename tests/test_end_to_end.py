@@ -53,13 +53,14 @@ def test_leaderboard_shows_the_run_beside_reported_numbers(finished_run, harness
     assert "mnist  l_inf  eps=0.3" in out
     assert "linf_v2" in out and "quick (train 2000)" in out and "PGD-10" in out
     assert "reported" in out and "93.20" in out  # the v2 paper's MNIST 0.3 number
-    csv_out = harness_cli("leaderboard", "--format", "csv", "--no-reported").out.splitlines()
+    csv_out = harness_cli("leaderboard", "--format", "csv", "--reported", "none").out.splitlines()
     assert len(csv_out) == 2 and csv_out[1].startswith("mnist,inf,0.3,measured,1,linf_v2,quick")
     md = harness_cli("leaderboard", "--format", "markdown", "--dataset", "mnist").out
     assert md.startswith("### mnist") and "| rank |" in md
     data = json.loads(harness_cli("leaderboard", "--format", "json", "--eps", "0.3").out)
     assert data[0]["rows"][0]["kind"] in ("measured", "reported")
-    assert harness_cli("leaderboard", "--dataset", "cifar10", "--no-reported").out.startswith("no finished runs")
+    assert harness_cli("leaderboard", "--dataset", "cifar10").out.startswith("no finished runs")
+    assert "54.30" in harness_cli("leaderboard", "--dataset", "cifar10", "--reported", "all").out  # the paper's 8/255 row
 
 
 def test_runs_lists_every_status(finished_run, harness_cli):

@@ -25,9 +25,10 @@ def test_runs_are_ranked_by_certified_and_reported_rows_are_not_ranked():
 
 def test_threat_models_group_apart_and_eps_written_two_ways_groups_together():
     groups = leaderboard.build([run(1, 0.3), run(2, 0.3, eps=2 / 255), run(3, 0.9, eps=0.3, dataset="mnist")], [PAPER])
+    assert leaderboard.build([], [PAPER]) == [] and len(leaderboard.build([], [PAPER], reported_rows="all")) == 1
     assert [(g.dataset, round(g.eps, 6), len(g.rows)) for g in groups] == [("cifar10", round(2 / 255, 6), 1), ("cifar10", round(8 / 255, 6), 2), ("mnist", 0.3, 1)]
     assert {r.kind for r in leaderboard.build([run(1, 0.3)], [PAPER], eps=0.0313725)[0].rows} == {"measured", "reported"}
-    assert leaderboard.build([run(1, 0.3)], [PAPER], include_reported=False)[0].rows[0].kind == "measured"
+    assert [r.kind for r in leaderboard.build([run(1, 0.3)], [PAPER], reported_rows="none")[0].rows] == ["measured"]
 
 
 def test_rendering_shows_percentages_labels_and_sources():
