@@ -24,12 +24,12 @@ File format (``registry/presets/*.toml``)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from harness.datafile import check_keys, read_data_file
 from harness.errors import PluginError, UsageError, unknown_name
 from harness.threat import format_eps, parse_eps, parse_norm, same_eps
 
@@ -58,20 +58,13 @@ class Preset:
 
 def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
     """Parse one preset file; a malformed file is the plugin's bug (PluginError)."""
-    origin = f"{getattr(path, 'name', path)} (plugin {plugin!r})"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PluginError(f"cannot read presets {origin}: {exc}") from None
+    origin, data = read_data_file(path, plugin, "presets")
     trainer = data.get("trainer")
     if not isinstance(trainer, str):
         raise PluginError(f"presets {origin} must name a top-level 'trainer'")
     presets = []
     for raw in data.get("presets", []):
-        unknown = set(raw) - _PRESET_KEYS
-        missing = {"name", "dataset", "eps", "source"} - set(raw)
-        if unknown or missing:
-            raise PluginError(f"preset {raw.get('name')!r} in {origin}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        check_keys(raw, _PRESET_KEYS, {"name", "dataset", "eps", "source"}, f"preset {raw.get('name')!r} in {origin}")
         try:
             presets.append(
                 Preset(

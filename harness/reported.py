@@ -18,11 +18,11 @@ File format (``registry/reported/*.toml``)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from harness.datafile import check_keys, read_data_file
 from harness.errors import PluginError, UsageError
 from harness.threat import parse_eps, parse_norm
 
@@ -55,18 +55,11 @@ def _fraction(value: float | None, where: str) -> float | None:
 
 
 def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]:
-    origin = f"{getattr(path, 'name', path)} (plugin {plugin!r})"
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise PluginError(f"cannot read reported results {origin}: {exc}") from None
+    origin, data = read_data_file(path, plugin, "reported results")
     results = []
     for raw in data.get("results", []):
         where = f"reported result {raw.get('label')!r} in {origin}"
-        unknown = set(raw) - _KEYS
-        missing = {"label", "dataset", "eps", "source"} - set(raw)
-        if unknown or missing:
-            raise PluginError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+        check_keys(raw, _KEYS, {"label", "dataset", "eps", "source"}, where)
         try:
             results.append(
                 ReportedResult(
