@@ -298,6 +298,16 @@ def runs(store: Store, status: str | None, dataset: str | None) -> None:
     click.echo(render.text_table(["id", "status", "plugin", "preset", "dataset", "threat", "certified", "created (UTC)", "error"], rows))
 
 
+@cli.group()
+def bench() -> None:
+    """Benchmarks that plugins register.
+
+    \b
+    Example:
+      harness bench dist        # the l_p-dist layer against torch.cdist
+    """
+
+
 def _stale(record: Any) -> bool:
     """A ``running`` run whose process, on this host, no longer exists (killed with SIGKILL, OOM)."""
     from harness.store import RUNNING

@@ -1,13 +1,65 @@
 """The l_p-dist layer of l_inf-dist nets (Zhang et al., ICML 2021 and ICLR 2022).
 
-A library shared by the dist-net plugins; it registers no components itself.
-``lp_dist`` and ``inf_dist_bounds`` are the operations (pure PyTorch, chunked, any device),
-``LpDistLinear`` the layer, and ``set_p`` sets p on every such layer of a model.
+A library shared by the dist-net plugins: ``lp_dist`` / ``lp_dist_conv`` and
+``inf_dist_bounds`` / ``inf_dist_bounds_conv`` are the operations (with a
+compiled CPU path, Triton on CUDA and a pure PyTorch fallback, see
+:mod:`.ops`), ``LpDistLinear`` the layer, and ``set_p`` sets p on every such
+layer of a model. As a plugin it registers one command, ``harness bench dist``.
 """
 
 from __future__ import annotations
 
-from harness_plugins.lpdist.layers import LpDistLinear, lp_layers, set_p
-from harness_plugins.lpdist.ops import inf_dist_bounds, lp_dist
+import math
 
-__all__ = ["LpDistLinear", "inf_dist_bounds", "lp_dist", "lp_layers", "set_p"]
+import click
+
+from harness import hookimpl
+from harness_plugins.lpdist.layers import LpDistLinear, lp_layers, set_p
+from harness_plugins.lpdist.ops import inf_dist_bounds, inf_dist_bounds_conv, lp_dist, lp_dist_conv
+
+__all__ = ["LpDistLinear", "inf_dist_bounds", "inf_dist_bounds_conv", "lp_dist", "lp_dist_conv", "lp_layers", "set_p"]
+
+
+def _p(text: str) -> float:
+    value = math.inf if text.strip().lower() in ("inf", "infinity") else float(text)
+    if not value >= 1:
+        raise click.BadParameter(f"{text!r} is not a p >= 1 (or inf)")
+    return value
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    bench = cli.commands["bench"]
+
+    @bench.command("dist")
+    @click.option("--paper", is_flag=True, help="The paper's shapes: B=512; 784→5120, 3072→5120, 5120→5120, 5120→10.")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+    @click.option("--p", "p_values", multiple=True, metavar="P", help="Values of p (repeatable; default 8, 64, 1000, inf).")
+    @click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed calls per measurement (the median is kept).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
+    def dist(paper: bool, device: str, p_values: tuple[str, ...], repeat: int, as_json: bool) -> None:
+        """Time the l_p-dist layer against torch.cdist and the naive broadcast.
+
+        Forward and forward+backward, side by side in one run, for p ∈ {8, 64, 1000, ∞}, on a
+        CPU-sized set (B=256; 784→1024, 1024→1024) or the paper's shapes (--paper).
+
+        \b
+        Examples:
+          harness bench dist
+          harness bench dist --paper --device cuda --json
+        """
+        import sys
+
+        from harness import UsageError
+        from harness.env import resolve_device
+        from harness_plugins.lpdist import bench as b
+
+        try:
+            ps = [_p(v) for v in p_values] if p_values else b.P_VALUES
+        except (ValueError, click.BadParameter):
+            raise UsageError(f"--p must be numbers >= 1 or inf, got {', '.join(p_values)}") from None
+        target = resolve_device(device)
+        shapes = b.PAPER_SHAPES if paper else b.CPU_SHAPES
+        say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True)) if not as_json else (lambda m: None)
+        records = b.run(shapes, ps, target, repeat, progress=say)
+        click.echo(b.to_json(records) if as_json else b.table(records))

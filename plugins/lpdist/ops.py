@@ -1,102 +1,108 @@
-"""The l_p-distance operation of l_inf-dist nets, in pure PyTorch.
+"""The l_p-distance operation of l_inf-dist nets: one module, three backends.
 
-``lp_dist(x, w, p)[b, o] = ||x[b] - w[o]||_p`` for ``x`` of shape B×I and
-``w`` of shape O×I, differentiable w.r.t. both, on any device, in float32 and
-float64. It follows the original CUDA kernels (Zhang et al., ICML 2021,
-``norm_dist_cuda.cu`` / ``inf_dist_cuda.cu``):
+``lp_dist(x, w, p)[b, o] = ||x[b] − w[o]||_p`` for ``x`` of shape B×I and ``w``
+of shape O×I, and its convolutional form :func:`lp_dist_conv` (through
+``unfold``), differentiable w.r.t. both, following the original CUDA kernels
+(Zhang et al., ICML 2021 ``norm_dist_cuda.cu`` / ``inf_dist_cuda.cu``):
 
+* p = ∞ is exact and back-propagates through one index per output, the first
+  maximiser (``torch.amax`` would split the gradient over ties): ±g goes to
+  that entry of x and ∓g to that entry of w;
 * finite p is normalised by the per-pair max, ``m·(Σ (|x_i − w_i|/m)^p)^(1/p)``,
   so it stays finite for p up to 1000 when |x − w| ≈ 10–20 (the −10 identity
-  init makes that the normal case; ``torch.cdist`` returns inf there);
-* p = ∞ back-propagates through one index per output, the first maximiser
-  (``torch.amax`` would split the gradient over ties);
-* the B×O×I difference tensor is never materialised: every pass works on
-  blocks of at most :data:`CHUNK_ELEMENTS` elements, and only x, w and a B×O
-  tensor (the output, or the argmax for p = ∞) are kept for the backward.
+  init makes that the normal case; ``torch.cdist`` returns inf there); small
+  integer p may skip the normalisation when the sums provably neither overflow
+  nor underflow (checked on every call, as the v2 kernels do for p ≤ 10);
+* the B×O×I difference tensor is never materialised.
 
-The chunked loops sit behind ``_inf_forward``, ``_inf_backward``,
-``_p_forward``, ``_p_backward`` and ``_inf_bounds`` so that compiled fast
-paths can replace them one at a time.
+Backends, chosen per call from the tensors' device (override with the
+environment variable ``HARNESS_LPDIST_BACKEND=reference|compiled|triton``):
+
+* ``triton`` on CUDA tensors: kernels tiled like a matrix product
+  (:mod:`._triton`);
+* ``compiled`` on CPU tensors: inductor-generated C++ from ``torch.compile``
+  (:mod:`._compiled`), falling back to the reference for good, with one
+  warning, if compiling fails;
+* ``reference``: chunked pure PyTorch on any device (:mod:`._reference`).
+
+How the p schedule maps onto compiled variants (there is no recompilation per
+step): p = ∞ is one variant; integer p ≤ 10 (the p = 8 phase) one variant per
+integer; every other p — the whole relaxation 8 → 1000 — one variant taking p
+as a runtime tensor.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+import warnings
+from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["CHUNK_ELEMENTS", "inf_dist_bounds", "lp_dist"]
+from harness_plugins.lpdist import _reference
 
-#: Most elements in one block of the B×O×I difference tensor. Tests lower it to force many blocks.
-CHUNK_ELEMENTS: int = 2**22
+__all__ = ["BACKEND_ENV", "backend_name", "inf_dist_bounds", "inf_dist_bounds_conv", "lp_dist", "lp_dist_conv"]
 
-
-# --------------------------------------------------------------------------- blocks
-
-
-def _plan(batch: int, out: int, inp: int) -> tuple[int, int, int]:
-    """Block sizes (batch, outputs, inputs) whose product is at most CHUNK_ELEMENTS.
-
-    Whole input rows are preferred, then all outputs, then as many samples as fit; the
-    input dimension is split only when one row alone is over the budget.
-    """
-    budget = max(1, int(CHUNK_ELEMENTS))
-    ic = max(1, min(inp, budget))
-    oc = max(1, min(out, budget // ic))
-    bc = max(1, min(batch, budget // (ic * oc)))
-    return bc, oc, ic
+#: Environment variable forcing a backend: reference, compiled or triton.
+BACKEND_ENV = "HARNESS_LPDIST_BACKEND"
+_BACKENDS = ("auto", "reference", "compiled", "triton")
+_broken: set[str] = set()
 
 
-def _slices(n: int, step: int) -> Iterator[slice]:
-    for start in range(0, n, step):
-        yield slice(start, min(start + step, n))
+def _load(name: str) -> ModuleType | None:
+    """The backend module, or None if it cannot run here (import or first-use failure)."""
+    if name in _broken:
+        return None
+    try:
+        if name == "compiled":
+            from harness_plugins.lpdist import _compiled as module
+        elif name == "triton":
+            from harness_plugins.lpdist import _triton as module
+        else:
+            return _reference
+    except ImportError:
+        _broken.add(name)
+        return None
+    return module
 
 
-def _diff(x: Tensor, w: Tensor, bs: slice, ob: slice, cols: slice) -> Tensor:
-    """``x[bs, cols] − w[ob, cols]`` broadcast to one block (bs × ob × cols)."""
-    return x[bs, None, cols] - w[None, ob, cols]
+def _choose(t: Tensor) -> ModuleType:
+    choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if choice not in _BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={choice!r}; valid: {', '.join(_BACKENDS)}")
+    if choice == "auto":
+        choice = "triton" if t.device.type == "cuda" else "compiled" if t.device.type == "cpu" else "reference"
+    return _load(choice) or _reference
 
 
-def _exponent(e: float) -> float | int:
-    # An int exponent lets torch use its integer-power path (p = 8, the first training phase).
-    return int(e) if e == round(e) and abs(e) < 2**31 else e
+def backend_name(t: Tensor) -> str:
+    """Which backend a call on tensors like ``t`` would use."""
+    return _choose(t).__name__.rsplit("._", 1)[-1]
 
 
-# --------------------------------------------------------------------------- p = ∞
+def _run(name: str, t: Tensor, *args):
+    """Call ``name`` on the chosen backend; a backend that fails to build is retired, with a warning."""
+    backend = _choose(t)
+    if backend is _reference:
+        return getattr(_reference, name)(*args)
+    try:
+        return getattr(backend, name)(*args)
+    except backend.BuildError as exc:  # compiler missing, unsupported GPU, ...
+        label = backend.__name__.rsplit("._", 1)[-1]
+        _broken.add(label)
+        warnings.warn(f"l_p-dist backend {label!r} cannot run here ({exc}); using the pure PyTorch one", stacklevel=3)
+        return getattr(_reference, name)(*args)
 
 
-def _inf_forward(x: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """``max_i |x − w|`` (B×O) and the first maximising index (B×O, int64)."""
-    batch, out, inp = x.shape[0], w.shape[0], x.shape[1]
-    y = x.new_zeros(batch, out)
-    index = torch.zeros(batch, out, dtype=torch.int64, device=x.device)
-    bc, oc, ic = _plan(batch, out, inp)
-    for bs in _slices(batch, bc):
-        for ob in _slices(out, oc):
-            best, arg = None, None
-            for cols in _slices(inp, ic):
-                # torch.max(dim) returns the first maximiser; merging blocks with a strict `>`
-                # keeps the earlier block on ties, so the overall rule is "first index wins".
-                val, pos = _diff(x, w, bs, ob, cols).abs_().max(dim=-1)
-                pos += cols.start
-                if best is None:
-                    best, arg = val, pos
-                else:
-                    better = val > best
-                    best, arg = torch.where(better, val, best), torch.where(better, pos, arg)
-            if best is not None:
-                y[bs, ob], index[bs, ob] = best, arg
-    return y, index
+# --------------------------------------------------------------------------- autograd
 
 
-def _inf_backward(
-    x: Tensor, w: Tensor, index: Tensor, grad: Tensor, need_x: bool, need_w: bool
-) -> tuple[Tensor | None, Tensor | None]:
+def _inf_backward(x: Tensor, w: Tensor, index: Tensor, grad: Tensor, need_x: bool, need_w: bool):
     """Sub-gradient: output (b, o) sends ±grad to its argmax entry of x and ∓grad to that of w."""
-    # x[b, i*] and w[o, i*] for i* = index[b, o], gathered as B×O tensors.
     x_at = x.gather(1, index)
     w_at = w.gather(1, index.t()).t()
     signed = grad * torch.sign(x_at - w_at)
@@ -108,110 +114,35 @@ def _inf_backward(
 class _InfDist(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
-        y, index = _inf_forward(x, w)
+        y, index = _run("inf_forward", x, x.detach(), w.detach(), True)
         ctx.save_for_backward(x, w, index)
         return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    def backward(ctx, grad: Tensor):
         x, w, index = ctx.saved_tensors
-        return _inf_backward(x, w, index, grad, *ctx.needs_input_grad)
-
-
-# --------------------------------------------------------------------------- finite p
-
-
-def _p_forward(x: Tensor, w: Tensor, p: float) -> Tensor:
-    """``m·(Σ_i (|x_i − w_i|/m)^p)^(1/p)`` with m the per-pair max, 0 where m = 0."""
-    batch, out, inp = x.shape[0], w.shape[0], x.shape[1]
-    y = x.new_zeros(batch, out)
-    e = _exponent(p)
-    bc, oc, ic = _plan(batch, out, inp)
-    for bs in _slices(batch, bc):
-        for ob in _slices(out, oc):
-            if ic >= inp:
-                a = _diff(x, w, bs, ob, slice(0, inp)).abs_()
-                m = a.amax(dim=-1, keepdim=True)
-                total = a.div_(torch.where(m > 0, m, 1)).pow_(e).sum(dim=-1)
-            else:  # one input row is over the budget: a first pass for the max, a second for the sum
-                m = None
-                for cols in _slices(inp, ic):
-                    block_max = _diff(x, w, bs, ob, cols).abs_().amax(dim=-1, keepdim=True)
-                    m = block_max if m is None else torch.maximum(m, block_max)
-                scale = torch.where(m > 0, m, 1)
-                total = sum(
-                    _diff(x, w, bs, ob, cols).abs_().div_(scale).pow_(e).sum(dim=-1) for cols in _slices(inp, ic)
-                )
-            # The max term is 1, so total ∈ [1, I] and nothing overflows; m = 0 gives 0·0 = 0.
-            y[bs, ob] = m.squeeze(-1) * total.pow(1.0 / p)
-    return y
-
-
-def _p_backward(
-    x: Tensor, w: Tensor, y: Tensor, grad: Tensor, p: float, need_x: bool, need_w: bool
-) -> tuple[Tensor | None, Tensor | None]:
-    """∂y/∂x_i = sign(x_i − w_i)·(|x_i − w_i|/y)^(p−1) = −∂y/∂w_i, and 0 where y = 0.
-
-    The ratio is at most 1, so this is safe for large p. Differences are recomputed per block.
-    """
-    batch, out, inp = x.shape[0], w.shape[0], x.shape[1]
-    grad_x = torch.zeros_like(x) if need_x else None
-    grad_w = torch.zeros_like(w) if need_w else None
-    positive = y > 0
-    y_safe = torch.where(positive, y, 1)
-    g = torch.where(positive, grad, 0)
-    e = _exponent(p - 1)
-    bc, oc, ic = _plan(batch, out, inp)
-    for bs in _slices(batch, bc):
-        for ob in _slices(out, oc):
-            y_blk, g_blk = y_safe[bs, ob, None], g[bs, ob, None]
-            for cols in _slices(inp, ic):
-                d = _diff(x, w, bs, ob, cols)
-                t = d.abs().div_(y_blk).pow_(e).mul_(d.sign_()).mul_(g_blk)
-                if grad_x is not None:
-                    grad_x[bs, cols] += t.sum(dim=1)
-                if grad_w is not None:
-                    grad_w[ob, cols] -= t.sum(dim=0)
-    return grad_x, grad_w
+        return _inf_backward(x, w, index, grad.contiguous(), *ctx.needs_input_grad)
 
 
 class _PDist(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor, p: float) -> Tensor:
-        y = _p_forward(x, w, p)
+        y = _run("p_forward", x, x.detach(), w.detach(), p)
         ctx.save_for_backward(x, w, y)
         ctx.p = p
         return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(ctx, grad: Tensor):
         x, w, y = ctx.saved_tensors
-        grad_x, grad_w = _p_backward(x, w, y, grad, ctx.p, *ctx.needs_input_grad[:2])
+        # ∂y/∂x_i = sign(x_i − w_i)·(|x_i − w_i|/y)^(p−1) = −∂y/∂w_i; 0 where y = 0.
+        positive = y > 0
+        y_safe = torch.where(positive, y, 1).contiguous()
+        g = torch.where(positive, grad, 0).contiguous()
+        grad_x, grad_w = _run("p_backward", x, x, w, y_safe, g, ctx.p, *ctx.needs_input_grad[:2])
         return grad_x, grad_w, None
-
-
-# --------------------------------------------------------------------------- interval bounds
-
-
-def _inf_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    batch, out, inp = lower.shape[0], w.shape[0], lower.shape[1]
-    low = lower.new_zeros(batch, out)
-    high = lower.new_zeros(batch, out)
-    bc, oc, ic = _plan(batch, out, inp)
-    for bs in _slices(batch, bc):
-        for ob in _slices(out, oc):
-            for cols in _slices(inp, ic):
-                below = _diff(lower, w, bs, ob, cols)  # l − w
-                above = _diff(upper, w, bs, ob, cols).neg_()  # w − u
-                # Per coordinate: the farthest point is the far end, max(u − w, w − l); the nearest
-                # is at distance max(l − w, w − u, 0), which is 0 when l ≤ w ≤ u.
-                far = torch.maximum(below.abs(), above.abs()).amax(dim=-1)
-                near = torch.maximum(below, above).amax(dim=-1).clamp_(min=0)
-                high[bs, ob] = torch.maximum(high[bs, ob], far)
-                low[bs, ob] = torch.maximum(low[bs, ob], near)
-    return low, high
 
 
 # --------------------------------------------------------------------------- public API
@@ -219,9 +150,7 @@ def _inf_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Tensor
 
 def _check_inputs(x: Tensor, w: Tensor, what: str = "x") -> None:
     if x.dim() != 2 or w.dim() != 2:
-        raise ValueError(
-            f"expected {what} of shape B×I and w of shape O×I, got {tuple(x.shape)} and {tuple(w.shape)}"
-        )
+        raise ValueError(f"expected {what} of shape B×I and w of shape O×I, got {tuple(x.shape)} and {tuple(w.shape)}")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"{what} has {x.shape[1]} features but w has {w.shape[1]}")
     if x.shape[1] == 0:
@@ -244,13 +173,15 @@ def lp_dist(x: Tensor, w: Tensor, p: float) -> Tensor:
     p = float(p)
     if not p >= 1:
         raise ValueError(f"p must be >= 1 or math.inf, got {p}")
+    x, w = x.contiguous(), w.contiguous()
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     if math.isinf(p):
-        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        if needs_grad:
             return _InfDist.apply(x, w)
-        # Without a backward no argmax is needed; cdist is exact at p = ∞ (max of |x − w|) and
-        # does not build the B×O×I tensor.
-        return torch.cdist(x, w, p=math.inf)
-    return _PDist.apply(x, w, p)
+        return _run("inf_forward", x, x.detach(), w.detach(), False)[0]
+    if needs_grad:
+        return _PDist.apply(x, w, p)
+    return _run("p_forward", x, x.detach(), w.detach(), p)
 
 
 def inf_dist_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -273,4 +204,48 @@ def inf_dist_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Te
     with torch.no_grad():
         if bool((lower > upper).any()):
             raise ValueError("every box needs lower <= upper")
-        return _inf_bounds(lower, upper, w)
+        return _reference.inf_bounds(lower, upper, w)
+
+
+# --------------------------------------------------------------------------- convolutional form
+
+
+def _patches(x: Tensor, kernel_size: int, stride: int, padding: int) -> tuple[Tensor, int, int]:
+    """``x`` (B×C×H×W) as one row per output pixel: (B·H'·W')×(C·k·k), and H', W'."""
+    if x.dim() != 4:
+        raise ValueError(f"expected images B×C×H×W, got {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    out_h = (h + 2 * padding - kernel_size) // stride + 1
+    out_w = (w + 2 * padding - kernel_size) // stride + 1
+    cols = F.unfold(x, kernel_size, padding=padding, stride=stride)  # B × (C·k·k) × L
+    return cols.transpose(1, 2).reshape(b * out_h * out_w, -1), out_h, out_w
+
+
+def _unpatch(y: Tensor, batch: int, out_h: int, out_w: int) -> Tensor:
+    return y.view(batch, out_h, out_w, -1).permute(0, 3, 1, 2)
+
+
+def lp_dist_conv(x: Tensor, w: Tensor, p: float, kernel_size: int, stride: int = 1, padding: int = 0) -> Tensor:
+    """The convolutional l_p-dist layer: ``y[b, o, i, j] = ||patch(x)[b, :, i, j] − w[o]||_p``.
+
+    Patches are taken with ``F.unfold`` (zero padding), as the original code does; the unfolded
+    input costs ``k²`` times the input's memory, the distances themselves no more than
+    :func:`lp_dist`.
+
+    :param x: images, B×C×H×W.
+    :param w: weights, O×(C·k·k), in ``unfold``'s channel-major order.
+    :returns: B×O×H'×W'.
+    """
+    rows, out_h, out_w = _patches(x, kernel_size, stride, padding)
+    return _unpatch(lp_dist(rows, w, p), x.shape[0], out_h, out_w)
+
+
+def inf_dist_bounds_conv(
+    lower: Tensor, upper: Tensor, w: Tensor, kernel_size: int, stride: int = 1, padding: int = 0
+) -> tuple[Tensor, Tensor]:
+    """:func:`inf_dist_bounds` for :func:`lp_dist_conv` (the zero padding is exact: it is no interval)."""
+    low_rows, out_h, out_w = _patches(lower, kernel_size, stride, padding)
+    high_rows, _, _ = _patches(upper, kernel_size, stride, padding)
+    low, high = inf_dist_bounds(low_rows, high_rows, w)
+    b = lower.shape[0]
+    return _unpatch(low, b, out_h, out_w), _unpatch(high, b, out_h, out_w)

@@ -8,18 +8,33 @@ import pytest
 import torch
 
 from harness_plugins.lpdist import LpDistLinear, inf_dist_bounds, lp_dist
+from harness_plugins.lpdist import _reference as ref_backend
 from harness_plugins.lpdist import ops
 
 FINITE_P = [1.0, 1.5, 2.0, 8.0, 8.7, 64.0, 1000.0]
 ALL_P = FINITE_P + [math.inf]
 SHAPES = [(1, 1, 1), (1, 5, 3), (4, 1, 7), (3, 4, 1), (6, 5, 9), (17, 13, 33)]  # (B, O, I)
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+# (device, backend): every backend is held to the same float64 reference.
 DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")],
-    ),
+    pytest.param(("cpu", "reference"), id="cpu-reference"),
+    pytest.param(("cpu", "compiled"), id="cpu-compiled"),
+    pytest.param(("cuda", "reference"), id="cuda-reference", marks=GPU),
+    pytest.param(("cuda", "triton"), id="cuda-triton", marks=GPU),
 ]
+
+
+@pytest.fixture
+def device(request, monkeypatch) -> str:
+    """The device of a (device, backend) parameter, with that backend forced for the test."""
+    dev, backend = request.param
+    monkeypatch.setenv(ops.BACKEND_ENV, backend)
+    return dev
+
+
+@pytest.fixture
+def reference_backend(monkeypatch) -> None:
+    monkeypatch.setenv(ops.BACKEND_ENV, "reference")
 
 
 def tolerance(dtype: torch.dtype, p: float) -> float:
@@ -73,7 +88,7 @@ def inputs(shape, dtype=torch.float32, device="cpu", seed=0, scale=1.0):
 # --------------------------------------------------------------------------- values and gradients
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("p", FINITE_P)
@@ -89,7 +104,7 @@ def test_finite_p_matches_the_float64_reference(p, shape, dtype, device):
     torch.testing.assert_close(gw.double(), rw, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_inf_is_exact_and_its_gradient_follows_the_first_argmax(shape, dtype, device):
@@ -150,7 +165,7 @@ def test_rejects_bad_arguments():
 # --------------------------------------------------------------------------- ties at p = ∞
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_inf_ties_send_the_whole_gradient_to_the_first_maximiser(device):
     x = torch.zeros(2, 5, device=device, requires_grad=True)
     w = torch.tensor(
@@ -181,9 +196,9 @@ def test_inf_ties_send_the_whole_gradient_to_the_first_maximiser(device):
     assert torch.allclose(spread[0, 1:4].abs().cpu(), torch.full((3,), 1 / 3))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_inf_ties_across_input_blocks_keep_the_first(monkeypatch, device):
-    monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 4)  # I = 10 is split into [0:4], [4:8], [8:10]
+    monkeypatch.setattr(ref_backend, "CHUNK_ELEMENTS", 4)  # I = 10 is split into [0:4], [4:8], [8:10]
     x = torch.zeros(1, 10, device=device, requires_grad=True)
     w = torch.zeros(1, 10, device=device)
     w[0, [2, 7, 9]] = torch.tensor([-5.0, 5.0, -5.0], device=device)
@@ -192,7 +207,7 @@ def test_inf_ties_across_input_blocks_keep_the_first(monkeypatch, device):
     assert gx[0, 2] == 1 and gx.count_nonzero() == 1
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", DEVICES, indirect=True)
 def test_inf_long_rows_of_ties_pick_index_zero(device):
     # Parallel reductions (vectorised on CPU, tree-shaped on CUDA) must still return the first maximiser.
     gen = torch.Generator().manual_seed(0)
@@ -243,20 +258,20 @@ def test_p_1000_with_the_identity_init_stays_finite_where_cdist_overflows():
 
 def test_plan_respects_the_budget(monkeypatch):
     for budget in (1, 7, 64, 1000, 2**22):
-        monkeypatch.setattr(ops, "CHUNK_ELEMENTS", budget)
+        monkeypatch.setattr(ref_backend, "CHUNK_ELEMENTS", budget)
         for b, o, i in [(1, 1, 1), (3, 5, 7), (256, 1024, 784), (5, 3, 5000), (512, 5120, 5120)]:
-            bc, oc, ic = ops._plan(b, o, i)
+            bc, oc, ic = ref_backend._plan(b, o, i)
             assert bc * oc * ic <= budget and 1 <= bc <= b and 1 <= oc <= o and 1 <= ic <= i
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 8.0, 8.7, 1000.0, math.inf])
 @pytest.mark.parametrize("shape", [(7, 11, 13), (3, 5, 100)])  # I = 100 > 64 splits the inputs too
-def test_chunked_equals_unchunked(monkeypatch, p, shape):
+def test_chunked_equals_unchunked(monkeypatch, reference_backend, p, shape):
     x, w, g = inputs(shape, seed=3, scale=5.0)
     y = lp_dist(x, w, p)
     gx, gw = torch.autograd.grad(y, (x, w), g)
-    monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 64)
-    assert ops._plan(*shape) != shape
+    monkeypatch.setattr(ref_backend, "CHUNK_ELEMENTS", 64)
+    assert ref_backend._plan(*shape) != shape
     yc = lp_dist(x, w, p)
     gxc, gwc = torch.autograd.grad(yc, (x, w), g)
     if math.isinf(p):
@@ -270,8 +285,8 @@ def test_chunked_equals_unchunked(monkeypatch, p, shape):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("p", [8.0, math.inf])
-def test_cuda_peak_memory_is_one_block_not_the_full_tensor(monkeypatch, p):
-    monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 2**20)
+def test_cuda_peak_memory_is_one_block_not_the_full_tensor(monkeypatch, reference_backend, p):
+    monkeypatch.setattr(ref_backend, "CHUNK_ELEMENTS", 2**20)
     b, o, i = 64, 512, 1024  # the full difference tensor would be 128 MiB in float32
     x = torch.randn(b, i, device="cuda", requires_grad=True)
     w = torch.randn(o, i, device="cuda", requires_grad=True)
@@ -331,7 +346,7 @@ def test_bounds_are_attained(seed):
 def test_bounds_chunked_equal_unchunked_and_reject_inverted_boxes(monkeypatch):
     lower, upper, w = boxes(7, b=6, o=9, i=20)
     expected = inf_dist_bounds(lower, upper, w)
-    monkeypatch.setattr(ops, "CHUNK_ELEMENTS", 8)
+    monkeypatch.setattr(ref_backend, "CHUNK_ELEMENTS", 8)
     got = inf_dist_bounds(lower, upper, w)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     with pytest.raises(ValueError, match="lower <= upper"):
