@@ -30,7 +30,7 @@ def test_run_is_recorded_with_metrics_and_per_sample_results(finished_run, harne
     # The resolved configuration is stored in full, overrides included.
     config = shown["info"]["config"]
     assert config["model"]["options"]["width"] == 64 and config["trainer"]["options"]["epochs"] == 2
-    assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 8 / 10)  # scaled with --epochs
+    assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 12 / 15)  # scaled with --epochs
     assert config["evaluation"]["attackers"][0]["options"]["steps"] == 10
     env = shown["info"]["environment"]
     assert env["torch"] and env["harness"] and env["python"]

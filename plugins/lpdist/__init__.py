@@ -36,8 +36,9 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
     @click.option("--p", "p_values", multiple=True, metavar="P", help="Values of p (repeatable; default 8, 64, 1000, inf).")
     @click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed calls per measurement (the median is kept).")
+    @click.option("--shape", "shapes", multiple=True, metavar="B,IN,OUT", help="Custom shapes instead (repeatable).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
-    def dist(paper: bool, device: str, p_values: tuple[str, ...], repeat: int, as_json: bool) -> None:
+    def dist(paper: bool, device: str, p_values: tuple[str, ...], repeat: int, shapes: tuple[str, ...], as_json: bool) -> None:
         """Time the l_p-dist layer against torch.cdist and the naive broadcast.
 
         Forward and forward+backward, side by side in one run, for p ∈ {8, 64, 1000, ∞}, on a
@@ -58,8 +59,54 @@ def register_commands(cli: click.Group) -> None:
             ps = [_p(v) for v in p_values] if p_values else b.P_VALUES
         except (ValueError, click.BadParameter):
             raise UsageError(f"--p must be numbers >= 1 or inf, got {', '.join(p_values)}") from None
+        try:
+            custom = [tuple(int(v) for v in s.split(",")) for s in shapes]
+            assert all(len(s) == 3 and min(s) >= 1 for s in custom)
+        except (ValueError, AssertionError):
+            raise UsageError(f"--shape takes B,IN,OUT with positive integers, got {', '.join(shapes)}") from None
         target = resolve_device(device)
-        shapes = b.PAPER_SHAPES if paper else b.CPU_SHAPES
+        shapes = custom or (b.PAPER_SHAPES if paper else b.CPU_SHAPES)
         say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True)) if not as_json else (lambda m: None)
         records = b.run(shapes, ps, target, repeat, progress=say)
         click.echo(b.to_json(records) if as_json else b.table(records))
+
+    @bench.command("step")
+    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+    @click.option("--depth", type=click.IntRange(2), default=6, show_default=True)
+    @click.option("--width", type=click.IntRange(1), default=5120, show_default=True)
+    @click.option("--input", "inp", type=click.IntRange(1), default=3072, show_default=True)
+    @click.option("--batch", type=click.IntRange(1), default=512, show_default=True)
+    @click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True)
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
+    def step(device: str, depth: int, width: int, inp: int, batch: int, repeat: int, as_json: bool) -> None:
+        """Time one training step of an l_inf-dist net at p = 8, general p and p = ∞.
+
+        The defaults are the paper's CIFAR-10 net (6 × 5120 units, batch 512); the original
+        kernels' published times on an RTX 3090 are printed beside ours.
+
+        \b
+        Examples:
+          harness bench step --device cuda
+          harness bench step --device cpu --width 1024 --input 784 --depth 5 --batch 256
+        """
+        import json as json_module
+
+        from harness.env import resolve_device
+        from harness.render import text_table
+        from harness_plugins.lpdist import bench as b
+
+        rows = b.training_step(resolve_device(device), depth, width, inp, 10, batch, repeat)
+        paper = (depth, width, inp, batch) == (6, 5120, 3072, 512)
+        if not paper:  # the published times are for the paper's net only
+            for r in rows:
+                r["original_rtx3090_s"] = None
+        if as_json:
+            click.echo(json_module.dumps(rows, indent=2))
+            return
+        table = []
+        for r in rows:
+            original = r["original_rtx3090_s"]
+            table.append([r["p"], f"{r['seconds']:.4f}", "—" if original is None else f"{original:.2f}",
+                          "—" if original is None else f"{original / r['seconds']:.2f}", r["backend"], r["device"]])
+        click.echo(f"{depth} x {width} l_inf-dist net, input {inp}, batch {batch}")
+        click.echo(text_table(["p", "seconds/step", "original (RTX 3090)", "original / ours", "backend", "device"], table))

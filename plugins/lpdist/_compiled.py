@@ -109,6 +109,16 @@ def _general_grad(x: Tensor, w: Tensor, y: Tensor, g: Tensor, p: Tensor) -> Tens
     return (g[:, :, None] * term).sum(1)
 
 
+#: Compiled variants allowed per kernel. A process needs few (per dtype, and the first calls
+#: before dynamo marks sizes dynamic); torch's default of 8 is shared with the user's own code.
+RECOMPILE_LIMIT = 64
+
+
+def _call(name: str, *args):
+    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+        return _kernel(name)(*args)
+
+
 @functools.cache
 def _kernel(name: str):
     fn = {
@@ -127,13 +137,15 @@ def _check_build() -> None:
     """Compile and run one tiny kernel once; any failure means the platform cannot compile."""
     try:
         x = torch.rand(3, 5)
-        _kernel("inf_value")(x, torch.rand(4, 5))
+        _call("inf_value", x, torch.rand(4, 5))  # the CPU compiler; CUDA builds are checked by use
     except Exception as exc:  # dynamo/inductor raise many types; all mean "no fast path here"
         raise BuildError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
 
 def _ready(x: Tensor, w: Tensor) -> bool:
-    if x.device.type != "cpu" or min(x.shape[0], w.shape[0], x.shape[1]) < 2:
+    # Inductor also compiles for CUDA (through Triton); the dispatcher picks this backend
+    # automatically only for the CPU, and for CUDA only when HARNESS_LPDIST_BACKEND=compiled.
+    if min(x.shape[0], w.shape[0], x.shape[1]) < 2:
         return False
     _check_build()
     return True
@@ -145,12 +157,12 @@ def _ready(x: Tensor, w: Tensor) -> bool:
 def inf_forward(x: Tensor, w: Tensor, with_index: bool) -> tuple[Tensor, Tensor | None]:
     if not _ready(x, w):
         return _reference.inf_forward(x, w, with_index)
-    y = _kernel("inf_value")(x, w)
+    y = _call("inf_value", x, w)
     if not with_index:
         return y, None
     inp = x.shape[1]
     descending = torch.arange(inp, 0, -1, dtype=x.dtype, device=x.device)
-    key = _kernel("inf_index_key")(x, w, y, descending)
+    key = _call("inf_index_key", x, w, y, descending)
     if bool((key <= 0).any()):  # cannot happen with exact arithmetic; never trust a guess
         return _reference.inf_forward(x, w, True)
     return y, (inp - key).to(torch.int64)
@@ -160,11 +172,11 @@ def p_forward(x: Tensor, w: Tensor, p: float) -> Tensor:
     if not _ready(x, w):
         return _reference.p_forward(x, w, p)
     if p == FAST_INT_P:
-        total = _kernel("int_forward")(x, w, FAST_INT_P)
+        total = _call("int_forward", x, w, FAST_INT_P)
         tiny = torch.finfo(x.dtype).tiny * 2**24
         if bool(torch.isfinite(total).all()) and bool((total > tiny).all()):
             return total.pow(1.0 / FAST_INT_P)
-    return _kernel("general_forward")(x, w, torch.tensor(p, dtype=x.dtype))
+    return _call("general_forward", x, w, torch.tensor(p, dtype=x.dtype))
 
 
 def p_backward(
@@ -173,10 +185,10 @@ def p_backward(
     if not _ready(x, w):
         return _reference.p_backward(x, w, y, grad, p, need_x, need_w)
     if p == FAST_INT_P:
-        kernel, arg = _kernel("int_grad"), FAST_INT_P
+        kernel, arg = "int_grad", FAST_INT_P
     else:
-        kernel, arg = _kernel("general_grad"), torch.tensor(p, dtype=x.dtype)
-    grad_x = kernel(x, w, y, grad, arg) if need_x else None
+        kernel, arg = "general_grad", torch.tensor(p, dtype=x.dtype)
+    grad_x = _call(kernel, x, w, y, grad, arg) if need_x else None
     # d/dw has the opposite sign of d/dx: the same kernel with x and w swapped gives it directly.
-    grad_w = kernel(w, x, y.t().contiguous(), grad.t().contiguous(), arg) if need_w else None
+    grad_w = _call(kernel, w, x, y.t().contiguous(), grad.t().contiguous(), arg) if need_w else None
     return grad_x, grad_w

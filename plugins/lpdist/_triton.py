@@ -46,7 +46,7 @@ def _pow(r, p, MODE: tl.constexpr):
         r4 = r2 * r2
         return r4 * r4
     else:
-        return tl.where(r > 0, tl.exp2(p * tl.log2(tl.maximum(r, 1e-38))), 0.0)
+        return tl.where(r > 0, tl.exp2(p * tl.log2(tl.maximum(r, 1e-30))), 0.0)
 
 
 @triton.jit
@@ -89,7 +89,7 @@ def _forward_kernel(
     elif MODE == 1:
         tl.store(Y + out, acc, mask=mask)  # the sum; the caller checks it and takes the 8th root
     else:
-        y = m * tl.exp2(tl.log2(tl.maximum(acc, 1e-38)) / p)
+        y = m * tl.exp2(tl.log2(tl.maximum(acc, 1e-30)) / p)
         tl.store(Y + out, tl.where(m > 0, y, 0.0), mask=mask)
 
 
@@ -123,9 +123,15 @@ def _grad_kernel(
     tl.store(OUT + rb[:, None] * K + rk[None, :], acc, mask=(rb[:, None] < B) & (rk[None, :] < K))
 
 
-# Tile sizes: a BLOCK_B × BLOCK_O × BLOCK_K block of differences lives in registers.
-_FWD = {"BLOCK_B": 32, "BLOCK_O": 32, "BLOCK_K": 8, "num_warps": 4}
-_BWD = {"BLOCK_B": 32, "BLOCK_O": 8, "BLOCK_K": 32, "num_warps": 4}
+# Tile sizes: a BLOCK_B × BLOCK_O × BLOCK_K block of differences lives in registers. Chosen with
+# scripts/tune_triton_tiles.py on an H100 at B=512, 5120→5120 (the fastest of 36 forward and 36
+# backward configurations per mode).
+_FWD = {
+    0: {"BLOCK_B": 32, "BLOCK_O": 32, "BLOCK_K": 4, "num_warps": 4},  # p = ∞
+    1: {"BLOCK_B": 32, "BLOCK_O": 64, "BLOCK_K": 4, "num_warps": 4},  # p = 8
+    2: {"BLOCK_B": 32, "BLOCK_O": 32, "BLOCK_K": 4, "num_warps": 4},  # general p
+}
+_BWD = {"BLOCK_B": 16, "BLOCK_O": 16, "BLOCK_K": 64, "num_warps": 4}
 
 
 def _ready(x: Tensor, w: Tensor) -> bool:
@@ -141,9 +147,10 @@ def _interpreting() -> bool:
 def _launch(kernel, grid, *args, **meta):
     try:
         kernel[grid](*args, **meta)
-    except (triton.CompilationError, RuntimeError) as exc:
-        if "out of resource" in str(exc) or isinstance(exc, triton.CompilationError):
-            raise BuildError(str(exc).splitlines()[0]) from exc
+    except Exception as exc:
+        # Compilation and resource errors come from triton's own modules; anything else is a bug.
+        if type(exc).__module__.startswith("triton"):
+            raise BuildError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
         raise
 
 
@@ -152,8 +159,9 @@ def _forward(x: Tensor, w: Tensor, p: float, mode: int) -> tuple[Tensor, Tensor 
     o = w.shape[0]
     y = torch.empty(b, o, device=x.device, dtype=torch.float32)
     idx = torch.empty(b, o, device=x.device, dtype=torch.int32) if mode == _MODE_INF else y
-    grid = (triton.cdiv(b, _FWD["BLOCK_B"]), triton.cdiv(o, _FWD["BLOCK_O"]))
-    _launch(_forward_kernel, grid, x, w, y, idx, b, o, k, x.stride(0), w.stride(0), float(p), MODE=mode, **_FWD)
+    tiles = _FWD[mode]
+    grid = (triton.cdiv(b, tiles["BLOCK_B"]), triton.cdiv(o, tiles["BLOCK_O"]))
+    _launch(_forward_kernel, grid, x, w, y, idx, b, o, k, x.stride(0), w.stride(0), float(p), MODE=mode, **tiles)
     return y, (idx if mode == _MODE_INF else None)
 
 

@@ -83,9 +83,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+#: A call slower than this is timed once, not ``repeat`` times (cdist at the paper's shapes).
+SLOW_CALL_S = 5.0
+
+
 def _median_time(fn: Callable[[], object], device: torch.device, repeat: int) -> float:
+    _sync(device)
+    start = time.perf_counter()
     fn()  # warm-up (and compilation)
-    fn()
+    _sync(device)
+    if time.perf_counter() - start > SLOW_CALL_S:
+        repeat = 1
+    else:
+        fn()
     times = []
     for _ in range(repeat):
         _sync(device)
@@ -177,3 +187,39 @@ def table(records: list[Record]) -> str:
 
 def to_json(records: list[Record]) -> str:
     return json.dumps([r.json() for r in records], indent=2)
+
+
+# --------------------------------------------------------------------------- one training step
+
+#: The original kernels' published time of one training iteration of the 6×5120 CIFAR-10 net
+#: (batch 512) on an RTX 3090: zbh2047/L_inf-dist-net-v2 README.
+ORIGINAL_STEP_S = {"8": 0.11, "general": 0.19, "inf": 0.08}
+
+
+def training_step(device: torch.device, depth: int, width: int, inp: int, classes: int, batch: int, repeat: int) -> list[dict]:
+    """Median time of one SGD step (forward, backward, Adam) of an l_inf-dist net at p = 8, 9.5, ∞."""
+    from torch import nn
+
+    from harness_plugins.lpdist.layers import LpDistLinear, set_p
+
+    torch.manual_seed(0)
+    sizes = [inp] + [width] * (depth - 1)
+    layers = [LpDistLinear(i, o, mean_shift=True) for i, o in zip(sizes[:-1], sizes[1:])]
+    net = nn.Sequential(*layers, LpDistLinear(width, classes, bias=True)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.99), eps=1e-10)
+    x = torch.rand(batch, inp, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+
+    def step() -> None:
+        loss = nn.functional.cross_entropy(-net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    rows = []
+    for key, p in (("8", 8.0), ("general", 9.5), ("inf", math.inf)):
+        set_p(net, p)
+        seconds = _median_time(step, device, repeat)
+        rows.append({"p": key, "seconds": seconds, "original_rtx3090_s": ORIGINAL_STEP_S[key], "device": str(device),
+                     "backend": backend_name(x), "depth": depth, "width": width, "batch": batch})
+    return rows

@@ -85,13 +85,19 @@ def backend_name(t: Tensor) -> str:
 
 
 def _run(name: str, t: Tensor, *args):
-    """Call ``name`` on the chosen backend; a backend that fails to build is retired, with a warning."""
+    """Call ``name`` on the chosen backend.
+
+    A backend chosen automatically that fails to build is retired, with a warning; one forced
+    with :data:`BACKEND_ENV` raises instead, so that tests of a backend cannot pass on another.
+    """
     backend = _choose(t)
     if backend is _reference:
         return getattr(_reference, name)(*args)
     try:
         return getattr(backend, name)(*args)
     except backend.BuildError as exc:  # compiler missing, unsupported GPU, ...
+        if os.environ.get(BACKEND_ENV, "auto").strip().lower() not in ("", "auto"):
+            raise
         label = backend.__name__.rsplit("._", 1)[-1]
         _broken.add(label)
         warnings.warn(f"l_p-dist backend {label!r} cannot run here ({exc}); using the pure PyTorch one", stacklevel=3)
@@ -122,7 +128,7 @@ class _InfDist(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         x, w, index = ctx.saved_tensors
-        return _inf_backward(x, w, index, grad.contiguous(), *ctx.needs_input_grad)
+        return _inf_backward(x.detach(), w.detach(), index, grad.contiguous(), *ctx.needs_input_grad)
 
 
 class _PDist(torch.autograd.Function):
@@ -136,7 +142,7 @@ class _PDist(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, w, y = ctx.saved_tensors
+        x, w, y = (t.detach() for t in ctx.saved_tensors)  # plain tensors: one compiled variant
         # ∂y/∂x_i = sign(x_i − w_i)·(|x_i − w_i|/y)^(p−1) = −∂y/∂w_i; 0 where y = 0.
         positive = y > 0
         y_safe = torch.where(positive, y, 1).contiguous()

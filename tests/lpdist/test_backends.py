@@ -1,0 +1,141 @@
+"""The fast paths: which backend runs, that it agrees with the reference, that the p schedule does
+not recompile, that memory stays bounded, and the convolutional form."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness_plugins.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_conv
+from harness_plugins.lpdist import ops
+
+
+def identity_init_inputs(b=64, i=96, o=128, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = ((torch.rand(b, i, generator=g) - 0.13) / 0.31).to(dtype)
+    w = torch.randn(o, i, generator=g).to(dtype)
+    w[torch.arange(o), torch.arange(o) % i] = -10.0
+    grad = torch.randn(b, o, generator=g).to(dtype)
+    return x.requires_grad_(), w.requires_grad_(), grad
+
+
+def run_with(backend, monkeypatch, x, w, grad, p):
+    monkeypatch.setenv(ops.BACKEND_ENV, backend)
+    y = lp_dist(x, w, p)
+    gx, gw = torch.autograd.grad(y, (x, w), grad)
+    return y, gx, gw
+
+
+def test_cpu_tensors_use_the_compiled_backend_and_tiny_ones_the_reference(monkeypatch):
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    assert ops.backend_name(torch.zeros(2, 2)) == "compiled"
+    monkeypatch.setenv(ops.BACKEND_ENV, "reference")
+    assert ops.backend_name(torch.zeros(2, 2)) == "reference"
+    monkeypatch.setenv(ops.BACKEND_ENV, "fastest")
+    with pytest.raises(ValueError, match="reference, compiled, triton"):
+        ops.backend_name(torch.zeros(2, 2))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, 8.0, 8.7, 64.0, 1000.0, math.inf])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_agrees_with_reference(monkeypatch, p, dtype):
+    x, w, grad = identity_init_inputs(dtype=dtype)
+    y, gx, gw = run_with("compiled", monkeypatch, x, w, grad, p)
+    ry, rx, rw = run_with("reference", monkeypatch, x, w, grad, p)
+    if math.isinf(p):  # exact, and the same argmax
+        assert torch.equal(y, ry) and torch.equal(gx, rx) and torch.equal(gw, rw)
+    else:
+        tol = (1e-12 if dtype == torch.float64 else 2e-6) * max(1.0, p)
+        torch.testing.assert_close(y, ry, rtol=tol, atol=tol)
+        torch.testing.assert_close(gx, rx, rtol=tol, atol=tol * 10)
+        torch.testing.assert_close(gw, rw, rtol=tol, atol=tol * 10)
+    assert torch.isfinite(gx).all() and torch.isfinite(gw).all()
+
+
+def test_p8_fast_path_falls_back_when_its_sums_would_overflow(monkeypatch):
+    x, w, grad = identity_init_inputs()
+    big_x, big_w = (x.detach() * 1e5).requires_grad_(), (w.detach() * 1e5).requires_grad_()  # |d|^8 ~ 1e48
+    y, gx, gw = run_with("compiled", monkeypatch, big_x, big_w, grad, 8.0)
+    ry, rx, rw = run_with("reference", monkeypatch, big_x, big_w, grad, 8.0)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, ry, rtol=2e-5, atol=0)
+    torch.testing.assert_close(gx, rx, rtol=2e-4, atol=1e-4)
+
+
+def test_the_p_schedule_does_not_recompile(monkeypatch):
+    """The exponential relaxation calls a new p every step and the last batch is smaller:
+    after the first calls, neither triggers a compilation."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv(ops.BACKEND_ENV, "compiled")
+    x, w, grad = identity_init_inputs()
+    for p in (8.0, 9.3, math.inf):  # warm every variant once
+        torch.autograd.grad(lp_dist(x, w, p), (x, w), grad)
+    before = counters["stats"]["unique_graphs"]
+    for step, p in enumerate(8 * (1000 / 8) ** torch.linspace(0, 1, 25)):
+        rows = 64 if step % 5 else 37  # a smaller last batch now and then
+        torch.autograd.grad(lp_dist(x[:rows], w, float(p)), (x, w), grad[:rows])
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_compiled_path_never_builds_the_full_difference_tensor():
+    """B×O×I would be 1 GiB here; the peak resident memory of the process must grow far less."""
+    code = textwrap.dedent(
+        """
+        import resource, torch, math
+        from harness_plugins.lpdist import lp_dist
+        b, i, o = 256, 1024, 1024
+        x = torch.rand(b, i, requires_grad=True); w = torch.randn(o, i, requires_grad=True)
+        for p in (8.0, 9.5, math.inf):  # compile first, so compiler memory is not counted
+            lp_dist(x[:8], w[:8], p).sum().backward()
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        for p in (8.0, 9.5, math.inf):
+            lp_dist(x, w, p).sum().backward()
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    grown = int(out.stdout.strip().splitlines()[-1])
+    assert grown < 256 * 2**20, grown  # the full tensor alone is 1024 MiB
+
+
+def naive_conv(x, w, p, k, stride, padding):
+    patches = F.unfold(x, k, padding=padding, stride=stride).transpose(1, 2)  # B × L × C·k·k
+    d = (patches[:, :, None, :] - w[None, None, :, :]).abs()
+    y = d.amax(-1) if math.isinf(p) else d.pow(p).sum(-1).pow(1 / p)
+    out = (x.shape[2] + 2 * padding - k) // stride + 1
+    return y.transpose(1, 2).reshape(x.shape[0], w.shape[0], out, -1)
+
+
+@pytest.mark.parametrize("p", [2.0, 8.0, math.inf])
+@pytest.mark.parametrize("k, stride, padding", [(3, 1, 1), (4, 2, 1), (1, 1, 0)])
+def test_conv_form_matches_a_naive_unfold(p, k, stride, padding):
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 2, 7, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 2 * k * k, generator=g, dtype=torch.float64, requires_grad=True)
+    y = lp_dist_conv(x, w, p, k, stride, padding)
+    ref = naive_conv(x, w, p, k, stride, padding)
+    torch.testing.assert_close(y, ref)
+    if not math.isinf(p):  # gradients agree too (the naive one is exact for finite p)
+        g_out = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, w), g_out)
+        want = torch.autograd.grad(ref, (x, w), g_out)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+
+
+def test_conv_bounds_contain_sampled_points():
+    g = torch.Generator().manual_seed(2)
+    centre = torch.rand(2, 3, 6, 6, generator=g)
+    lower, upper = (centre - 0.1).clamp(0, 1), (centre + 0.1).clamp(0, 1)
+    w = torch.rand(4, 3 * 9, generator=g)
+    low, high = inf_dist_bounds_conv(lower, upper, w, 3, 1, 1)
+    for _ in range(20):
+        y = lp_dist_conv(lower + torch.rand(lower.shape, generator=g) * (upper - lower), w, math.inf, 3, 1, 1)
+        assert bool((low <= y).all() and (y <= high).all())
