@@ -70,13 +70,14 @@ def test_runs_lists_every_status(finished_run, harness_cli):
 
 @pytest.mark.slow
 def test_quick_preset_trains_a_certifiably_robust_mnist_model(harness_cli, shared_data):
-    """The README's main job, on 2,000 test samples: about 6 minutes on 2 cores."""
+    """The README's main job, on 2,000 test samples: about 8 minutes on 2 cores (issue 4's target:
+    at least 80% certified within 10 minutes)."""
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--eval-samples", "2000",
                     "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     m = json.loads(harness_cli("show", "1", "--format", "json").out)["metrics"]
-    # Measured on the development CPU: clean 87.5%, PGD 80.6%, certified 77.9% (1,000 samples).
-    assert m["clean_accuracy"] > 0.8 and m["certified_accuracy"] > 0.65
+    # Measured on the development CPU, all 10,000 test samples: clean 93.85%, PGD 88.10%, certified 85.32%.
+    assert m["clean_accuracy"] > 0.9 and m["certified_accuracy"] > 0.8
     assert m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"]
 
 

@@ -16,13 +16,21 @@ from harness_plugins.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_conv
 from harness_plugins.lpdist import ops
 
 
-def identity_init_inputs(b=64, i=96, o=128, seed=0, dtype=torch.float32):
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+FAST = [
+    pytest.param(("cpu", "compiled", torch.float32), id="compiled-f32"),
+    pytest.param(("cpu", "compiled", torch.float64), id="compiled-f64"),
+    pytest.param(("cuda", "triton", torch.float32), id="triton-f32", marks=GPU),
+]
+
+
+def identity_init_inputs(b=64, i=96, o=128, seed=0, dtype=torch.float32, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = ((torch.rand(b, i, generator=g) - 0.13) / 0.31).to(dtype)
     w = torch.randn(o, i, generator=g).to(dtype)
     w[torch.arange(o), torch.arange(o) % i] = -10.0
     grad = torch.randn(b, o, generator=g).to(dtype)
-    return x.requires_grad_(), w.requires_grad_(), grad
+    return x.to(device).requires_grad_(), w.to(device).requires_grad_(), grad.to(device)
 
 
 def run_with(backend, monkeypatch, x, w, grad, p):
@@ -43,10 +51,12 @@ def test_cpu_tensors_use_the_compiled_backend_and_tiny_ones_the_reference(monkey
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 8.0, 8.7, 64.0, 1000.0, math.inf])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_compiled_agrees_with_reference(monkeypatch, p, dtype):
-    x, w, grad = identity_init_inputs(dtype=dtype)
-    y, gx, gw = run_with("compiled", monkeypatch, x, w, grad, p)
+@pytest.mark.parametrize("target", FAST)
+def test_fast_paths_agree_with_reference(monkeypatch, p, target):
+    device, backend, dtype = target
+    # Shapes that are not multiples of any tile, with several tiles and input blocks per output.
+    x, w, grad = identity_init_inputs(b=70, i=203, o=150, dtype=dtype, device=device)
+    y, gx, gw = run_with(backend, monkeypatch, x, w, grad, p)
     ry, rx, rw = run_with("reference", monkeypatch, x, w, grad, p)
     if math.isinf(p):  # exact, and the same argmax
         assert torch.equal(y, ry) and torch.equal(gx, rx) and torch.equal(gw, rw)
@@ -139,3 +149,35 @@ def test_conv_bounds_contain_sampled_points():
     for _ in range(20):
         y = lp_dist_conv(lower + torch.rand(lower.shape, generator=g) * (upper - lower), w, math.inf, 3, 1, 1)
         assert bool((low <= y).all() and (y <= high).all())
+
+
+def test_bench_dist_prints_the_documented_records(harness_cli):
+    import json
+
+    r = harness_cli("bench", "dist", "--shape", "16,20,24", "--p", "8", "--p", "1000", "--p", "inf", "--repeat", "1", "--json")
+    assert r.code == 0, r.err
+    records = json.loads(r.out)
+    assert {(rec["impl"], rec["p"]) for rec in records} == {(i, p) for i in ("harness", "cdist", "naive") for p in (8.0, 1000.0, "inf")}
+    for rec in records:
+        assert {"impl", "p", "batch", "in", "out", "device", "fwd_s", "fwdbwd_s", "finite"} <= set(rec)
+        assert (rec["batch"], rec["in"], rec["out"]) == (16, 20, 24) and rec["fwd_s"] > 0 and rec["fwdbwd_s"] > 0
+        # Only this module stays finite at p = 1000 (|x − w| ≈ 10 under the identity init).
+        assert rec["finite"] == (rec["impl"] == "harness" or rec["p"] != 1000.0)
+    table = harness_cli("bench", "dist", "--shape", "16,20,24", "--p", "inf", "--repeat", "1")
+    assert "harness [compiled]" in table.out and "G pairs/s" in table.out
+
+
+def test_bench_step_times_each_phase(harness_cli):
+    import json
+
+    r = harness_cli("bench", "step", "--device", "cpu", "--depth", "3", "--width", "16", "--input", "20", "--batch", "8", "--repeat", "1", "--json")
+    assert r.code == 0, r.err
+    rows = json.loads(r.out)
+    assert [row["p"] for row in rows] == ["8", "general", "inf"] and all(row["seconds"] > 0 for row in rows)
+    assert all(row["original_rtx3090_s"] is None for row in rows)  # published times are for the paper's net only
+
+
+def test_bench_rejects_bad_arguments(harness_cli):
+    for args in (("--p", "0.5"), ("--shape", "1,2")):
+        r = harness_cli("bench", "dist", *args)
+        assert r.code == 2 and r.err.startswith("error: ") and len(r.err.strip().splitlines()) == 1
