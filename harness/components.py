@@ -195,3 +195,22 @@ class IntervalBounded(Protocol):
     def interval_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Sound element-wise (lower, upper) bounds of the logits for every input in the
         box ``[lower, upper]`` (raw ``[0,1]`` images ``N×C×H×W``), in eval mode."""
+
+
+@runtime_checkable
+class FeatureHead(Protocol):
+    """A model made of a robust feature extractor and a conventional head (for example the
+    l_inf-dist net + MLP): ``logits = head(features(x))``.
+
+    Certifiers that bound conventional networks (auto_LiRPA's IBP, CROWN-IBP,
+    CROWN) bound ``head`` over the box that :meth:`feature_bounds` gives.
+    """
+
+    head: nn.Module
+
+    def supports_feature_bounds(self, norm: str) -> bool:
+        """Whether :meth:`feature_bounds` is sound for the model in its current state and ``norm``."""
+
+    def feature_bounds(self, lower: torch.Tensor, upper: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sound element-wise (lower, upper) bounds of the head's input for every image in the
+        box ``[lower, upper]`` (raw ``[0,1]`` images ``N×C×H×W``), in eval mode."""

@@ -6,7 +6,10 @@
 # is installed without its dependencies: it pins requests~=2.25 and wants
 # torchvision, neither of which its code uses here (torchvision's PyPI wheel
 # does not even import beside this torch); it needs scipy and tqdm, which the
-# project depends on.
+# project depends on. auto-lirpa 0.3, the only release on PyPI, declares
+# torch<1.13; it goes in with --no-deps too (its real needs, numpy, packaging,
+# appdirs and pyyaml, are the project's dependencies) and runs on current torch
+# through the patches in plugins/lirpa/compat.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -16,5 +19,5 @@ pip install --upgrade pip
 pip install torch==2.13.0
 pip install -e '.[test]'
 # Last, and with --no-deps, so pip neither pulls nor complains about its stale pins.
-pip install --no-deps torchattacks==3.5.1
-.venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks')))"
+pip install --no-deps torchattacks==3.5.1 auto-lirpa==0.3
+.venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks', 'auto-lirpa')))"

@@ -15,7 +15,7 @@ from harness import DatasetInfo, ThreatModel
 from harness.progress import SilentProgress
 from harness.train import TrainContext, TrainData
 from harness_plugins.attacks import PGD, PGDOptions
-from harness_plugins.linf_v2.model import LinfDistNet, LinfDistNetOptions
+from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer
 from harness_plugins.lpdist import lp_layers
 

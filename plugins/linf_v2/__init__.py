@@ -1,21 +1,15 @@
 """Built-in plugin: the l_inf-dist net v2 (Zhang et al., ICLR 2022).
 
-Registers the ``linf_dist_net`` model, the ``linf_v2`` trainer, the paper's
-presets (``registry/presets/linf_v2.toml``) and its reported numbers
+Registers the ``linf_v2`` trainer (for the ``linf_dist_net`` model that the
+``lpdist`` plugin registers), the paper's presets (``registry/presets/linf_v2.toml``) and its reported numbers
 (``registry/reported/linf_v2.toml``).
 """
 
 from __future__ import annotations
 
 from harness import hookimpl
-from harness_plugins.linf_v2.model import LinfDistNetModel
 from harness_plugins.linf_v2.trainer import LinfV2Trainer
 from harness_registry import path
-
-
-@hookimpl
-def register_models():
-    return [LinfDistNetModel]
 
 
 @hookimpl

@@ -3,8 +3,10 @@
 A library shared by the dist-net plugins: ``lp_dist`` / ``lp_dist_conv`` and
 ``inf_dist_bounds`` / ``inf_dist_bounds_conv`` are the operations (with a
 compiled CPU path, Triton on CUDA and a pure PyTorch fallback, see
-:mod:`.ops`), ``LpDistLinear`` the layer, and ``set_p`` sets p on every such
-layer of a model. As a plugin it registers one command, ``harness bench dist``.
+:mod:`.ops`), ``LpDistLinear`` and ``LpDistConv2d`` the layers, and ``set_p``
+sets p on every such layer of a model. As a plugin it registers the
+``linf_dist_net`` model (:mod:`.models`, trained by ``linf_v1`` and
+``linf_v2``) and the commands ``harness bench dist`` and ``harness bench step``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,19 @@ import math
 import click
 
 from harness import hookimpl
-from harness_plugins.lpdist.layers import LpDistLinear, lp_layers, set_p
+from harness_plugins.lpdist.layers import LpDistConv2d, LpDistLinear, lp_layers, set_p
 from harness_plugins.lpdist.ops import inf_dist_bounds, inf_dist_bounds_conv, lp_dist, lp_dist_conv
 
-__all__ = ["LpDistLinear", "inf_dist_bounds", "inf_dist_bounds_conv", "lp_dist", "lp_dist_conv", "lp_layers", "set_p"]
+__all__ = [
+    "LpDistConv2d",
+    "LpDistLinear",
+    "inf_dist_bounds",
+    "inf_dist_bounds_conv",
+    "lp_dist",
+    "lp_dist_conv",
+    "lp_layers",
+    "set_p",
+]
 
 
 def _p(text: str) -> float:
@@ -25,6 +36,13 @@ def _p(text: str) -> float:
     if not value >= 1:
         raise click.BadParameter(f"{text!r} is not a p >= 1 (or inf)")
     return value
+
+
+@hookimpl
+def register_models():
+    from harness_plugins.lpdist.models import LinfDistNetModel
+
+    return [LinfDistNetModel]
 
 
 @hookimpl

@@ -83,3 +83,15 @@ def test_no_padding_and_no_flip_is_the_identity() -> None:
 def test_invalid_settings_are_rejected(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         Augmentation(**kwargs)
+
+
+def test_crop_size_takes_a_random_window_of_that_size() -> None:
+    """TinyImageNet in the ICML 2021 paper: random 56×56 crops of the 64×64 images, no padding."""
+    images = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    out = Augmentation(crop_size=5)(images, torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 5, 5)
+    for i in range(2):
+        windows = [(dy, dx) for dy in range(4) for dx in range(4) if torch.equal(images[i, :, dy:dy + 5, dx:dx + 5], out[i])]
+        assert len(windows) == 1
+    with pytest.raises(ValueError, match="larger"):
+        Augmentation(crop_size=9)(images)

@@ -50,9 +50,9 @@ def fashion() -> Splits:
 # -- registration ----------------------------------------------------------------------------
 
 
-def test_plugin_registers_the_three_datasets() -> None:
+def test_plugin_registers_the_four_datasets() -> None:
     registry = Registry.from_plugin_manager(make_plugin_manager(entry_points=False, extra=[datasets_plugin]))
-    assert sorted(cls.name for cls in registry.components("dataset")) == ["cifar10", "fashion-mnist", "mnist"]
+    assert sorted(cls.name for cls in registry.components("dataset")) == ["cifar10", "fashion-mnist", "mnist", "tinyimagenet"]
 
 
 @pytest.mark.parametrize("cls", [MNIST, FashionMNIST, CIFAR10])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.data import DatasetInfo
-from harness_plugins.linf_v2.model import LinfDistNet, LinfDistNetOptions
+from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 from harness_plugins.linf_v2.trainer import LinfV2Options, Schedule, clipped_hinge
 from harness_plugins.lpdist import set_p
 

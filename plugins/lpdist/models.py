@@ -1,4 +1,4 @@
-"""The l_inf-dist net (Zhang et al., ICML 2021), as used by the v2 paper.
+"""The l_inf-dist net (Zhang et al., ICML 2021), trained by ``linf_v1`` and ``linf_v2``.
 
 ``depth`` dist layers: input → width, (depth − 2) × width → width, width →
 classes. Hidden layers have mean-shift normalisation and no bias; the last

@@ -1,0 +1,122 @@
+"""Margin bounds of a conventional network through auto_LiRPA, shared by certifiers and trainers.
+
+``LiRPABounds(module, example).margins(lower, upper, labels, method)`` gives
+lower bounds of ``z_y − z_j`` for every input in the l_inf box
+``[lower, upper]``. The specification matrix ``C`` (rows ``e_y − e_j``) lets
+auto_LiRPA fold the last linear layer into the specification ("elision"),
+which is tighter than bounding the logits and subtracting. The bounds are
+differentiable w.r.t. the module's parameters (``BoundedModule`` shares the
+module's ``nn.Parameter`` objects), so IBP and CROWN-IBP training use the same
+code as certification.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import weakref
+from types import ModuleType
+
+import torch
+from torch import Tensor, nn
+
+from harness_plugins.lirpa.compat import import_auto_lirpa
+
+#: Our method names → auto_LiRPA's.
+METHODS: dict[str, str] = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN"}
+
+#: Convolutions bounded as dense matrices: auto_LiRPA 0.3's default "patches" mode fails
+#: (AssertionError) when a division comes before a convolution, as in in-model normalisation.
+BOUND_OPTS = {"conv_mode": "matrix"}
+
+logger = logging.getLogger(__name__)
+
+
+def margin_matrix(labels: Tensor, num_classes: int) -> Tensor:
+    """``C`` of shape B×K×K with ``C[b, j] = e_{y_b} − e_j`` (the label's row is all zero)."""
+    eye = torch.eye(num_classes, device=labels.device)
+    return eye[labels].unsqueeze(1) - eye.unsqueeze(0)
+
+
+class LiRPABounds:
+    """``module`` wrapped once in an auto_LiRPA ``BoundedModule`` (traced on ``example``).
+
+    The wrapper follows later changes to the module's parameter *values* and
+    train/eval mode, not to its structure, device or buffer objects: build a
+    new one if the module is replaced or moved. Building it and bounding leave
+    the module's modes, statistics and ``requires_grad`` flags as they were.
+    """
+
+    def __init__(self, module: nn.Module, example: Tensor) -> None:
+        self._lirpa = import_auto_lirpa()
+        self._module = weakref.ref(module)
+        modes = [(m, m.training) for m in module.modules()]
+        # auto_LiRPA prints when it switches the module's mode to trace it (dropout, batch norm).
+        with contextlib.redirect_stdout(io.StringIO()) as said:
+            self.bounded = self._lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS))
+        if said.getvalue().strip():
+            logger.debug("auto_LiRPA: %s", " ".join(said.getvalue().split()))
+        for m, training in modes:  # it leaves the module in the mode it traced in
+            m.training = training
+        self.device = example.device
+        self.num_classes = int(self.bounded.final_shape[-1])
+        self.l2_native = _l2_native(self.bounded, self._lirpa)
+        self._parameter_nodes = [n for n in self.bounded.modules() if isinstance(n, self._lirpa.operators.BoundParams)]
+
+    def _lower(self, center: Tensor, perturbation: object, labels: Tensor, method: str) -> Tensor:
+        if method not in METHODS:
+            raise ValueError(f"unknown bound method {method!r}; valid: {', '.join(METHODS)}")
+        module = self._module()
+        if module is None:
+            raise RuntimeError("the module these bounds were built for no longer exists")
+        self.bounded.train(module.training)
+        for node in self._parameter_nodes:
+            # Its forward sets requires_grad_(training) on the module's own parameter, which in eval
+            # mode would freeze it for good; this keeps each parameter's setting, in either mode.
+            node.training = node.param.requires_grad
+        x = self._lirpa.BoundedTensor(center, perturbation)
+        spec = margin_matrix(labels, self.num_classes).to(center.dtype)
+        # Only the lower bound of the last node; IBP computes both anyway, CROWN halves its last pass.
+        lower, _ = self.bounded.compute_bounds(x=(x,), C=spec, method=METHODS[method], bound_upper=False)
+        # The label's row of C is zero, so its bound is exactly 0; make it so despite rounding.
+        return lower.scatter(1, labels[:, None], 0.0)
+
+    def margins(self, lower: Tensor, upper: Tensor, labels: Tensor, method: str, center: Tensor | None = None) -> Tensor:
+        """Lower bounds (B×K) of ``z_y − z_j`` over the box ``[lower, upper]``; 0 at ``j = y``.
+
+        :param method: a key of :data:`METHODS`.
+        :param center: the point whose forward pass auto_LiRPA records; ``(lower + upper) / 2`` by default.
+        """
+        center = (lower + upper) / 2 if center is None else center
+        perturbation = self._lirpa.PerturbationLpNorm(norm=math.inf, x_L=lower, x_U=upper)
+        return self._lower(center, perturbation, labels, method)
+
+    def margins_l2(self, center: Tensor, eps: float, labels: Tensor, method: str) -> Tensor:
+        """Lower bounds (B×K) of ``z_y − z_j`` over the l2 ball of radius ``eps`` around ``center``.
+
+        auto_LiRPA 0.3 carries an l2 ball only into a linear or convolutional
+        layer; any other operation on the input (in-model normalisation, say)
+        turns it into a single point, which would be unsound. Such modules are
+        bounded over the ball's enclosing box ``center ± eps`` instead: sound, looser.
+        """
+        if not self.l2_native:
+            return self.margins(center - eps, center + eps, labels, method, center=center)
+        perturbation = self._lirpa.PerturbationLpNorm(norm=2.0, eps=eps)
+        return self._lower(center, perturbation, labels, method)
+
+
+def _l2_native(bounded: nn.Module, lirpa: ModuleType) -> bool:
+    """Whether the input reaches only linear and convolutional layers, through flattening at most."""
+    ops = lirpa.operators
+    nodes = [node for node in bounded._modules.values() if type(node) is ops.BoundInput]
+    while nodes:
+        node = nodes.pop()
+        for name in node.output_name:
+            user = bounded[name]
+            if type(user) is ops.BoundFlatten:
+                nodes.append(user)
+            elif type(user) not in (ops.BoundLinear, ops.BoundConv) or user.inputs[0] is not node:
+                return False
+    return True

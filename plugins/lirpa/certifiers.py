@@ -1,0 +1,169 @@
+"""auto_LiRPA's IBP, CROWN-IBP and CROWN as certifiers of conventional networks and heads.
+
+A certifier applies to
+
+* a :class:`harness.FeatureHead` model whose feature bounds are sound for
+  l_inf: it bounds ``model.head`` over :meth:`~harness.FeatureHead.feature_bounds`
+  of the image box clipped to ``[0, 1]``;
+* a *conventional* network (see :func:`conventional`) under l_inf (the image
+  box clipped to ``[0, 1]``) or l2 (the whole ball, unclipped: a superset,
+  so sound).
+
+A sample is certified iff every margin lower bound ``z_y − z_j`` (j ≠ y) is
+positive. The ``BoundedModule`` is built once per bounded module and kept while
+that module lives, keyed by object identity (rebuilt when the input moves to
+another device): replacing a module's layers after it was certified needs a
+new module object.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import weakref
+from collections.abc import Callable
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from harness import Certificate, Certifier, FeatureHead, HarnessError, Source
+from harness.threat import ThreatModel
+from harness_plugins.lirpa.bounds import LiRPABounds
+
+#: Leaf layers that auto_LiRPA 0.3 bounds with all three methods on torch 2.13 (tests/lirpa checks each).
+LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Flatten, nn.Identity, nn.AvgPool2d,
+)
+#: Leaf layers it bounds only in eval mode (in training they use batch statistics or random masks).
+EVAL_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)
+
+AUTO_LIRPA = "auto_LiRPA 0.3 (https://github.com/Verified-Intelligence/auto_LiRPA)"
+AUTO_LIRPA_PAPER = "Xu et al., Automatic perturbation analysis for scalable certified robustness and beyond (NeurIPS 2020)"
+
+_BOUNDS: weakref.WeakKeyDictionary[nn.Module, LiRPABounds] = weakref.WeakKeyDictionary()
+
+
+def conventional(module: nn.Module) -> bool:
+    """Whether ``module`` is built only from layers auto_LiRPA bounds, in their current mode.
+
+    Every leaf module must be exactly one of :data:`LAYERS` or, in eval mode,
+    :data:`EVAL_LAYERS` (batch norm with running statistics), and every
+    parameter must belong to such a leaf. Buffers elsewhere (normalisation
+    constants used in ``forward``) are fine: the trace reads them.
+    """
+    leaves = [m for m in module.modules() if next(m.children(), None) is None]
+    if not all(_supported(layer) for layer in leaves):
+        return False
+    owned = {id(p) for layer in leaves for p in layer.parameters(recurse=False)}
+    return all(id(p) in owned for p in module.parameters())
+
+
+def _supported(layer: nn.Module) -> bool:
+    if type(layer) in EVAL_LAYERS:
+        # Batch norm without running statistics normalises by the batch's even in eval mode.
+        return not layer.training and getattr(layer, "track_running_stats", True)
+    return type(layer) in LAYERS
+
+
+def auto_lirpa_installed() -> bool:
+    return importlib.util.find_spec("auto_LiRPA") is not None
+
+
+def bounds_for(module: nn.Module, example: Tensor) -> LiRPABounds:
+    """The cached :class:`LiRPABounds` of ``module``, built on first use (per device)."""
+    bounds = _BOUNDS.get(module)
+    if bounds is None or bounds.device != example.device:
+        try:
+            bounds = LiRPABounds(module, example[:2].detach())
+        except HarnessError:
+            raise
+        except Exception as e:  # auto_LiRPA's tracing raises whatever its operators raise
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise HarnessError(f"auto_LiRPA cannot bound {type(module).__name__}: {reason}") from e
+        _BOUNDS[module] = bounds
+    return bounds
+
+
+class LiRPACertifier(Certifier):
+    """Certified iff every margin lower bound is positive; no radius.
+
+    ``crown-ibp`` and ``crown`` report the element-wise maximum of their margin
+    bounds and IBP's: both are sound, so the maximum is, and neither is ever
+    looser than ``ibp``.
+    """
+
+    method: ClassVar[str]
+    norms = ("inf", "2")
+
+    def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
+        if threat.norm not in self.norms or not auto_lirpa_installed():
+            return False
+        if isinstance(model, FeatureHead):
+            return threat.norm == "inf" and model.supports_feature_bounds("inf") and conventional(model.head)
+        return conventional(model)
+
+    def certify(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Certificate:
+        with torch.no_grad():
+            margins = self.margins(model, images, labels, threat)
+        return Certificate(certified=margins.scatter(1, labels[:, None], math.inf).amin(1) > 0)
+
+    def margins(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Tensor:
+        """Lower bounds (B×K) of ``z_y − z_j`` over the threat model's ball around each image; 0 at ``j = y``."""
+        if isinstance(model, FeatureHead) and threat.norm != "inf":
+            raise HarnessError(f"{self.name}: feature bounds are l_inf boxes; they cannot certify {threat}")
+        if threat.norm == "2":
+            bounds = bounds_for(model, images)
+            return self._tightest(lambda method: bounds.margins_l2(images, threat.eps, labels, method))
+        lower, upper = (images - threat.eps).clamp(0, 1), (images + threat.eps).clamp(0, 1)
+        if isinstance(model, FeatureHead):
+            lower, upper = model.feature_bounds(lower, upper)
+            model = model.head
+        bounds = bounds_for(model, lower)
+        return self._tightest(lambda method: bounds.margins(lower, upper, labels, method))
+
+    def _tightest(self, margins: Callable[[str], Tensor]) -> Tensor:
+        tightest = margins(self.method)
+        if self.method != "ibp":
+            # Both bounds are sound, so their maximum is: crown-ibp and crown are never looser than ibp.
+            tightest = torch.maximum(tightest, margins("ibp"))
+        return tightest
+
+
+class IBPCertifier(LiRPACertifier):
+    name = "ibp"
+    description = "interval bound propagation (auto_LiRPA), the last layer folded into the margin specification"
+    source = Source(
+        title="Automatic perturbation analysis for scalable certified robustness and beyond",
+        authors="Xu et al.",
+        venue="NeurIPS 2020",
+        url="https://arxiv.org/abs/2002.12920",
+        code=AUTO_LIRPA,
+    )
+    method = "ibp"
+
+
+class CROWNIBPCertifier(LiRPACertifier):
+    name = "crown-ibp"
+    description = "CROWN on the margins over IBP intermediate bounds (auto_LiRPA); the max with IBP's margins"
+    source = Source(
+        title="Towards stable and efficient training of verifiably robust neural networks",
+        authors="Zhang et al.",
+        venue="ICLR 2020",
+        url="https://arxiv.org/abs/1906.06316",
+        code=f"{AUTO_LIRPA}; {AUTO_LIRPA_PAPER}",
+    )
+    method = "crown-ibp"
+
+
+class CROWNCertifier(LiRPACertifier):
+    name = "crown"
+    description = "CROWN linear relaxation bounds at every layer (auto_LiRPA); the max with IBP's margins"
+    source = Source(
+        title="Efficient neural network robustness certification with general activation functions",
+        authors="Zhang et al.",
+        venue="NeurIPS 2018",
+        url="https://arxiv.org/abs/1811.00866",
+        code=f"{AUTO_LIRPA}; {AUTO_LIRPA_PAPER}",
+    )
+    method = "crown"
