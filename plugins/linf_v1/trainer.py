@@ -20,26 +20,18 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from harness import Source, Trainer
+from harness import Trainer
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
 from harness.train import TrainContext, TrainData
 from harness_plugins.linf_v1.training import (
-    SOURCE_CODE,
     V1Schedule,
     decoupled_weight_decay_,
     hinge_mix,
     margins_to_label,
 )
 from harness_plugins.lpdist import set_p
-
-SOURCE = Source(
-    title="Towards certifying l-infinity robustness using neural networks with l-inf-dist neurons",
-    authors="Zhang, Cai, Lu, He, Wang",
-    venue="ICML 2021",
-    url="https://arxiv.org/abs/2102.05363",
-    code=SOURCE_CODE,
-)
+from harness_plugins.lpdist.models import SOURCE  # the ICML 2021 paper and its code
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,6 @@ from torch import Tensor, nn
 from harness.train import cosine_lr
 from harness_plugins.lpdist import lp_layers
 
-SOURCE_CODE = "github.com/zbh2047/L_inf-dist-net"
-
-
 @dataclass(frozen=True)
 class V1Schedule:
     """p, lr and eps_train as functions of training progress in epochs (fractional)."""

@@ -15,7 +15,7 @@ from harness_plugins.linf_v1.training import (
     margins_to_label,
 )
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
-from harness_plugins.lpdist import LpDistLinear, lp_layers, set_p
+from harness_plugins.lpdist import lp_layers, set_p
 
 TINY = DatasetInfo(name="tiny", num_classes=3, shape=(1, 2, 2), mean=(0.5,), std=0.25)
 
