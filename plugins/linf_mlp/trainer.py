@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.options import doc_field, epochs_field
+from harness_plugins.lirpa.certifiers import bounds_for
 from harness_plugins.linf_v1.trainer import SOURCE, V1Options, V1Recipe
 
 
@@ -70,7 +71,7 @@ class LinfMLPTrainer(V1Recipe):
         features = model.features(images)
         # Before the head's forward pass: building the BoundedModule reloads the head's
         # parameters in place, which would invalidate an autograd graph through them.
-        bounds = self._bounds(model, features)
+        bounds = bounds_for(model.head, features)  # built once per head, shared with the certifiers
         logits = model.head(features)
         clean_ce = F.cross_entropy(logits, labels)
         lower, upper = features - eps_train, features + eps_train
@@ -83,12 +84,3 @@ class LinfMLPTrainer(V1Recipe):
         loss = o.kappa * robust_ce + (1 - o.kappa) * clean_ce
         verified = (margins.scatter(1, labels[:, None], math.inf).amin(1) > 0).float().mean().item()
         return loss, logits, {"robust_ce": robust_ce.item(), "verified": verified}
-
-    def _bounds(self, model: nn.Module, features: Tensor) -> Any:
-        from harness_plugins.lirpa.bounds import LiRPABounds
-
-        cached = getattr(self, "_lirpa", None)
-        if cached is None or cached[0] is not model.head:
-            cached = (model.head, LiRPABounds(model.head, features[:1].detach()))
-            self._lirpa = cached
-        return cached[1]
