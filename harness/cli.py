@@ -170,7 +170,13 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def _summary(record: Any) -> str:
     m = record.metrics
     pct = lambda k: f"{100 * m[k]:.2f}%" if k in m else "—"  # noqa: E731
-    per = ", ".join(f"{k.split('/', 1)[1]} {pct(k)}" for k in sorted(m) if k.startswith("certified_accuracy/"))
+    n = int(m.get("eval_samples", 0))
+
+    def of(name: str) -> str:
+        tried = int(m.get(f"certified_samples/{name}", n))
+        return f" of {tried}" if tried < n else ""
+
+    per = ", ".join(f"{k.split('/', 1)[1]} {pct(k)}{of(k.split('/', 1)[1])}" for k in sorted(m) if k.startswith("certified_accuracy/"))
     return (
         f"run {record.id} {record.status}: clean {pct('clean_accuracy')}  attack {pct('robust_accuracy')}  "
         f"certified {pct('certified_accuracy')}" + (f" ({per})" if per else "") + f"  on {int(m.get('eval_samples', 0))} test samples; "

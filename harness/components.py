@@ -153,6 +153,15 @@ class Certifier(Component):
         """Whether this certifier can certify ``model`` under ``threat``."""
         return threat.norm in self.norms
 
+    def sample_limit(self, model: nn.Module, threat: ThreatModel) -> int | None:
+        """The most samples this certifier certifies in one evaluation, ``None`` for all.
+
+        Costly certifiers (CROWN on convolutional networks: seconds per sample on a
+        CPU) certify a fixed, seeded subset of the evaluated samples, the same for
+        every run; their accuracy is reported over that subset, with its size.
+        """
+        return None
+
     def certify(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> Certificate:
         """Certify a batch (the model is in eval mode, on the images' device)."""
         raise NotImplementedError(f"certifier {self.name!r} does not implement certify()")

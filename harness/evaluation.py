@@ -5,7 +5,11 @@ On the test split (or a fixed, seeded subset of it, the same for every run):
 1. clean accuracy;
 2. every attack that applies to the threat model, on every correctly
    classified sample (certified ones included: they are the soundness check);
-3. every certifier that applies to the model and threat model.
+3. every certifier that applies to the model and threat model (on all of
+   them, or on a fixed, seeded subset of at most
+   :meth:`~harness.Certifier.sample_limit` samples, where a certifier is costly;
+   its accuracy is then over that subset, and ``certified_samples/NAME`` says
+   how many).
 
 A sample counts as certified if any certifier certifies it. A certificate is a
 promise: if a certifier certifies a sample that is misclassified or that an
@@ -103,23 +107,29 @@ def evaluate(
 
     verdicts: dict[str, torch.Tensor] = {}
     radii: dict[str, torch.Tensor | None] = {}
+    attempted: dict[str, torch.Tensor] = {}
     for certifier in certifiers:
         if not certifier.applies_to(model, threat):
             continue
+        limit = certifier.sample_limit(model, threat)
+        rows = eval_indices(n, limit, seed=SUBSET_SEED + 1)  # a subset of the evaluated rows, fixed per n
         certified = torch.zeros(n, dtype=torch.bool)
         radius: torch.Tensor | None = None
-        with progress.task(f"certify: {certifier.name}", total=n) as task:
-            for s in chunks:
-                x, y = batch(s)
+        label = f"certify: {certifier.name}" + (f" ({len(rows)} of {n})" if len(rows) < n else "")
+        with progress.task(label, total=len(rows)) as task:
+            for s in _batches(len(rows), batch_size):
+                part = rows[s]
+                x, y = images[part].to(device).float().div_(255), labels[part].to(device)
                 result = certifier.certify(model, x, y, threat)
-                certified[s] = result.certified.detach().cpu().bool()
+                certified[part] = result.certified.detach().cpu().bool()
                 if result.radius is not None:
                     if radius is None:
                         radius = torch.zeros(n, dtype=torch.float64)
-                    radius[s] = result.radius.detach().cpu().double()
-                task.advance(s.stop - s.start, certified=f"{certified[: s.stop].float().mean().item():.2%}")
+                    radius[part] = result.radius.detach().cpu().double()
+                task.advance(len(part), certified=f"{certified[rows[: s.stop]].float().mean().item():.2%}")
         verdicts[certifier.name] = certified
         radii[certifier.name] = radius
+        attempted[certifier.name] = torch.zeros(n, dtype=torch.bool).index_fill_(0, rows, True)
 
     survived: dict[str, torch.Tensor] = {}
     attack_rows = torch.nonzero(correct).flatten()
@@ -150,9 +160,11 @@ def evaluate(
         any_certified = torch.stack(list(verdicts.values())).any(0)
         metrics["certified_accuracy"] = any_certified.float().mean().item()
         for name, certified in verdicts.items():
-            metrics[f"certified_accuracy/{name}"] = certified.float().mean().item()
+            tried = attempted[name]
+            metrics[f"certified_accuracy/{name}"] = certified[tried].float().mean().item()
+            metrics[f"certified_samples/{name}"] = float(tried.sum())
             if radii[name] is not None:
-                metrics[f"average_radius/{name}"] = radii[name].mean().item()
+                metrics[f"average_radius/{name}"] = radii[name][tried].mean().item()
 
     samples = []
     for row in range(n):
@@ -165,6 +177,7 @@ def evaluate(
                 certificates={
                     name: (bool(certified[row]), None if radii[name] is None else _finite(radii[name][row].item()))
                     for name, certified in verdicts.items()
+                    if attempted[name][row]
                 },
             )
         )

@@ -28,6 +28,8 @@ class Row:
     robust: float | None
     certified: float | None
     by_certifier: dict[str, float] = field(default_factory=dict)
+    #: Samples each certifier certified, where fewer than ``eval_samples`` (a costly certifier's subset).
+    certifier_samples: dict[str, int] = field(default_factory=dict)
     attack: str | None = None
     epochs: int | None = None
     train_seconds: float | None = None
@@ -58,6 +60,11 @@ def _row_from_run(run: RunRecord) -> Row:
         robust=m.get("robust_accuracy"),
         certified=m.get("certified_accuracy"),
         by_certifier={k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("certified_accuracy/")},
+        certifier_samples={
+            k.split("/", 1)[1]: int(v)
+            for k, v in sorted(m.items())
+            if k.startswith("certified_samples/") and int(v) < int(m.get("eval_samples", v))
+        },
         attack="+".join(attacks) or None,
         epochs=run.info.epochs,
         train_seconds=run.train_seconds,

@@ -45,7 +45,10 @@ def _cells(row: Row) -> list[str]:
         percent(row.clean),
         attack,
         percent(row.certified),
-        ", ".join(f"{k} {percent(v)}" for k, v in row.by_certifier.items()) or "—",
+        ", ".join(
+            f"{k} {percent(v)}" + (f" (of {row.certifier_samples[k]})" if k in row.certifier_samples else "")
+            for k, v in row.by_certifier.items()
+        ) or "—",
         "—" if row.epochs is None else str(row.epochs),
         duration(row.train_seconds),
         n,
@@ -77,11 +80,11 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["dataset", "norm", "eps", "kind", "rank", "method", "preset", "clean", "robust", "attack",
-                         "certified", "by_certifier", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source"])
+                         "certified", "by_certifier", "certifier_samples", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source"])
         for g in groups:
             for r in g.rows:
                 writer.writerow([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.method, r.preset, r.clean, r.robust, r.attack,
-                                 r.certified, json.dumps(r.by_certifier), r.epochs, r.train_seconds, r.eval_samples,
+                                 r.certified, json.dumps(r.by_certifier), json.dumps(r.certifier_samples), r.epochs, r.train_seconds, r.eval_samples,
                                  r.train_samples, r.run_id, r.source])
         return buf.getvalue().rstrip("\n")
     if not groups:

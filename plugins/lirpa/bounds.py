@@ -27,8 +27,12 @@ from harness_plugins.lirpa.compat import import_auto_lirpa
 #: Our method names → auto_LiRPA's.
 METHODS: dict[str, str] = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN"}
 
-#: Convolutions bounded as dense matrices: auto_LiRPA 0.3's default "patches" mode fails
-#: (AssertionError) when a division comes before a convolution, as in in-model normalisation.
+#: How convolutions are bounded. "patches" (auto_LiRPA's default) keeps CROWN's linear maps
+#: as convolution patches: on a CRM 4C3F it is ~5x faster than "matrix", which builds dense
+#: identity matrices per conv node and runs out of memory at full width. But auto_LiRPA 0.3's
+#: patches mode fails (AssertionError) when an operation such as a division (in-model
+#: normalisation) comes before a convolution; such modules get "matrix".
+PATCHES = {"conv_mode": "patches"}
 BOUND_OPTS = {"conv_mode": "matrix"}
 
 logger = logging.getLogger(__name__)
@@ -52,17 +56,25 @@ class LiRPABounds:
     def __init__(self, module: nn.Module, example: Tensor) -> None:
         self._lirpa = import_auto_lirpa()
         self._module = weakref.ref(module)
+        self._example = example[:2].detach()
+        self._build(PATCHES)
+        self.l2_native = _l2_native(self.bounded, self._lirpa)
+        if not self.l2_native:  # something other than a linear map touches the input first
+            self._build(BOUND_OPTS)
+        self.device = example.device
+        self.num_classes = int(self.bounded.final_shape[-1])
+
+    def _build(self, options: dict[str, str]) -> None:
+        module = self._module()
         modes = [(m, m.training) for m in module.modules()]
         # auto_LiRPA prints when it switches the module's mode to trace it (dropout, batch norm).
         with contextlib.redirect_stdout(io.StringIO()) as said:
-            self.bounded = self._lirpa.BoundedModule(module, example, bound_opts=dict(BOUND_OPTS))
+            self.bounded = self._lirpa.BoundedModule(module, self._example, bound_opts=dict(options))
         if said.getvalue().strip():
             logger.debug("auto_LiRPA: %s", " ".join(said.getvalue().split()))
         for m, training in modes:  # it leaves the module in the mode it traced in
             m.training = training
-        self.device = example.device
-        self.num_classes = int(self.bounded.final_shape[-1])
-        self.l2_native = _l2_native(self.bounded, self._lirpa)
+        self.conv_mode = options["conv_mode"]
         self._parameter_nodes = [n for n in self.bounded.modules() if isinstance(n, self._lirpa.operators.BoundParams)]
 
     def _lower(self, center: Tensor, perturbation: object, labels: Tensor, method: str) -> Tensor:
@@ -79,7 +91,14 @@ class LiRPABounds:
         x = self._lirpa.BoundedTensor(center, perturbation)
         spec = margin_matrix(labels, self.num_classes).to(center.dtype)
         # Only the lower bound of the last node; IBP computes both anyway, CROWN halves its last pass.
-        lower, _ = self.bounded.compute_bounds(x=(x,), C=spec, method=METHODS[method], bound_upper=False)
+        try:
+            lower, _ = self.bounded.compute_bounds(x=(x,), C=spec, method=METHODS[method], bound_upper=False)
+        except AssertionError:
+            if self.conv_mode == "matrix":
+                raise
+            logger.debug("auto_LiRPA's patches mode failed on %s; bounding convolutions as matrices", type(module).__name__)
+            self._build(BOUND_OPTS)
+            return self._lower(center, perturbation, labels, method)
         # The label's row of C is zero, so its bound is exactly 0; make it so despite rounding.
         return lower.scatter(1, labels[:, None], 0.0)
 

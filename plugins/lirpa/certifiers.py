@@ -24,10 +24,13 @@ import weakref
 from collections.abc import Callable
 from typing import ClassVar
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 from harness import Certificate, Certifier, FeatureHead, HarnessError, Source
+from harness.options import doc_field
 from harness.threat import ThreatModel
 from harness_plugins.lirpa.bounds import LiRPABounds
 
@@ -85,6 +88,23 @@ def bounds_for(module: nn.Module, example: Tensor) -> LiRPABounds:
     return bounds
 
 
+@dataclass(frozen=True)
+class LiRPAOptions:
+    max_samples: int = doc_field(
+        0,
+        "certify at most this many samples (a fixed seeded subset); 0: all, except CROWN on "
+        "convolutional networks: 100 on a CPU, 1000 on a GPU (seconds per sample on a CPU)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.max_samples < 0:
+            raise ValueError(f"max_samples must be >= 0 (0: automatic), got {self.max_samples}")
+
+
+#: CROWN's default sample budget on convolutional networks, per device type.
+CROWN_CONV_SAMPLES = {"cpu": 100, "cuda": 1000}
+
+
 class LiRPACertifier(Certifier):
     """Certified iff every margin lower bound is positive; no radius.
 
@@ -95,6 +115,16 @@ class LiRPACertifier(Certifier):
 
     method: ClassVar[str]
     norms = ("inf", "2")
+    Options = LiRPAOptions
+
+    def sample_limit(self, model: nn.Module, threat: ThreatModel) -> int | None:
+        if self.options.max_samples:
+            return self.options.max_samples
+        bounded = model.head if isinstance(model, FeatureHead) else model
+        if self.method == "crown" and any(isinstance(m, nn.Conv2d) for m in bounded.modules()):
+            device = next((p.device.type for p in bounded.parameters()), "cpu")
+            return CROWN_CONV_SAMPLES.get(device, CROWN_CONV_SAMPLES["cpu"])
+        return None
 
     def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
         if threat.norm not in self.norms or not auto_lirpa_installed():

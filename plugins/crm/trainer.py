@@ -1,0 +1,164 @@
+"""Certified Radius Maximisation with LipLT (Fazlyab et al., NeurIPS 2023), as its code trains.
+
+Every step (``train.py``, ``NetworkModels.py``): the pairwise constants
+``L_pq`` of the current weights by LipLT (:mod:`harness_plugins.liplt.power`:
+warm-started power iteration under l2, with gradients through the
+iterations; exact pair row norms), then ``CE + λ·R`` (:mod:`.loss`), where
+``R`` is active from ``robust_start_epoch`` on. Adam (0.9, 0.999, eps 1e-7,
+no weight decay); the lr is constant until ``lr_decay_epoch``, then multiplied
+every epoch by ``(lr_min/lr)^(1/(epochs − lr_decay_epoch))`` so that it reaches
+``lr_min`` at the end (``ExponentialLRWithStopping``). The code trains on 90 %
+of the training split (``random_split`` after ``manual_seed(1)``; the rest is
+its validation set): ``train_fraction``.
+
+Under ``--norm inf`` (not in the code, which is l2 only) the same loss runs
+with LipLT in induced l_inf norms, estimated from the largest rows
+(:class:`~harness_plugins.liplt.power.RowSumEstimate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import Trainer
+from harness.options import doc_field, epochs_field
+from harness.train import TrainContext, TrainData
+from harness_plugins.crm.augment import RandomAffine
+from harness_plugins.crm.loss import robust_term
+from harness_plugins.crm.model import SOURCE
+from harness_plugins.liplt.chain import Chain
+from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, pairwise
+
+
+@dataclass(frozen=True)
+class CRMOptions:
+    epochs: int = doc_field(400, "total epochs T")
+    lr: float = doc_field(1e-3, "Adam learning rate")
+    lr_decay_epoch: float = epochs_field(25, "constant lr until this epoch, then exponential decay to lr_min at T")
+    lr_min: float = doc_field(1e-6, "the lr at the last epoch")
+    batch_size: int = doc_field(512, "mini-batch size")
+    lam: float = doc_field(30.0, "λ, weight of the certified-radius term")
+    r0: float = doc_field(2.2, "penalise samples whose smallest radius is below r0 (radius units, see radius_units)")
+    temperature: float = doc_field(5.0, "t of the soft-min over radii (the code's 'alpha')")
+    robust_kind: Literal["softmax", "max"] = doc_field("softmax", "g(d): minus the soft-min radius (softmax, every command) or exp(-t·min d)/t")
+    robust_start_epoch: float = epochs_field(10, "cross-entropy only before this epoch")
+    regularize_misclassified: bool = doc_field(False, "also penalise misclassified samples (code flag, off)")
+    radius_units: Literal["pixel", "model-input"] = doc_field(
+        "pixel", "radii for r0 and t in raw pixels, or in the model's input space (the code's CIFAR-10: [-1,1], twice the pixel radius)"
+    )
+    power_iterations: int = doc_field(10, "power iterations per step (MNIST 10, CIFAR-10/TinyImageNet 5)")
+    pairwise_class_limit: int = doc_field(101, "above this many classes the last layer is bounded naively, as the code (0: never)")
+    linf_rows: int = doc_field(8, "l_inf training: rows per product kept between exact sweeps")
+    linf_refresh: int = doc_field(200, "l_inf training: steps between exact sweeps over all rows")
+    train_fraction: float = doc_field(0.9, "train on this seeded fraction of the training split (the code holds out 10%)")
+    degrees: float = doc_field(0.0, "RandomAffine rotation (CIFAR-10 10, TinyImageNet 20; the code ignores it on MNIST)")
+    translate: float = doc_field(0.0, "RandomAffine translation fraction (CIFAR-10 0.1, TinyImageNet 0.2)")
+    flip: bool = doc_field(False, "random horizontal flip (CIFAR-10, TinyImageNet)")
+    fill: float = doc_field(0.5, "RandomAffine fill in pixels (the code fills 0 after normalising to [-1,1]: grey)")
+    adam_eps: float = doc_field(1e-7, "Adam ε")
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.power_iterations < 1:
+            raise ValueError("epochs, batch_size and power_iterations must be >= 1")
+        if not 0 <= self.lr_decay_epoch <= self.epochs or not 0 <= self.robust_start_epoch <= self.epochs:
+            raise ValueError(f"lr_decay_epoch and robust_start_epoch must be in [0, epochs], got {self.lr_decay_epoch}, {self.robust_start_epoch}")
+        for name in ("lr", "lr_min", "r0", "temperature", "adam_eps"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}")
+        if not 0 <= self.lam < math.inf or not 0 < self.train_fraction <= 1:
+            raise ValueError(f"need lam >= 0 and 0 < train_fraction <= 1, got {self.lam}, {self.train_fraction}")
+        if self.linf_rows < 1 or self.linf_refresh < 1 or self.pairwise_class_limit < 0:
+            raise ValueError("linf_rows and linf_refresh must be >= 1, pairwise_class_limit >= 0")
+
+
+def learning_rate(o: CRMOptions, epoch: int) -> float:
+    """``ExponentialLRWithStopping``: constant, then geometric to ``lr_min`` at the last epoch."""
+    decay = math.ceil(o.lr_decay_epoch)
+    if epoch < decay or o.epochs - decay <= 1:
+        return o.lr
+    gamma = (o.lr_min / o.lr) ** (1 / (o.epochs - 1 - decay))
+    return o.lr * gamma ** (epoch - decay)
+
+
+def holdout_split(n: int, fraction: float) -> torch.Tensor:
+    """Indices kept for training: ``random_split`` with ``manual_seed(1)``, as the code."""
+    if fraction >= 1:
+        return torch.arange(n)
+    keep = math.floor(n * fraction)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(1))[:keep].sort().values
+
+
+class CRMTrainer(Trainer):
+    name = "crm"
+    description = "CRM (NeurIPS 2023): cross-entropy + λ·soft-min certified radius from LipLT pairwise constants"
+    source = SOURCE
+    model = "crm_net"
+    norms = ("2", "inf")
+    Options = CRMOptions
+
+    def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
+        o: CRMOptions = self.options
+        norm = ctx.threat.norm
+        keep = holdout_split(len(data), o.train_fraction).to(data.images.device)
+        data = TrainData(data.info, data.images[keep], data.labels[keep])
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=o.lr, betas=(0.9, 0.999), eps=o.adam_eps)
+        augmentation = RandomAffine(o.degrees, o.translate, o.flip, o.fill)
+        example = data.images[:2].float().div(255)
+        model.eval()
+        chain = Chain.from_module(model, example)
+        estimator: PowerIteration | RowSumEstimate
+        if norm == "2":
+            estimator = PowerIteration(chain, torch.Generator(device=ctx.generator.device).manual_seed(ctx.seed))
+        else:
+            estimator = RowSumEstimate(chain, rows=o.linf_rows, refresh=o.linf_refresh)
+        scale = getattr(model, "input_scale", 1.0) if o.radius_units == "model-input" else 1.0
+        full_pairs = o.pairwise_class_limit == 0 or data.info.num_classes <= o.pairwise_class_limit
+        steps = data.steps_per_epoch(o.batch_size)
+        model.train()
+        for epoch in range(o.epochs):
+            lr = learning_rate(o, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            robust = epoch >= o.robust_start_epoch
+            sums = {"loss": 0.0, "ce": 0.0, "robust": 0.0, "penalised": 0.0, "correct": 0.0, "seen": 0.0, "lip": 0.0}
+            with ctx.progress.task(f"epoch {epoch + 1}/{o.epochs}", total=steps) as task:
+                for images, labels in data.batches(o.batch_size, ctx.generator, augmentation):
+                    logits = model(images)
+                    ce = F.cross_entropy(logits, labels)
+                    with torch.set_grad_enabled(robust):
+                        norms = estimator.norms(o.power_iterations) if norm == "2" else estimator.norms()
+                        constants = pairwise(chain, norm, norms, "liplt" if full_pairs else "liplt-last-naive")
+                    loss = ce
+                    if robust:
+                        term, penalised = robust_term(
+                            logits, labels, constants, r0=o.r0, temperature=o.temperature, kind=o.robust_kind,
+                            misclassified=o.regularize_misclassified, radius_scale=scale,
+                        )
+                        loss = ce + o.lam * term
+                        sums["robust"] += term.item() * labels.shape[0]
+                        sums["penalised"] += penalised.sum().item()
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if isinstance(estimator, PowerIteration):
+                        estimator.detach()
+                    n = labels.shape[0]
+                    sums["loss"] += loss.item() * n
+                    sums["ce"] += ce.item() * n
+                    sums["correct"] += (logits.argmax(1) == labels).sum().item()
+                    sums["seen"] += n
+                    k = constants.shape[0]
+                    sums["lip"] += constants.detach().sum().item() / (k * (k - 1)) * n
+                    seen = sums["seen"]
+                    task.advance(
+                        1, loss=f"{sums['loss'] / seen:.4g}", ce=f"{sums['ce'] / seen:.4g}", R=f"{sums['robust'] / seen:.4g}",
+                        L=f"{sums['lip'] / seen:.4g}", pen=f"{sums['penalised'] / seen:.1%}", acc=f"{sums['correct'] / seen:.2%}", lr=f"{lr:.3g}",
+                    )
+        model.eval()
