@@ -258,6 +258,12 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
         plan.trainer.fit(model, data, ctx)
         _sync(plan.device)
         train_seconds = time.perf_counter() - start
+        if save_dir is not None:
+            # Before the evaluation: a run whose evaluation fails keeps its trained weights.
+            try:
+                _save(save_dir / f"run-{run_id}", model, config)
+            except OSError as exc:
+                progress.log(f"warning: run {run_id}'s weights could not be saved: {one_line(exc)}")
         start = time.perf_counter()
         result = evaluate(
             model,
@@ -282,12 +288,6 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
     except BaseException as exc:
         _mark(store, run_id, FAILED, f"{type(exc).__name__}: {one_line(exc)}", train_seconds)
         raise
-    if save_dir is not None:
-        # After the results are safe: a full disk must not cost the run its numbers.
-        try:
-            _save(save_dir / f"run-{run_id}", model, config)
-        except OSError as exc:
-            progress.log(f"warning: run {run_id} is recorded, but its weights could not be saved: {one_line(exc)}")
     return run_id
 
 
