@@ -37,7 +37,7 @@ def main() -> None:
     model = model_cls(parse_options(model_cls.Options, config["model"]["options"], "model")).build(info)
     model.load_state_dict(torch.load(args.run_dir / "model.pt", map_location="cpu")["state_dict"])
     model.eval()
-    example = torch.zeros(2, *info.shape)
+    example = torch.rand(16, *info.shape, generator=torch.Generator().manual_seed(0))  # checks the reading
     p, q = pair_index(info.num_classes)
     for norm in args.norm or ["2", "inf"]:
         row = {}

@@ -107,7 +107,7 @@ def test_the_crm_quick_preset_is_certified_under_l2_by_liplt_naive_and_crown(har
     2,000 test samples (about 7 minutes). Measured on all 10,000: clean 88.66 / L2-PGD-100 54.29 / liplt 42.61,
     lipschitz-naive 37.70, crown 0.00 (of 100)."""
     r = harness_cli("run", "--plugin", "crm", "--dataset", "mnist", "--norm", "2", "--eps", "1.58", "--preset", "quick",
-                    "--eval-samples", "2000", "--data-dir", str(shared_data), "--no-save")
+                    "--eval-samples", "2000", "--device", "cpu", "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     m = json.loads(harness_cli("show", "1", "--format", "json").out)["metrics"]
     assert m["clean_accuracy"] > 0.85 and m["certified_accuracy/liplt"] > 0.35

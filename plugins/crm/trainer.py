@@ -7,7 +7,7 @@ iterations; exact pair row norms), then ``CE + λ·R`` (:mod:`.loss`), where
 ``R`` is active from ``robust_start_epoch`` on. Adam (0.9, 0.999, eps 1e-7,
 no weight decay); the lr is constant until ``lr_decay_epoch``, then multiplied
 every epoch by ``(lr_min/lr)^(1/(epochs − lr_decay_epoch))`` so that it reaches
-``lr_min`` at the end (``ExponentialLRWithStopping``). The code trains on 90 %
+``lr_min`` at the last epoch (``ExponentialLRWithStopping``). The code trains on 90 %
 of the training split (``random_split`` after ``manual_seed(1)``; the rest is
 its validation set): ``train_fraction``.
 
@@ -78,12 +78,13 @@ class CRMOptions:
 
 
 def learning_rate(o: CRMOptions, epoch: int) -> float:
-    """``ExponentialLRWithStopping``: constant, then geometric to ``lr_min`` at the last epoch."""
+    """``ExponentialLRWithStopping``: ``lr`` before ``lr_decay_epoch``, then ``lr·γ^(e − decay + 1)``
+    with ``γ = (lr_min/lr)^(1/(epochs − decay))``, which reaches ``lr_min`` at the last epoch."""
     decay = math.ceil(o.lr_decay_epoch)
-    if epoch < decay or o.epochs - decay <= 1:
+    if epoch < decay or o.epochs <= decay:
         return o.lr
-    gamma = (o.lr_min / o.lr) ** (1 / (o.epochs - 1 - decay))
-    return o.lr * gamma ** (epoch - decay)
+    gamma = (o.lr_min / o.lr) ** (1 / (o.epochs - decay))
+    return o.lr * gamma ** (min(epoch, o.epochs - 1) - decay + 1)
 
 
 def holdout_split(n: int, fraction: float) -> torch.Tensor:
@@ -147,8 +148,6 @@ class CRMTrainer(Trainer):
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
-                    if isinstance(estimator, PowerIteration):
-                        estimator.detach()
                     n = labels.shape[0]
                     sums["loss"] += loss.item() * n
                     sums["ce"] += ce.item() * n

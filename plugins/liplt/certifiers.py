@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from harness import Certificate, Certifier, HarnessError
 from harness.options import doc_field
 from harness.threat import ThreatModel
-from harness_plugins.certifiers import MARGIN_SLACK
+from harness_plugins.certifiers import MARGIN_SLACK, full_float32
 from harness_plugins.liplt.chain import ACTIVATIONS, SOURCE, Chain, NotAChain
 from harness_plugins.liplt.sound import DENSE_LIMIT, pairwise_constants
 
@@ -38,8 +38,8 @@ LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear, nn.Conv2d, nn.Flatten, nn.AvgPool2d, nn.Identity, nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout, *ACTIVATIONS,
 )
 
-#: model → {(norm, method, input shape, device, dense limit): (model state, constants)}
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[tuple, Tensor]]] = weakref.WeakKeyDictionary()
+#: model → {(norm, method, input shape, device, dense limit): (copy of the weights, constants)}
+_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[list[Tensor], Tensor]]] = weakref.WeakKeyDictionary()
 
 
 def sequential_chain(model: nn.Module) -> bool:
@@ -74,9 +74,14 @@ def _readable(layer: nn.Module) -> bool:
     return True
 
 
-def _state(model: nn.Module) -> tuple:
-    """Identifies the model's current weights: every parameter's and buffer's storage, shape and version."""
-    return tuple((t.data_ptr(), tuple(t.shape), t._version) for t in (*model.parameters(), *model.buffers()))
+def _state(model: nn.Module) -> list[Tensor]:
+    """A copy of the model's weights: every parameter and buffer (writes through ``.data`` bump no version counter)."""
+    return [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+
+
+def _same_state(model: nn.Module, state: list[Tensor]) -> bool:
+    now = [*model.parameters(), *model.buffers()]
+    return len(now) == len(state) and all(a.shape == b.shape and torch.equal(a.detach(), b) for a, b in zip(now, state))
 
 
 def constants_for(
@@ -97,10 +102,10 @@ def constants_for(
     :raises HarnessError: if the model is not a feed-forward chain of supported layers.
     """
     key = (norm, method, tuple(example.shape[1:]), example.device, dense_limit)
-    state = _state(model)
     cached = _CACHE.setdefault(model, {}).get(key)
-    if cached is not None and cached[0] == state:
+    if cached is not None and _same_state(model, cached[0]):
         return cached[1]
+    state = _state(model)
     try:
         chain = Chain.from_module(model, example[:16].detach())
     except NotAChain as e:
@@ -137,7 +142,7 @@ class PairwiseLipschitzCertifier(Certifier):
     def certify(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Certificate:
         limit = self.options.dense_limit
         constants = constants_for(model, images, threat.norm, self.method, dense_limit=limit)  # type: ignore[arg-type]
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             logits = model(images).double()
         radius = pairwise_radius(logits, labels, constants)
         return Certificate(certified=radius > threat.eps, radius=radius)

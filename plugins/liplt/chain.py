@@ -51,6 +51,7 @@ SOURCE = Source(
 #: Element-wise activations and their slope bounds (α, β); a callable gets the layer.
 ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module], tuple[float, float]]] = {
     nn.ReLU: lambda m: (0.0, 1.0),
+    # A negative slope (α < 0) is refused where the chain is read: the recursion needs 0 ≤ α ≤ β.
     nn.LeakyReLU: lambda m: (min(m.negative_slope, 1.0), max(m.negative_slope, 1.0)),
     nn.Tanh: lambda m: (0.0, 1.0),
     nn.Sigmoid: lambda m: (0.0, 0.25),
@@ -176,14 +177,6 @@ class Chain:
     def num_classes(self) -> int:
         return self.stages[-1].out_features
 
-    @property
-    def c(self) -> list[float]:
-        return [(a + b) / 2 for a, b in self.slopes]
-
-    @property
-    def d(self) -> list[float]:
-        return [(b - a) / 2 for a, b in self.slopes]
-
     def product(self, v: Tensor, start: int, end: int) -> Tensor:
         """``W_end ⋯ W_start v`` for ``v`` shaped ``N×stages[start].in_shape``."""
         for k in range(start, end + 1):
@@ -211,7 +204,8 @@ class Chain:
         :raises NotAChain: naming the first unsupported layer, or when the reading
             does not reproduce ``module(example)``.
         """
-        leaves = [m for m in module.modules() if next(m.children(), None) is None]
+        # remove_duplicate=False: a module used twice (one ReLU object shared by two places) is read twice.
+        leaves = [m for _, m in module.named_modules(remove_duplicate=False) if next(m.children(), None) is None]
         owned = {id(p) for layer in leaves for p in layer.parameters(recurse=False)}
         if not all(id(p) in owned for p in module.parameters()):
             raise NotAChain(f"{type(module).__name__} has parameters outside its layers")
@@ -227,6 +221,8 @@ class Chain:
                 kind = type(layer)
                 if kind in ACTIVATIONS:
                     a, b = ACTIVATIONS[kind](layer)
+                    if a < 0:
+                        raise NotAChain(f"{kind.__name__} with a negative slope ({a:g}) is not monotone")
                     if not ops and slopes:  # two activations in a row: one whose slopes are the products'
                         pa, pb = slopes[-1]
                         products = (pa * a, pa * b, pb * a, pb * b)  # a slope may be negative (leaky ReLU)

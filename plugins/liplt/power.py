@@ -114,22 +114,22 @@ class PowerIteration:
         return [torch.stack(s) for s in starts]
 
     def norms(self, iterations: int) -> dict[tuple[int, int], Tensor]:
-        """Run ``iterations`` more iterations (differentiable) and return ``σ_jk = ‖A_jk v_jk‖``."""
+        """Run ``iterations`` more iterations (differentiable) and return ``σ_jk = ‖A_jk v_jk‖``.
+
+        They start from the last call's vectors without their graph (the warm start),
+        so gradients flow through this call's iterations only.
+        """
         vectors = [v.detach() for v in self.vectors]
         for _ in range(iterations):
             vectors = [_normalise(v) for v in self._backward(self._forward(vectors))]
         self.vectors = vectors
         return {p: a.flatten().norm() for p, a in self._forward(vectors).items()}
 
-    def detach(self) -> None:
-        """End of a training step: the next one starts from these vectors, without their graph."""
-        self.vectors = [v.detach() for v in self.vectors]
-
 
 class RowSumEstimate:
     """``‖W_k ⋯ W_j‖_∞`` (largest absolute row sum) from the rows that were largest at the last exact sweep."""
 
-    def __init__(self, chain: Chain, rows: int = 8, refresh: int = 100, chunk: int = 256) -> None:
+    def __init__(self, chain: Chain, rows: int = 8, refresh: int = 200, chunk: int = 256) -> None:
         self.chain = chain
         self.hidden = chain.hidden
         self.rows = rows

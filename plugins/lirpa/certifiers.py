@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from harness import Certificate, Certifier, FeatureHead, HarnessError, Source
 from harness.options import doc_field
+from harness_plugins.certifiers import full_float32
 from harness.threat import ThreatModel
 from harness_plugins.lirpa.bounds import LiRPABounds
 
@@ -145,7 +146,7 @@ class LiRPACertifier(Certifier):
         bounded = model.head if isinstance(model, FeatureHead) else model
         step = CROWN_CONV_CHUNK if self.method == "crown" and _has_conv(bounded) else len(images)
         certified = []
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             for start in range(0, len(images), step):
                 part = slice(start, start + step)
                 margins = self.margins(model, images[part], labels[part], threat)

@@ -44,11 +44,11 @@ def test_gradients_flow_through_the_iterations_and_vectors_warm_start(chain):
     weights = [m.weight for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert all(w.grad is not None and w.grad.abs().sum() > 0 for w in weights)
     net.zero_grad()
-    power.detach()
-    assert all(not v.requires_grad for v in power.vectors)
-    # Warm start: a few more iterations from where the last step stopped keep improving.
+    # Warm start: a few more iterations from where the last step stopped keep improving, and the
+    # next step's graph starts at its own iterations (a second backward would fail otherwise).
     later = power.norms(3)
     assert later[(0, ch.hidden - 1)] >= first[(0, ch.hidden - 1)].detach() * (1 - 1e-9)
+    pairwise(ch, "2", later).sum().backward()
 
 
 def test_pair_norms_are_the_rows_differences(chain):

@@ -19,6 +19,8 @@ def test_lr_is_constant_then_geometric_down_to_lr_min():
     o = CRMOptions(epochs=400, lr=1e-3, lr_decay_epoch=25, lr_min=1e-6)
     lrs = [learning_rate(o, e) for e in range(400)]
     assert lrs[:25] == [1e-3] * 25
+    gamma = (1e-6 / 1e-3) ** (1 / 375)
+    assert lrs[25] == pytest.approx(1e-3 * gamma, rel=1e-12)  # the code's first decayed epoch (9.817e-4)
     assert lrs[-1] == pytest.approx(1e-6, rel=1e-9)
     ratios = {round(b / a, 12) for a, b in zip(lrs[25:], lrs[26:])}
     assert len(ratios) == 1 and 0 < ratios.pop() < 1

@@ -17,7 +17,7 @@ from torch import nn
 
 from harness_plugins.crm.model import crm_net
 from harness_plugins.liplt import sound
-from harness_plugins.liplt.chain import Chain
+from harness_plugins.liplt.chain import Chain, NotAChain
 from harness_plugins.liplt.sound import (
     SoundNorms,
     circular_conv_norm,
@@ -46,11 +46,12 @@ def build(name: str) -> tuple[nn.Sequential, torch.Tensor]:
     torch.manual_seed(sum(map(ord, name)))
     if name == "mlp":
         net, shape = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 14), nn.ReLU(), nn.Linear(14, 5)), (12,)
-    elif name == "negative-slopes":  # slopes in [-2, 1] twice in a row, and [-3, 1]; a Tanh after a batch norm
+    elif name == "leaky-shared":  # slopes [0.5, 1] twice in a row (one shared module), slope > 1; a Tanh after a batch norm
+        leaky = nn.LeakyReLU(0.5)
         net = nn.Sequential(
-            nn.Linear(6, 8), nn.LeakyReLU(-2.0), nn.LeakyReLU(-2.0),
+            nn.Linear(6, 8), leaky, leaky,
             nn.Linear(8, 7), nn.BatchNorm1d(7), nn.Tanh(),
-            nn.Linear(7, 6), nn.LeakyReLU(-3.0), nn.Linear(6, 4),
+            nn.Linear(7, 6), nn.LeakyReLU(3.0), nn.Linear(6, 4),
         )
         shape = (6,)
     elif name == "conv":
@@ -80,7 +81,7 @@ def build(name: str) -> tuple[nn.Sequential, torch.Tensor]:
     return _with_random_statistics(net), torch.rand(8, *shape)
 
 
-NETS = ["mlp", "negative-slopes", "conv", "dilated-grouped-pooled", "same-bn-sigmoid", "4c3f", "6c2f-symmetric"]
+NETS = ["mlp", "leaky-shared", "conv", "dilated-grouped-pooled", "same-bn-sigmoid", "4c3f", "6c2f-symmetric"]
 CONV_NETS = ["conv", "dilated-grouped-pooled", "same-bn-sigmoid", "4c3f", "6c2f-symmetric"]
 
 
@@ -345,3 +346,18 @@ def test_recursion_matches_the_paper(activation, norm):
     rows = weights[-1]
     dual = row_pairs(rows, norm)
     assert torch.allclose(pairwise_constants(chain, norm, "naive"), scale * dual, rtol=EXACT, atol=0)
+
+
+def test_non_monotone_activations_are_refused():
+    """LipLT's loop transformation needs slopes in [α, β] with α ≥ 0: a leaky ReLU of slope −2 is not read."""
+    net = nn.Sequential(nn.Linear(1, 1), nn.LeakyReLU(-2.0), nn.Linear(1, 2)).eval()
+    with pytest.raises(NotAChain, match="negative slope"):
+        Chain.from_module(net, torch.rand(4, 1))
+
+
+def test_a_module_used_twice_is_read_twice():
+    """One ReLU object in two places is two activations (reading it once merged two linear maps)."""
+    act = nn.ReLU()
+    net = nn.Sequential(nn.Linear(2, 3), act, nn.Linear(3, 3), act, nn.Linear(3, 2)).eval()
+    chain = Chain.from_module(net, torch.rand(8, 2))
+    assert chain.hidden == 2 and len(chain.stages) == 3
