@@ -111,7 +111,7 @@ class CRMTrainer(Trainer):
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=o.lr, betas=(0.9, 0.999), eps=o.adam_eps)
         augmentation = RandomAffine(o.degrees, o.translate, o.flip, o.fill)
-        example = data.images[:2].float().div(255)
+        example = data.images[:64].float().div(255)  # checks the chain against the model on real images
         model.eval()
         chain = Chain.from_module(model, example)
         estimator: PowerIteration | RowSumEstimate
