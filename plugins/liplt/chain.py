@@ -262,6 +262,27 @@ def pair_index(num_classes: int, device: torch.device | None = None) -> tuple[Te
     return torch.triu_indices(num_classes, num_classes, 1, device=device).unbind(0)
 
 
+def pair_distances(rows: Tensor, norm: str, *, chunk_entries: int = 1 << 23) -> Tensor:
+    """K×K matrix of ``‖r_p − r_q‖₂`` (``norm`` "2") or ``‖r_p − r_q‖₁`` ("inf": the dual of l_inf), 0 on the diagonal.
+
+    From the differences themselves (a Gram matrix would cancel for close rows), in
+    chunks of about ``chunk_entries`` elements; differentiable (the square root stays
+    away from exact zeros, where its derivative is infinite).
+    """
+    flat = rows.flatten(1)
+    classes, width = flat.shape
+    step = max(1, chunk_entries // max(1, classes * width))
+    parts = []
+    for start in range(0, classes, step):
+        diff = flat[start : start + step, None, :] - flat[None, :, :]
+        if norm == "2":
+            sq = diff.square().sum(-1)
+            parts.append(torch.where(sq > 0, sq.clamp(min=torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq)))
+        else:
+            parts.append(diff.abs().sum(-1))
+    return torch.cat(parts)
+
+
 def liplt(
     norm: Callable[[int, int], Tensor | float],
     pairs: Callable[[int], Tensor],

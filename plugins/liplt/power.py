@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from harness_plugins.liplt.chain import Chain, liplt, naive
+from harness_plugins.liplt.chain import Chain, liplt, naive, pair_distances
 
 
 def back_rows(chain: Chain) -> list[Tensor]:
@@ -45,22 +45,6 @@ def back_rows(chain: Chain) -> list[Tensor]:
         rows.append(stages[k].transpose(rows[-1]))
     rows.reverse()  # rows[i] = rows of W_L ⋯ W_i, i = 0 … L + 1 (the last: the identity)
     return rows[:-1]
-
-
-def pair_norms(rows: Tensor, norm: str) -> Tensor:
-    """K×K matrix of ``‖r_p − r_q‖`` (l2) or ``‖r_p − r_q‖₁`` (inf, the dual of l_inf); 0 on the diagonal."""
-    flat = rows.flatten(1)
-    k = flat.shape[0]
-    off = ~torch.eye(k, dtype=torch.bool, device=flat.device)
-    if norm == "2":
-        gram = flat @ flat.t()
-        sq = gram.diagonal()[:, None] + gram.diagonal()[None, :] - 2 * gram
-        # sqrt has an infinite derivative at 0: keep the diagonal (and exact ties) out of it.
-        return torch.where(off, sq.clamp(min=torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
-    out = torch.zeros(k, k, dtype=flat.dtype, device=flat.device)
-    for p in range(k):
-        out = out.index_put((torch.full((k,), p, device=flat.device), torch.arange(k, device=flat.device)), (flat[p] - flat).abs().sum(1))
-    return out * off
 
 
 class PowerIteration:
@@ -192,7 +176,7 @@ def pairwise(
 
     def pairs(k: int) -> Tensor:
         if k not in cache:
-            cache[k] = pair_norms(rows[k + 1], norm)
+            cache[k] = pair_distances(rows[k + 1], norm)
         return cache[k]
 
     def product_norm(j: int, k: int) -> Tensor:

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness_plugins.liplt.chain import Chain, LinearOp, Stage, liplt, naive
+from harness_plugins.liplt.chain import Chain, LinearOp, Stage, liplt, naive, pair_distances
 
 #: Relative slack on every norm for float64 rounding in the passes (see the module docstring).
 ROUNDING = 1e-6
@@ -583,7 +583,7 @@ class SoundNorms:
         u = torch.eye(classes, dtype=torch.float64, device=self.device).reshape(classes, *last.out_shape)
         for i in range(len(stages) - 1, -1, -1):
             u = stages[i].transpose(u)
-            self._pairs[i - 1] = pair_distances(u.flatten(1), self.kind) * (1 + ROUNDING)
+            self._pairs[i - 1] = pair_distances(u, self.kind, chunk_entries=CHUNK_ENTRIES) * (1 + ROUNDING)
 
 
 Footprint = tuple[tuple[int, int, int], tuple[int, int, int]]
@@ -677,17 +677,6 @@ def _footprint_sums(
     if bool((stray > 1e-9 * sums.sum(1, keepdim=True)).any()):
         raise RuntimeError("l_inf row probes: mass outside the rows' footprints (the receptive-field arithmetic is wrong)")
     return sums[:, :dump] + stray
-
-
-def pair_distances(rows: Tensor, norm: Norm) -> Tensor:
-    """K×K: ``‖r_p − r_q‖₂`` (l2) or ``‖r_p − r_q‖₁`` (inf: the dual norm), from the differences."""
-    classes, width = rows.shape
-    out = torch.empty(classes, classes, dtype=rows.dtype, device=rows.device)
-    chunk = max(1, CHUNK_ENTRIES // max(1, classes * width))
-    for start in range(0, classes, chunk):
-        diff = rows[start : start + chunk, None, :] - rows[None, :, :]
-        out[start : start + chunk] = diff.square().sum(-1).sqrt() if norm == "2" else diff.abs().sum(-1)
-    return out.fill_diagonal_(0)
 
 
 def pairwise_constants(

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness_plugins.crm.model import crm_net
-from harness_plugins.liplt.chain import Chain, liplt
-from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, back_rows, pair_norms, pairwise
+from harness_plugins.liplt.chain import Chain, liplt, pair_distances
+from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, back_rows, pairwise
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +51,14 @@ def test_gradients_flow_through_the_iterations_and_vectors_warm_start(chain):
     pairwise(ch, "2", later).sum().backward()
 
 
-def test_pair_norms_are_the_rows_differences(chain):
+def test_pair_distances_are_the_rows_differences(chain):
     _, ch = chain
     rows = back_rows(ch)
     for k in range(-1, ch.hidden):
         matrix = explicit(ch, k + 1, ch.hidden) if k + 1 <= ch.hidden else None
         assert torch.allclose(rows[k + 1].flatten(1), matrix, atol=1e-12)
         for norm, order in (("2", 2), ("inf", 1)):
-            got = pair_norms(rows[k + 1], norm)
+            got = pair_distances(rows[k + 1], norm)
             for p in range(4):
                 for q in range(4):
                     want = 0.0 if p == q else torch.linalg.vector_norm(matrix[p] - matrix[q], order).item()
@@ -89,3 +89,10 @@ def test_last_layer_naive_fallback_is_m_times_the_last_rows(chain):
     full = pairwise(ch, "2", norms, "liplt")
     assert bool((full <= got * (1 + 1e-9) + 1e-12).all())
     assert math.isclose(full[0, 0].item(), 0.0)
+
+
+def test_pair_distances_have_finite_gradients_at_ties():
+    """Two equal rows (a zero distance) must not turn a backward pass into NaN."""
+    rows = torch.tensor([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]], requires_grad=True)
+    pair_distances(rows, "2").sum().backward()
+    assert torch.isfinite(rows.grad).all()
