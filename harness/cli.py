@@ -20,7 +20,7 @@ import click
 
 from harness.errors import HarnessError, PluginError, UsageError
 from harness.plugins import make_plugin_manager, plugin_infos
-from harness.registry import Registry
+from harness.catalog import Catalog
 from harness.store import STATUSES, Store, open_store
 from harness.threat import NORMS, format_eps, parse_eps, parse_norm
 
@@ -32,12 +32,12 @@ class _State:
 
     def __init__(self) -> None:
         self.pm = make_plugin_manager()
-        self._registry: Registry | None = None
+        self._registry: Catalog | None = None
 
     @property
-    def registry(self) -> Registry:
+    def registry(self) -> Catalog:
         if self._registry is None:
-            self._registry = Registry.from_plugin_manager(self.pm)
+            self._registry = Catalog.from_plugin_manager(self.pm)
         return self._registry
 
     def plugin_versions(self) -> dict[str, str | None]:

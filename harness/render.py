@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+from harness.commands import text_table
 from harness.leaderboard import Group, Row
 from harness.threat import format_eps
 
@@ -58,12 +59,6 @@ def _cells(row: Row) -> list[str]:
 
 def title(group: Group) -> str:
     return f"{group.dataset}  l_{group.norm}  eps={format_eps(group.eps)}"
-
-
-def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -28,7 +28,7 @@ from harness.evaluation import SUBSET_SEED, eval_indices, evaluate
 from harness.options import has_field, options_dict, parse_options, scale_epochs
 from harness.presets import Preset, select_preset
 from harness.progress import Progress, SilentProgress
-from harness.registry import Registry
+from harness.catalog import Catalog
 from harness.store import FAILED, INTERRUPTED, RunInfo, Store
 from harness.threat import ThreatModel, parse_norm
 from harness.train import TrainContext, TrainData
@@ -114,7 +114,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _split_overrides(overrides: Sequence[str], registry: Registry) -> dict[str, dict[str, str]]:
+def _split_overrides(overrides: Sequence[str], registry: Catalog) -> dict[str, dict[str, str]]:
     """``model.width=16`` → {"model": {"width": "16"}}; ``attacker.pgd.steps=20`` → {"attacker.pgd": {...}}."""
     sections: dict[str, dict[str, str]] = {}
     for item in overrides:
@@ -137,7 +137,7 @@ def _split_overrides(overrides: Sequence[str], registry: Registry) -> dict[str, 
     return sections
 
 
-def plan_run(registry: Registry, request: RunRequest, plugin_versions: dict[str, str | None] | None = None) -> Plan:
+def plan_run(registry: Catalog, request: RunRequest, plugin_versions: dict[str, str | None] | None = None) -> Plan:
     """Resolve names, preset and options; raise UsageError for anything wrong."""
     trainer_cls = registry.get("trainer", request.plugin)
     dataset_cls = registry.get("dataset", request.dataset)

@@ -19,10 +19,10 @@ import torch
 
 from harness.options import parse_options
 from harness.plugins import make_plugin_manager
-from harness.registry import Registry
+from harness.catalog import Catalog
 from harness_plugins.liplt.certifiers import constants_for
-from harness_plugins.liplt.chain import Chain, pair_index
-from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, pairwise
+from harness_plugins.lib.liplt.chain import Chain, pair_index
+from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--norm", action="append", choices=["2", "inf"])
     args = parser.parse_args()
     config = json.loads((args.run_dir / "config.json").read_text())
-    registry = Registry.from_plugin_manager(make_plugin_manager())
+    registry = Catalog.from_plugin_manager(make_plugin_manager())
     model_cls = registry.get("model", config["model"]["name"])
     info = registry.get("dataset", config["dataset"]).info
     model = model_cls(parse_options(model_cls.Options, config["model"]["options"], "model")).build(info)

@@ -13,7 +13,7 @@ import sys
 import torch
 import triton
 
-from harness_plugins.lpdist import _triton as T
+from harness_plugins.lib.lpdist import _triton as T
 
 b, i, o = (int(v) for v in sys.argv[1:4]) if len(sys.argv) > 3 else (512, 5120, 5120)
 x = torch.rand(b, i, device="cuda")

@@ -26,9 +26,9 @@ def shared_data() -> Path:
 def registry():
     """A registry built from a fresh plugin manager (the installed plugins)."""
     from harness.plugins import make_plugin_manager
-    from harness.registry import Registry
+    from harness.catalog import Catalog
 
-    return Registry.from_plugin_manager(make_plugin_manager())
+    return Catalog.from_plugin_manager(make_plugin_manager())
 
 
 @dataclass

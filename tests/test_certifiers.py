@@ -14,10 +14,10 @@ import torch
 from harness import DatasetInfo, ThreatModel
 from harness.progress import SilentProgress
 from harness.train import TrainContext, TrainData
-from harness_plugins.attacks import PGD, PGDOptions
+from harness_plugins.torchattacks.pgd import PGD, PGDOptions
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer
-from harness_plugins.lpdist import lp_layers
+from harness_plugins.lib.lpdist import lp_layers
 
 INFO = DatasetInfo(name="prototypes", num_classes=3, shape=(1, 4, 4), mean=(0.5,), std=0.3)
 EPS = 0.1
@@ -91,7 +91,7 @@ def test_every_certificate_holds(registry, trained):
 
 def test_lipschitz_certificates_are_a_subset_of_interval_certificates(trained):
     """Exact per-neuron bounds through 1-Lipschitz units stay inside the Lipschitz box, and clipping only tightens."""
-    from harness_plugins.certifiers import IntervalCertifier, LipschitzMargin
+    from harness_plugins.certifiers.margins import IntervalCertifier, LipschitzMargin
 
     model, x, y = trained
     for eps in (0.02, EPS, 0.2):

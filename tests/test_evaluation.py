@@ -6,7 +6,7 @@ from torch import nn
 
 from harness import Certificate, Certifier, ThreatModel
 from harness.evaluation import evaluate
-from harness_plugins.attacks import PGD, PGDL2
+from harness_plugins.torchattacks.pgd import PGD, PGDL2
 
 
 class Margin(Certifier):

@@ -3,7 +3,7 @@ import pytest
 from harness import Model, Trainer, hookimpl
 from harness.errors import PluginError, UsageError
 from harness.plugins import make_plugin_manager
-from harness.registry import Registry
+from harness.catalog import Catalog
 
 
 class Twin(Trainer):
@@ -31,7 +31,7 @@ class Plugin:
 
 
 def build(*trainers):
-    return Registry.from_plugin_manager(make_plugin_manager(extra=[Plugin(list(trainers))]))
+    return Catalog.from_plugin_manager(make_plugin_manager(extra=[Plugin(list(trainers))]))
 
 
 def test_duplicate_names_name_both_plugins():

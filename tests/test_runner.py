@@ -11,7 +11,7 @@ from torch import nn
 from harness import Certificate, Certifier, Dataset, DatasetInfo, Model, Splits, Trainer, hookimpl
 from harness.errors import SoundnessError
 from harness.plugins import make_plugin_manager
-from harness.registry import Registry
+from harness.catalog import Catalog
 from harness.runner import RunRequest, execute, plan_run
 from harness.store import open_store
 
@@ -130,7 +130,7 @@ def store(tmp_path):
 
 
 def run(store, plugin, certifiers=(), **kw):
-    registry = Registry.from_plugin_manager(make_plugin_manager(extra=[BlobsPlugin(certifiers)]))
+    registry = Catalog.from_plugin_manager(make_plugin_manager(extra=[BlobsPlugin(certifiers)]))
     plan = plan_run(registry, RunRequest(plugin=plugin, dataset="blobs", eps=0.01, device="cpu", attacks=["pgd"], **kw))
     return execute(plan, store)
 

@@ -11,27 +11,36 @@ auto_LiRPA's ``crown`` (``lirpa`` plugin).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harness import hookimpl
-from harness_plugins.crm.model import CRMNetModel
-from harness_plugins.crm.trainer import CRMTrainer
 from harness_registry import path
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+    from harness import Model, Trainer
 
 
 @hookimpl
-def register_models():
+def register_models() -> list[type[Model]]:
+    from harness_plugins.crm.model import CRMNetModel
+
     return [CRMNetModel]
 
 
 @hookimpl
-def register_trainers():
+def register_trainers() -> list[type[Trainer]]:
+    from harness_plugins.crm.trainer import CRMTrainer
+
     return [CRMTrainer]
 
 
 @hookimpl
-def register_presets():
+def register_presets() -> list[Traversable]:
     return [path("presets", "crm.toml")]
 
 
 @hookimpl
-def register_reported_results():
+def register_reported_results() -> list[Traversable]:
     return [path("reported", "crm.toml")]

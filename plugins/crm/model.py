@@ -28,7 +28,7 @@ from torch import nn
 from harness import Model, UsageError
 from harness.data import DatasetInfo
 from harness.options import doc_field
-from harness_plugins.liplt.chain import SOURCE  # the same paper
+from harness_plugins.lib import citations
 
 
 #: (convolutions (out, kernel, stride, padding), hidden FC widths, input size it was made for).
@@ -91,7 +91,7 @@ def crm_net(arch: str, channels: int, size: int, classes: int, *, input_range: s
 class CRMNetModel(Model):
     name = "crm_net"
     description = "CRM's mCnF ReLU networks (4C3F MNIST, 6C2F CIFAR-10, 8C2F TinyImageNet)"
-    source = SOURCE
+    source = citations.CRM_LIPLT
     Options = CRMNetOptions
 
     def build(self, data: DatasetInfo) -> nn.Module:

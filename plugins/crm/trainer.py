@@ -1,7 +1,7 @@
 """Certified Radius Maximisation with LipLT (Fazlyab et al., NeurIPS 2023), as its code trains.
 
 Every step (``train.py``, ``NetworkModels.py``): the pairwise constants
-``L_pq`` of the current weights by LipLT (:mod:`harness_plugins.liplt.power`:
+``L_pq`` of the current weights by LipLT (:mod:`harness_plugins.lib.liplt.power`:
 warm-started power iteration under l2, with gradients through the
 iterations; exact pair row norms), then ``CE + λ·R`` (:mod:`.loss`), where
 ``R`` is active from ``robust_start_epoch`` on. Adam (0.9, 0.999, eps 1e-7,
@@ -13,7 +13,7 @@ its validation set): ``train_fraction``.
 
 Under ``--norm inf`` (not in the code, which is l2 only) the same loss runs
 with LipLT in induced l_inf norms, estimated from the largest rows
-(:class:`~harness_plugins.liplt.power.RowSumEstimate`).
+(:class:`~harness_plugins.lib.liplt.power.RowSumEstimate`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from harness.options import doc_field, epochs_field
 from harness.train import TrainContext, TrainData
 from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.loss import robust_term
-from harness_plugins.crm.model import SOURCE
-from harness_plugins.liplt.chain import Chain
-from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, pairwise
+from harness_plugins.lib import citations
+from harness_plugins.lib.liplt.chain import Chain
+from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def holdout_split(n: int, fraction: float) -> torch.Tensor:
 class CRMTrainer(Trainer):
     name = "crm"
     description = "CRM (NeurIPS 2023): cross-entropy + λ·soft-min certified radius from LipLT pairwise constants"
-    source = SOURCE
+    source = citations.CRM_LIPLT
     model = "crm_net"
     norms = ("2", "inf")
     Options = CRMOptions

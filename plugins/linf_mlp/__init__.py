@@ -10,27 +10,36 @@ presets (``registry/presets/linf_mlp.toml``) and reported numbers
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harness import hookimpl
-from harness_plugins.linf_mlp.model import LinfDistNetMLPModel
-from harness_plugins.linf_mlp.trainer import LinfMLPTrainer
 from harness_registry import path
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+    from harness import Model, Trainer
 
 
 @hookimpl
-def register_models():
+def register_models() -> list[type[Model]]:
+    from harness_plugins.linf_mlp.model import LinfDistNetMLPModel
+
     return [LinfDistNetMLPModel]
 
 
 @hookimpl
-def register_trainers():
+def register_trainers() -> list[type[Trainer]]:
+    from harness_plugins.linf_mlp.trainer import LinfMLPTrainer
+
     return [LinfMLPTrainer]
 
 
 @hookimpl
-def register_presets():
+def register_presets() -> list[Traversable]:
     return [path("presets", "linf_mlp.toml")]
 
 
 @hookimpl
-def register_reported_results():
+def register_reported_results() -> list[Traversable]:
     return [path("reported", "linf_mlp.toml")]

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from harness import Model
 from harness.data import DatasetInfo
 from harness.options import doc_field
-from harness_plugins.linf_v1.trainer import SOURCE
-from harness_plugins.lpdist import LpDistConv2d, LpDistLinear, lp_layers
+from harness_plugins.lib import citations
+from harness_plugins.lib.lpdist import LpDistConv2d, LpDistLinear, lp_layers
 
 #: Appendix F, Table 8: (out channels, stride) of the five 3×3 dist convolutions (padding 1).
 CONV_LAYERS = ((128, 1), (128, 1), (256, 2), (256, 1), (256, 1))
@@ -130,7 +130,7 @@ class LinfDistNetMLP(nn.Module):
 class LinfDistNetMLPModel(Model):
     name = "linf_dist_net_mlp"
     description = "l_inf-dist net + MLP: a dist backbone (fully connected or conv) and an FC-tanh-FC head"
-    source = SOURCE
+    source = citations.LINF_DIST_NET
     Options = LinfDistNetMLPOptions
 
     def build(self, data: DatasetInfo) -> nn.Module:

@@ -10,7 +10,7 @@ to ``crown_beta_end`` over the eps warm-up (Zhang et al., ICLR 2020). The loss
 is IBP cross-entropy, ``kappa·CE(worst logits) + (1 − kappa)·CE(logits)``
 (the worst logits are ``−margin lower bounds``, 0 at the label), with kappa
 constant (the paper's Table 6 gives 1 − kappa). eps_t grows linearly from 0
-over ``eps_warmup_epochs``; p, lr and weight decay as :mod:`harness_plugins.linf_v1.training`.
+over ``eps_warmup_epochs``; p, lr and weight decay as :mod:`harness_plugins.lib.v1_recipe`.
 
 Note the code's box is valid for the p = ∞ backbone; at finite p it is the
 same heuristic as the original (features of an l_p-dist layer move by at most
@@ -27,8 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.options import doc_field, epochs_field
-from harness_plugins.lirpa.certifiers import bounds_for
-from harness_plugins.linf_v1.trainer import SOURCE, V1Options, V1Recipe
+from harness_plugins.lib import citations
+from harness_plugins.lib.lirpa.bounds import bounds_for
+from harness_plugins.lib.v1_recipe import V1Options, V1Recipe
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class LinfMLPOptions(V1Options):
 class LinfMLPTrainer(V1Recipe):
     name = "linf_mlp"
     description = "l_inf-dist net + MLP (ICML 2021): Lipschitz box on the features, IBP / CROWN-IBP on the head"
-    source = SOURCE
+    source = citations.LINF_DIST_NET
     model = "linf_dist_net_mlp"
     Options = LinfMLPOptions
 

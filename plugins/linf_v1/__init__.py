@@ -9,21 +9,29 @@ the hybrid (``linf_mlp``) shares.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from harness import hookimpl
-from harness_plugins.linf_v1.trainer import LinfV1Trainer
 from harness_registry import path
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+    from harness import Trainer
 
 
 @hookimpl
-def register_trainers():
+def register_trainers() -> list[type[Trainer]]:
+    from harness_plugins.linf_v1.trainer import LinfV1Trainer
+
     return [LinfV1Trainer]
 
 
 @hookimpl
-def register_presets():
+def register_presets() -> list[Traversable]:
     return [path("presets", "linf_v1.toml")]
 
 
 @hookimpl
-def register_reported_results():
+def register_reported_results() -> list[Traversable]:
     return [path("reported", "linf_v1.toml")]

@@ -27,19 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import Source, Trainer
+from harness import Trainer
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
 from harness.train import TrainContext, TrainData, cosine_lr
-from harness_plugins.lpdist import set_p
-
-SOURCE = Source(
-    title="Boosting the certified robustness of L-infinity distance nets",
-    authors="Zhang, Jiang, He, Wang",
-    venue="ICLR 2022",
-    url="https://arxiv.org/abs/2110.06850",
-    code="github.com/zbh2047/L_inf-dist-net-v2",
-)
+from harness_plugins.lib import citations
+from harness_plugins.lib.lpdist import set_p
 
 
 @dataclass(frozen=True)
@@ -120,7 +113,7 @@ def clipped_hinge(logits: torch.Tensor, labels: torch.Tensor, theta: float) -> t
 class LinfV2Trainer(Trainer):
     name = "linf_v2"
     description = "l_inf-dist net v2: clipped hinge + scaled cross-entropy, λ decaying with the p schedule"
-    source = SOURCE
+    source = citations.LINF_DIST_NET_V2
     model = "linf_dist_net"
     norms = ("inf",)
     Options = LinfV2Options

@@ -14,10 +14,16 @@ trainer).
 
 from __future__ import annotations
 
-from harness import Certifier, hookimpl
-from harness_plugins.liplt.certifiers import LipLTCertifier, NaiveLipschitzCertifier
+from typing import TYPE_CHECKING
+
+from harness import hookimpl
+
+if TYPE_CHECKING:
+    from harness import Certifier
 
 
 @hookimpl
 def register_certifiers() -> list[type[Certifier]]:
+    from harness_plugins.liplt.certifiers import LipLTCertifier, NaiveLipschitzCertifier
+
     return [LipLTCertifier, NaiveLipschitzCertifier]

@@ -5,7 +5,7 @@ A certifier applies to
 * a :class:`harness.FeatureHead` model whose feature bounds are sound for
   l_inf: it bounds ``model.head`` over :meth:`~harness.FeatureHead.feature_bounds`
   of the image box clipped to ``[0, 1]``;
-* a *conventional* network (see :func:`conventional`) under l_inf (the image
+* a *conventional* network (see :func:`harness_plugins.lib.lirpa.bounds.conventional`) under l_inf (the image
   box clipped to ``[0, 1]``) or l2 (the whole ball, unclipped: a superset,
   so sound).
 
@@ -18,75 +18,20 @@ new module object.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import weakref
 from collections.abc import Callable
-from typing import ClassVar
-
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from harness import Certificate, Certifier, FeatureHead, HarnessError, Source
+from harness import Certificate, Certifier, FeatureHead, HarnessError
 from harness.options import doc_field
-from harness_plugins.certifiers import full_float32
 from harness.threat import ThreatModel
-from harness_plugins.lirpa.bounds import LiRPABounds
-
-#: Leaf layers that auto_LiRPA 0.3 bounds with all three methods on torch 2.13 (tests/lirpa checks each).
-LAYERS: tuple[type[nn.Module], ...] = (
-    nn.Linear, nn.Conv2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Flatten, nn.Identity, nn.AvgPool2d,
-)
-#: Leaf layers it bounds only in eval mode (in training they use batch statistics or random masks).
-EVAL_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)
-
-AUTO_LIRPA = "auto_LiRPA 0.3 (https://github.com/Verified-Intelligence/auto_LiRPA)"
-AUTO_LIRPA_PAPER = "Xu et al., Automatic perturbation analysis for scalable certified robustness and beyond (NeurIPS 2020)"
-
-_BOUNDS: weakref.WeakKeyDictionary[nn.Module, LiRPABounds] = weakref.WeakKeyDictionary()
-
-
-def conventional(module: nn.Module) -> bool:
-    """Whether ``module`` is built only from layers auto_LiRPA bounds, in their current mode.
-
-    Every leaf module must be exactly one of :data:`LAYERS` or, in eval mode,
-    :data:`EVAL_LAYERS` (batch norm with running statistics), and every
-    parameter must belong to such a leaf. Buffers elsewhere (normalisation
-    constants used in ``forward``) are fine: the trace reads them.
-    """
-    leaves = [m for m in module.modules() if next(m.children(), None) is None]
-    if not all(_supported(layer) for layer in leaves):
-        return False
-    owned = {id(p) for layer in leaves for p in layer.parameters(recurse=False)}
-    return all(id(p) in owned for p in module.parameters())
-
-
-def _supported(layer: nn.Module) -> bool:
-    if type(layer) in EVAL_LAYERS:
-        # Batch norm without running statistics normalises by the batch's even in eval mode.
-        return not layer.training and getattr(layer, "track_running_stats", True)
-    return type(layer) in LAYERS
-
-
-def auto_lirpa_installed() -> bool:
-    return importlib.util.find_spec("auto_LiRPA") is not None
-
-
-def bounds_for(module: nn.Module, example: Tensor) -> LiRPABounds:
-    """The cached :class:`LiRPABounds` of ``module``, built on first use (per device)."""
-    bounds = _BOUNDS.get(module)
-    if bounds is None or bounds.device != example.device:
-        try:
-            bounds = LiRPABounds(module, example[:2].detach())
-        except HarnessError:
-            raise
-        except Exception as e:  # auto_LiRPA's tracing raises whatever its operators raise
-            reason = " ".join(str(e).split()) or type(e).__name__
-            raise HarnessError(f"auto_LiRPA cannot bound {type(module).__name__}: {reason}") from e
-        _BOUNDS[module] = bounds
-    return bounds
+from harness_plugins.lib import citations
+from harness_plugins.lib.lirpa.bounds import auto_lirpa_installed, bounds_for, conventional
+from harness_plugins.lib.margins import full_float32
 
 
 @dataclass(frozen=True)
@@ -178,37 +123,19 @@ class LiRPACertifier(Certifier):
 class IBPCertifier(LiRPACertifier):
     name = "ibp"
     description = "interval bound propagation (auto_LiRPA), the last layer folded into the margin specification"
-    source = Source(
-        title="Automatic perturbation analysis for scalable certified robustness and beyond",
-        authors="Xu et al.",
-        venue="NeurIPS 2020",
-        url="https://arxiv.org/abs/2002.12920",
-        code=AUTO_LIRPA,
-    )
+    source = citations.AUTO_LIRPA
     method = "ibp"
 
 
 class CROWNIBPCertifier(LiRPACertifier):
     name = "crown-ibp"
     description = "CROWN on the margins over IBP intermediate bounds (auto_LiRPA); the max with IBP's margins"
-    source = Source(
-        title="Towards stable and efficient training of verifiably robust neural networks",
-        authors="Zhang et al.",
-        venue="ICLR 2020",
-        url="https://arxiv.org/abs/1906.06316",
-        code=f"{AUTO_LIRPA}; {AUTO_LIRPA_PAPER}",
-    )
+    source = citations.CROWN_IBP
     method = "crown-ibp"
 
 
 class CROWNCertifier(LiRPACertifier):
     name = "crown"
     description = "CROWN linear relaxation bounds at every layer (auto_LiRPA); the max with IBP's margins"
-    source = Source(
-        title="Efficient neural network robustness certification with general activation functions",
-        authors="Zhang et al.",
-        venue="NeurIPS 2018",
-        url="https://arxiv.org/abs/1811.00866",
-        code=f"{AUTO_LIRPA}; {AUTO_LIRPA_PAPER}",
-    )
+    source = citations.CROWN
     method = "crown"

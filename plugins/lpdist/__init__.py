@@ -1,12 +1,9 @@
-"""The l_p-dist layer of l_inf-dist nets (Zhang et al., ICML 2021 and ICLR 2022).
+"""Built-in plugin: the l_inf-dist net (Zhang et al., ICML 2021) and the l_p-dist benchmarks.
 
-A library shared by the dist-net plugins: ``lp_dist`` / ``lp_dist_conv`` and
-``inf_dist_bounds`` / ``inf_dist_bounds_conv`` are the operations (with a
-compiled CPU path, Triton on CUDA and a pure PyTorch fallback, see
-:mod:`.ops`), ``LpDistLinear`` and ``LpDistConv2d`` the layers, and ``set_p``
-sets p on every such layer of a model. As a plugin it registers the
-``linf_dist_net`` model (:mod:`.models`, trained by ``linf_v1`` and
-``linf_v2``) and the commands ``harness bench dist`` and ``harness bench step``.
+Registers the ``linf_dist_net`` model (:mod:`.models`; ``linf_v1`` and
+``linf_v2`` train it, naming it by that registered name) and the commands
+``harness bench dist`` and ``harness bench step`` (:mod:`.bench`). The
+operation and layers themselves are library code, :mod:`harness_plugins.lib.lpdist`.
 """
 
 from __future__ import annotations
@@ -16,19 +13,7 @@ import math
 import click
 
 from harness import hookimpl
-from harness_plugins.lpdist.layers import LpDistConv2d, LpDistLinear, lp_layers, set_p
-from harness_plugins.lpdist.ops import inf_dist_bounds, inf_dist_bounds_conv, lp_dist, lp_dist_conv
-
-__all__ = [
-    "LpDistConv2d",
-    "LpDistLinear",
-    "inf_dist_bounds",
-    "inf_dist_bounds_conv",
-    "lp_dist",
-    "lp_dist_conv",
-    "lp_layers",
-    "set_p",
-]
+from harness.commands import UsageError, device_option, resolve_device, text_table
 
 
 def _p(text: str) -> float:
@@ -51,7 +36,7 @@ def register_commands(cli: click.Group) -> None:
 
     @bench.command("dist")
     @click.option("--paper", is_flag=True, help="The paper's shapes: B=512; 784→5120, 3072→5120, 5120→5120, 5120→10.")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+    @device_option
     @click.option("--p", "p_values", multiple=True, metavar="P", help="Values of p (repeatable; default 8, 64, 1000, inf).")
     @click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed calls per measurement (the median is kept).")
     @click.option("--shape", "shapes", multiple=True, metavar="B,IN,OUT", help="Custom shapes instead (repeatable).")
@@ -69,8 +54,6 @@ def register_commands(cli: click.Group) -> None:
         """
         import sys
 
-        from harness import UsageError
-        from harness.env import resolve_device
         from harness_plugins.lpdist import bench as b
 
         try:
@@ -79,9 +62,10 @@ def register_commands(cli: click.Group) -> None:
             raise UsageError(f"--p must be numbers >= 1 or inf, got {', '.join(p_values)}") from None
         try:
             custom = [tuple(int(v) for v in s.split(",")) for s in shapes]
-            assert all(len(s) == 3 and min(s) >= 1 for s in custom)
-        except (ValueError, AssertionError):
-            raise UsageError(f"--shape takes B,IN,OUT with positive integers, got {', '.join(shapes)}") from None
+        except ValueError:
+            custom = []
+        if len(custom) != len(shapes) or not all(len(s) == 3 and min(s) >= 1 for s in custom):
+            raise UsageError(f"--shape takes B,IN,OUT with positive integers, got {', '.join(shapes)}")
         target = resolve_device(device)
         shapes = custom or (b.PAPER_SHAPES if paper else b.CPU_SHAPES)
         say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True)) if not as_json else (lambda m: None)
@@ -89,7 +73,7 @@ def register_commands(cli: click.Group) -> None:
         click.echo(b.to_json(records) if as_json else b.table(records))
 
     @bench.command("step")
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+    @device_option
     @click.option("--depth", type=click.IntRange(2), default=6, show_default=True)
     @click.option("--width", type=click.IntRange(1), default=5120, show_default=True)
     @click.option("--input", "inp", type=click.IntRange(1), default=3072, show_default=True)
@@ -109,8 +93,6 @@ def register_commands(cli: click.Group) -> None:
         """
         import json as json_module
 
-        from harness.env import resolve_device
-        from harness.render import text_table
         from harness_plugins.lpdist import bench as b
 
         rows = b.training_step(resolve_device(device), depth, width, inp, 10, batch, repeat)

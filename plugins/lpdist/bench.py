@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from harness_plugins.lpdist.ops import backend_name, lp_dist
+from harness_plugins.lib.lpdist.ops import backend_name, lp_dist
 
 CPU_SHAPES = [(256, 784, 1024), (256, 1024, 1024)]  # (batch, in, out)
 PAPER_SHAPES = [(512, 784, 5120), (512, 3072, 5120), (512, 5120, 5120), (512, 5120, 10)]
@@ -168,7 +168,7 @@ def _rate(record: Record, seconds: float | None) -> str:
 
 def table(records: list[Record]) -> str:
     """One row per (shape, p, impl), with the harness's speed-up over each peer on the same row."""
-    from harness.render import text_table
+    from harness.commands import text_table
 
     header = ["B", "in→out", "p", "impl", "fwd ms", "fwd+bwd ms", "G pairs/s fwd", "G pairs/s step", "finite", "harness ×"]
     rows = []
@@ -200,7 +200,7 @@ def training_step(device: torch.device, depth: int, width: int, inp: int, classe
     """Median time of one SGD step (forward, backward, Adam) of an l_inf-dist net at p = 8, 9.5, ∞."""
     from torch import nn
 
-    from harness_plugins.lpdist.layers import LpDistLinear, set_p
+    from harness_plugins.lib.lpdist.layers import LpDistLinear, set_p
 
     torch.manual_seed(0)
     sizes = [inp] + [width] * (depth - 1)

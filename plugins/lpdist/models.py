@@ -16,18 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness import Model, Source
+from harness import Model
 from harness.data import DatasetInfo
 from harness.options import doc_field
-from harness_plugins.lpdist import LpDistLinear
+from harness_plugins.lib import citations
+from harness_plugins.lib.lpdist import LpDistLinear
 
-SOURCE = Source(
-    title="Towards certifying l-infinity robustness using neural networks with l-inf-dist neurons",
-    authors="Zhang, Cai, Lu, He, Wang",
-    venue="ICML 2021",
-    url="https://arxiv.org/abs/2102.05363",
-    code="github.com/zbh2047/L_inf-dist-net",
-)
 
 
 @dataclass(frozen=True)
@@ -94,7 +88,7 @@ class LinfDistNet(nn.Module):
 class LinfDistNetModel(Model):
     name = "linf_dist_net"
     description = "l_inf-dist net: fully connected l_p-dist layers, mean shift, identity init"
-    source = SOURCE
+    source = citations.LINF_DIST_NET
     Options = LinfDistNetOptions
 
     def build(self, data: DatasetInfo) -> nn.Module:

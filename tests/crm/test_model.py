@@ -6,7 +6,7 @@ from torch import nn
 
 from harness import DatasetInfo, UsageError
 from harness_plugins.crm.model import CRMNetModel, CRMNetOptions, crm_net
-from harness_plugins.liplt.chain import Chain
+from harness_plugins.lib.liplt.chain import Chain
 
 # (in, out, kernel, stride, padding) of every convolution, then the FC widths: shared/notes §5.5.
 EXPECTED = {

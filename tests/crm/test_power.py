@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from harness_plugins.crm.model import crm_net
-from harness_plugins.liplt.chain import Chain, liplt, pair_distances
-from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, back_rows, pairwise
+from harness_plugins.lib.liplt.chain import Chain, liplt, pair_distances
+from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, back_rows, pairwise
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ def test_paper_presets_are_the_codes_settings(registry):
 def test_the_two_cifar_conventions():
     """The paper's 36/255 in pixels, and the code's 0.141 in [-1, 1] units, which is 18/255 in pixels."""
     from harness.plugins import make_plugin_manager
-    from harness.registry import Registry
+    from harness.catalog import Catalog
 
-    presets = Registry.from_plugin_manager(make_plugin_manager()).presets_for("crm")
+    presets = Catalog.from_plugin_manager(make_plugin_manager()).presets_for("crm")
     pixel = select_preset(presets, trainer="crm", dataset="cifar10", name=None, norm="2", eps=parse_eps("36/255"))
     code = select_preset(presets, trainer="crm", dataset="cifar10", name=None, norm="2", eps=parse_eps("18/255"))
     assert pixel.name == "paper-36/255" and pixel.trainer_options["radius_units"] == "pixel"

@@ -11,8 +11,8 @@ from harness.train import TrainContext, TrainData
 from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.model import crm_net
 from harness_plugins.crm.trainer import CRMOptions, CRMTrainer, holdout_split, learning_rate
-from harness_plugins.liplt.chain import Chain
-from harness_plugins.liplt.power import PowerIteration, RowSumEstimate, pairwise
+from harness_plugins.lib.liplt.chain import Chain
+from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
 
 
 def test_lr_is_constant_then_geometric_down_to_lr_min():

@@ -22,8 +22,9 @@ from harness.components import Dataset
 from harness.data import Splits
 from harness.errors import UsageError
 from harness.plugins import make_plugin_manager
-from harness.registry import Registry
-from harness_plugins.datasets import CIFAR10, MNIST, FashionMNIST
+from harness.catalog import Catalog
+from harness_plugins.datasets.cifar import CIFAR10
+from harness_plugins.datasets.mnist import MNIST, FashionMNIST
 
 SHARED_DATA = Path(os.environ.get("HARNESS_TEST_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -51,7 +52,7 @@ def fashion() -> Splits:
 
 
 def test_plugin_registers_the_four_datasets() -> None:
-    registry = Registry.from_plugin_manager(make_plugin_manager(entry_points=False, extra=[datasets_plugin]))
+    registry = Catalog.from_plugin_manager(make_plugin_manager(entry_points=False, extra=[datasets_plugin]))
     assert sorted(cls.name for cls in registry.components("dataset")) == ["cifar10", "fashion-mnist", "mnist", "tinyimagenet"]
 
 

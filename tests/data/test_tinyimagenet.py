@@ -16,7 +16,7 @@ from PIL import Image
 import harness_plugins.datasets.tinyimagenet as tinyimagenet
 from harness.data import Splits
 from harness.errors import UsageError
-from harness_plugins.datasets import TinyImageNet
+from harness_plugins.datasets.tinyimagenet import TinyImageNet
 
 # Not in alphabetical order: class i is the i-th line of wnids.txt, whatever the names.
 WNIDS = ["n03000000", "n01000000", "n02000000"]

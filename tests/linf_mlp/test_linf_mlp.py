@@ -8,7 +8,7 @@ from harness.data import DatasetInfo
 from harness.train import TrainContext, TrainData
 from harness_plugins.linf_mlp.model import LinfDistNetMLP, LinfDistNetMLPOptions
 from harness_plugins.linf_mlp.trainer import LinfMLPOptions, LinfMLPTrainer
-from harness_plugins.lpdist import LpDistConv2d, lp_layers, set_p
+from harness_plugins.lib.lpdist import LpDistConv2d, lp_layers, set_p
 
 TINY = DatasetInfo(name="tiny", num_classes=3, shape=(1, 6, 6), mean=(0.5,), std=0.25)
 TINY_RGB = DatasetInfo(name="tiny-rgb", num_classes=4, shape=(3, 8, 8), mean=(0.4, 0.5, 0.6), std=0.2)
@@ -103,7 +103,7 @@ def _fit(options, info=TINY, n=96):
 
 @pytest.mark.parametrize("bound", ["ibp", "crown-ibp"])
 def test_fit_trains_through_lirpa_bounds_and_ends_at_infinity(bound, monkeypatch):
-    from harness_plugins.lirpa.bounds import LiRPABounds
+    from harness_plugins.lib.lirpa.bounds import LiRPABounds
 
     calls = []
     real = LiRPABounds.margins
@@ -124,9 +124,9 @@ def test_fit_trains_through_lirpa_bounds_and_ends_at_infinity(bound, monkeypatch
 
 def test_presets_follow_table_6():
     from harness.plugins import make_plugin_manager
-    from harness.registry import Registry
+    from harness.catalog import Catalog
 
-    presets = {(p.dataset, p.name): p for p in Registry.from_plugin_manager(make_plugin_manager()).presets_for("linf_mlp")}
+    presets = {(p.dataset, p.name): p for p in Catalog.from_plugin_manager(make_plugin_manager()).presets_for("linf_mlp")}
     eps_train = {("mnist", "paper-0.3"): 0.35, ("fashion-mnist", "paper-0.1"): 0.11, ("cifar10", "paper-8/255"): 8.8 / 255,
                  ("cifar10", "paper-conv-8/255"): 8.8 / 255, ("tinyimagenet", "paper-1/255"): 0.005}
     for key, expected in eps_train.items():

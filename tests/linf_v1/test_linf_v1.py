@@ -7,7 +7,7 @@ from harness import ThreatModel
 from harness.data import DatasetInfo
 from harness.train import TrainContext, TrainData
 from harness_plugins.linf_v1.trainer import LinfV1Options, LinfV1Trainer
-from harness_plugins.linf_v1.training import (
+from harness_plugins.lib.v1_recipe import (
     V1Schedule,
     decoupled_weight_decay_,
     hinge_mix,
@@ -15,7 +15,7 @@ from harness_plugins.linf_v1.training import (
     margins_to_label,
 )
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
-from harness_plugins.lpdist import lp_layers, set_p
+from harness_plugins.lib.lpdist import lp_layers, set_p
 
 TINY = DatasetInfo(name="tiny", num_classes=3, shape=(1, 2, 2), mean=(0.5,), std=0.25)
 
@@ -104,9 +104,9 @@ def test_fit_runs_the_schedule_and_ends_at_infinity_in_eval(monkeypatch):
 
 def test_presets_follow_table_6():
     from harness.plugins import make_plugin_manager
-    from harness.registry import Registry
+    from harness.catalog import Catalog
 
-    presets = {(p.dataset, p.name): p for p in Registry.from_plugin_manager(make_plugin_manager()).presets_for("linf_v1")}
+    presets = {(p.dataset, p.name): p for p in Catalog.from_plugin_manager(make_plugin_manager()).presets_for("linf_v1")}
     theta = {("mnist", "paper-0.3"): 0.9, ("fashion-mnist", "paper-0.1"): 0.45, ("cifar10", "paper-8/255"): 80 / 255}
     for key, expected in theta.items():
         preset = presets[key]

@@ -6,7 +6,7 @@ import torch
 from harness.data import DatasetInfo
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 from harness_plugins.linf_v2.trainer import LinfV2Options, Schedule, clipped_hinge
-from harness_plugins.lpdist import set_p
+from harness_plugins.lib.lpdist import set_p
 
 MNIST = DatasetInfo(name="mnist", num_classes=10, shape=(1, 28, 28), mean=(0.1307,), std=0.3081)
 CIFAR = DatasetInfo(name="cifar10", num_classes=10, shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=0.2009)
@@ -93,7 +93,7 @@ def test_fit_uses_the_papers_optimiser_and_a_separate_scale_lr(monkeypatch):
     from harness import ThreatModel
     from harness.train import TrainContext, TrainData
     from harness_plugins.linf_v2.trainer import LinfV2Trainer
-    from harness_plugins.lpdist import lp_layers
+    from harness_plugins.lib.lpdist import lp_layers
 
     made = []
     real_adam = torch.optim.Adam

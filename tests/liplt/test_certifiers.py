@@ -17,17 +17,12 @@ from torch import nn
 
 from harness import Certificate, DatasetInfo, ThreatModel
 from harness.evaluation import evaluate
-from harness_plugins.attacks import PGDL2, PGDL2Options
-from harness_plugins.crm.model import SOURCE, crm_net
-from harness_plugins.liplt import certifiers
-from harness_plugins.liplt.certifiers import (
-    LipLTCertifier,
-    NaiveLipschitzCertifier,
-    PairwiseOptions,
-    constants_for,
-    pairwise_radius,
-    sequential_chain,
-)
+from harness_plugins.torchattacks.pgd import PGDL2, PGDL2Options
+from harness_plugins.crm.model import crm_net
+from harness_plugins.lib import citations
+from harness_plugins.lib.liplt import constants as certifiers
+from harness_plugins.lib.liplt.constants import constants_for, pairwise_radius, sequential_chain
+from harness_plugins.liplt.certifiers import LipLTCertifier, NaiveLipschitzCertifier, PairwiseOptions
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 
 BOTH = [LipLTCertifier, NaiveLipschitzCertifier]
@@ -115,7 +110,7 @@ def test_both_are_registered(registry):
     names = {cls.name for cls in registry.components("certifier")}
     assert {"liplt", "lipschitz-naive"} <= names
     for cls in BOTH:
-        assert cls.source == SOURCE and set(cls.norms) == {"2", "inf"}
+        assert cls.source == citations.CRM_LIPLT and set(cls.norms) == {"2", "inf"}
 
 
 @pytest.mark.parametrize("norm", ["2", "inf"])

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness_plugins.crm.model import crm_net
-from harness_plugins.liplt import sound
-from harness_plugins.liplt.chain import Chain, NotAChain
-from harness_plugins.liplt.sound import (
+from harness_plugins.lib.liplt import sound
+from harness_plugins.lib.liplt.chain import Chain, NotAChain
+from harness_plugins.lib.liplt.sound import (
     SoundNorms,
     circular_conv_norm,
     conv_norm_bound,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness_plugins.lirpa.bounds import METHODS, LiRPABounds, margin_matrix
+from harness_plugins.lib.lirpa.bounds import METHODS, LiRPABounds, margin_matrix
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("auto_LiRPA") is None, reason="auto_LiRPA is not installed")
 

@@ -18,17 +18,10 @@ from torch import nn
 from harness import FeatureHead, ThreatModel
 from harness.errors import HarnessError
 from harness.evaluation import evaluate
-from harness_plugins.attacks import PGD, PGDOptions
-from harness_plugins.lirpa import certifiers as lirpa_certifiers
-from harness_plugins.lirpa.certifiers import (
-    EVAL_LAYERS,
-    LAYERS,
-    CROWNCertifier,
-    CROWNIBPCertifier,
-    IBPCertifier,
-    bounds_for,
-    conventional,
-)
+from harness_plugins.torchattacks.pgd import PGD, PGDOptions
+from harness_plugins.lib.lirpa import bounds as lirpa_certifiers
+from harness_plugins.lib.lirpa.bounds import EVAL_LAYERS, LAYERS, bounds_for, conventional
+from harness_plugins.lirpa.certifiers import CROWNCertifier, CROWNIBPCertifier, IBPCertifier
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("auto_LiRPA") is None, reason="auto_LiRPA is not installed")
 

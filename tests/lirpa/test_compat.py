@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from harness.errors import UsageError
-from harness_plugins.lirpa import compat
+from harness_plugins.lib.lirpa import compat
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness_plugins.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_conv
-from harness_plugins.lpdist import ops
+from harness_plugins.lib.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_conv
+from harness_plugins.lib.lpdist import ops
 
 
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -99,7 +99,7 @@ def test_compiled_path_never_builds_the_full_difference_tensor():
     code = textwrap.dedent(
         """
         import resource, torch, math
-        from harness_plugins.lpdist import lp_dist
+        from harness_plugins.lib.lpdist import lp_dist
         b, i, o = 256, 1024, 1024
         x = torch.rand(b, i, requires_grad=True); w = torch.randn(o, i, requires_grad=True)
         for p in (8.0, 9.5, math.inf):  # compile first, so compiler memory is not counted

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness_plugins.lpdist import LpDistConv2d, LpDistLinear, lp_dist_conv, lp_layers, set_p
+from harness_plugins.lib.lpdist import LpDistConv2d, LpDistLinear, lp_dist_conv, lp_layers, set_p
 
 GEOMETRY = [(1, 0), (1, 1), (2, 0), (2, 1)]  # (stride, padding)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from harness_plugins.lpdist import LpDistLinear, lp_dist, lp_layers, set_p
+from harness_plugins.lib.lpdist import LpDistLinear, lp_dist, lp_layers, set_p
 
 
 def test_identity_init_where_in_le_out():

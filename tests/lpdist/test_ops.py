@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from harness_plugins.lpdist import LpDistLinear, inf_dist_bounds, lp_dist
-from harness_plugins.lpdist import _reference as ref_backend
-from harness_plugins.lpdist import ops
+from harness_plugins.lib.lpdist import LpDistLinear, inf_dist_bounds, lp_dist
+from harness_plugins.lib.lpdist import _reference as ref_backend
+from harness_plugins.lib.lpdist import ops
 
 FINITE_P = [1.0, 1.5, 2.0, 8.0, 8.7, 64.0, 1000.0]
 ALL_P = FINITE_P + [math.inf]

@@ -1,5 +1,10 @@
 """Margin bounds of a conventional network through auto_LiRPA, shared by certifiers and trainers.
 
+:func:`bounds_for` keeps one :class:`LiRPABounds` per module (built on first
+use, kept while the module lives) so that the ``lirpa`` plugin's certifiers and
+the ``linf_mlp`` trainer share it; :func:`conventional` says whether a module
+is built only from layers auto_LiRPA can bound.
+
 ``LiRPABounds(module, example).margins(lower, upper, labels, method)`` gives
 lower bounds of ``z_y − z_j`` for every input in the l_inf box
 ``[lower, upper]``. The specification matrix ``C`` (rows ``e_y − e_j``) lets
@@ -13,6 +18,7 @@ code as certification.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import math
@@ -22,7 +28,8 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from harness_plugins.lirpa.compat import import_auto_lirpa
+from harness import HarnessError
+from harness_plugins.lib.lirpa.compat import import_auto_lirpa
 
 #: Our method names → auto_LiRPA's.
 METHODS: dict[str, str] = {"ibp": "IBP", "crown-ibp": "CROWN-IBP", "crown": "CROWN"}
@@ -139,3 +146,54 @@ def _l2_native(bounded: nn.Module, lirpa: ModuleType) -> bool:
             elif type(user) not in (ops.BoundLinear, ops.BoundConv) or user.inputs[0] is not node:
                 return False
     return True
+
+
+#: Leaf layers that auto_LiRPA 0.3 bounds with all three methods on torch 2.13 (tests/lirpa checks each).
+LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv2d, nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.Flatten, nn.Identity, nn.AvgPool2d,
+)
+#: Leaf layers it bounds only in eval mode (in training they use batch statistics or random masks).
+EVAL_LAYERS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Dropout)
+
+_BOUNDS: weakref.WeakKeyDictionary[nn.Module, LiRPABounds] = weakref.WeakKeyDictionary()
+
+
+def conventional(module: nn.Module) -> bool:
+    """Whether ``module`` is built only from layers auto_LiRPA bounds, in their current mode.
+
+    Every leaf module must be exactly one of :data:`LAYERS` or, in eval mode,
+    :data:`EVAL_LAYERS` (batch norm with running statistics), and every
+    parameter must belong to such a leaf. Buffers elsewhere (normalisation
+    constants used in ``forward``) are fine: the trace reads them.
+    """
+    leaves = [m for m in module.modules() if next(m.children(), None) is None]
+    if not all(_supported(layer) for layer in leaves):
+        return False
+    owned = {id(p) for layer in leaves for p in layer.parameters(recurse=False)}
+    return all(id(p) in owned for p in module.parameters())
+
+
+def _supported(layer: nn.Module) -> bool:
+    if type(layer) in EVAL_LAYERS:
+        # Batch norm without running statistics normalises by the batch's even in eval mode.
+        return not layer.training and getattr(layer, "track_running_stats", True)
+    return type(layer) in LAYERS
+
+
+def auto_lirpa_installed() -> bool:
+    return importlib.util.find_spec("auto_LiRPA") is not None
+
+
+def bounds_for(module: nn.Module, example: Tensor) -> LiRPABounds:
+    """The cached :class:`LiRPABounds` of ``module``, built on first use (per device)."""
+    bounds = _BOUNDS.get(module)
+    if bounds is None or bounds.device != example.device:
+        try:
+            bounds = LiRPABounds(module, example[:2].detach())
+        except HarnessError:
+            raise
+        except Exception as e:  # auto_LiRPA's tracing raises whatever its operators raise
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise HarnessError(f"auto_LiRPA cannot bound {type(module).__name__}: {reason}") from e
+        _BOUNDS[module] = bounds
+    return bounds

@@ -28,7 +28,7 @@ try:
 except ImportError as exc:  # no Triton: the dispatcher falls back to the reference backend
     raise ImportError("triton is not installed") from exc
 
-from harness_plugins.lpdist import _reference
+from harness_plugins.lib.lpdist import _reference
 
 FAST_INT_P = 8
 _MODE_INF, _MODE_P8, _MODE_GENERAL = 0, 1, 2

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from harness_plugins.lpdist import _reference
+from harness_plugins.lib.lpdist import _reference
 
 __all__ = ["BACKEND_ENV", "backend_name", "inf_dist_bounds", "inf_dist_bounds_conv", "lp_dist", "lp_dist_conv"]
 
@@ -59,9 +59,9 @@ def _load(name: str) -> ModuleType | None:
         return None
     try:
         if name == "compiled":
-            from harness_plugins.lpdist import _compiled as module
+            from harness_plugins.lib.lpdist import _compiled as module
         elif name == "triton":
-            from harness_plugins.lpdist import _triton as module
+            from harness_plugins.lib.lpdist import _triton as module
         else:
             return _reference
     except ImportError:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from harness_plugins.lpdist.ops import inf_dist_bounds, inf_dist_bounds_conv, lp_dist, lp_dist_conv
+from harness_plugins.lib.lpdist.ops import inf_dist_bounds, inf_dist_bounds_conv, lp_dist, lp_dist_conv
 
 __all__ = ["LpDistConv2d", "LpDistLinear", "lp_layers", "set_p"]
 

@@ -19,7 +19,7 @@ As the CRM code (``SequentialLipltLipschitz``, ``NetworkModels.py``):
   steps) and differentiates through those rows only.
 
 Both are *estimates from below* (as power iteration is): training uses them;
-certification uses :mod:`harness_plugins.liplt.sound`, which bounds from above.
+certification uses :mod:`harness_plugins.lib.liplt.sound`, which bounds from above.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from harness_plugins.liplt.chain import Chain, liplt, naive, pair_distances
+from harness_plugins.lib.liplt.chain import Chain, liplt, naive, pair_distances
 
 
 def back_rows(chain: Chain) -> list[Tensor]:

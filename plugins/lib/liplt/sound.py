@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness_plugins.liplt.chain import Chain, LinearOp, Stage, liplt, naive, pair_distances
+from harness_plugins.lib.liplt.chain import Chain, LinearOp, Stage, liplt, naive, pair_distances
 
 #: Relative slack on every norm for float64 rounding in the passes (see the module docstring).
 ROUNDING = 1e-6

@@ -1,4 +1,7 @@
-"""Attacks from torchattacks, run the same way for every method."""
+"""PGD under l_inf (``pgd``) and l2 (``pgd-l2``) from the torchattacks package, the same for every method.
+
+(``import torchattacks`` below is the third-party package: imports are absolute.)
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from harness import Attacker, Source, UsageError, hookimpl
+from harness import Attacker, UsageError
 from harness.options import doc_field
 from harness.threat import ThreatModel
+from harness_plugins.lib import citations
 
 
 @dataclass(frozen=True)
@@ -29,12 +33,7 @@ class PGD(Attacker):
     description = "torchattacks PGD under l_inf: cross-entropy, sign steps of eps/4, uniform random start"
     # The l_inf-dist net code starts from N(0, eps/4) clipped to ±eps/2; torchattacks starts uniformly
     # in the ball. The task asks for torchattacks, the same for every method, so the start is uniform.
-    source = Source(
-        title="Towards deep learning models resistant to adversarial attacks",
-        authors="Madry et al.",
-        venue="ICLR 2018",
-        code="torchattacks.PGD (Harry24k/adversarial-attacks-pytorch 3.5.1)",
-    )
+    source = citations.PGD
     norms = ("inf",)
     Options = PGDOptions
 
@@ -92,7 +91,3 @@ def _torchattacks():
         raise UsageError("torchattacks is not installed; install it with: pip install --no-deps torchattacks==3.5.1") from None
     return torchattacks
 
-
-@hookimpl
-def register_attackers() -> list[type[Attacker]]:
-    return [PGD, PGDL2]

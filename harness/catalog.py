@@ -29,7 +29,7 @@ class Entry:
     plugin: str
 
 
-class Registry:
+class Catalog:
     """Components by kind and name, presets and reported results.
 
     Built once from a plugin manager; rejects duplicate names, naming both
@@ -43,7 +43,7 @@ class Registry:
         self.plugin_components: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
 
     @classmethod
-    def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Registry:
+    def from_plugin_manager(cls, pm: pluggy.PluginManager) -> Catalog:
         registry = cls()
         for kind, hook_name in _HOOK_OF_KIND.items():
             for plugin_name, result in _call_each(pm, hook_name):

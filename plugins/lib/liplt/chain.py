@@ -37,17 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import Source
-
-#: Fazlyab, Entesari, Roy, Chellappa (NeurIPS 2023): LipLT and CRM.
-SOURCE = Source(
-    title="Certified robustness via dynamic margin maximization and improved Lipschitz regularization",
-    authors="Fazlyab, Entesari, Roy, Chellappa",
-    venue="NeurIPS 2023",
-    url="https://arxiv.org/abs/2310.00116",
-    code="https://github.com/o4lc/CRM-LipLT",
-)
-
 #: Element-wise activations and their slope bounds (α, β); a callable gets the layer.
 ACTIVATIONS: dict[type[nn.Module], Callable[[nn.Module], tuple[float, float]]] = {
     nn.ReLU: lambda m: (0.0, 1.0),

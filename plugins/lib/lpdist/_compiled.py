@@ -33,7 +33,7 @@ import functools
 import torch
 from torch import Tensor
 
-from harness_plugins.lpdist import _reference
+from harness_plugins.lib.lpdist import _reference
 
 #: The integer p with an unnormalised repeated-squaring kernel: the p schedule's starting value.
 FAST_INT_P = 8

@@ -1,4 +1,4 @@
-"""Built-in certifiers that apply to any model implementing the matching protocol.
+"""``lipschitz-margin`` and ``interval``: certificates from what a model knows about itself.
 
 * ``lipschitz-margin``: certified iff the logit margin exceeds ``2·eps·L``,
   where ``L`` bounds the Lipschitz constant of every logit (models implement
@@ -10,51 +10,19 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
-from harness import Certificate, Certifier, IntervalBounded, LipschitzBounded, Source, hookimpl
+from harness import Certificate, Certifier, IntervalBounded, LipschitzBounded
 from harness.threat import ThreatModel
-
-#: Relative slack on the margin for float32 rounding in the forward pass (TF32 off: see full_float32).
-MARGIN_SLACK = 1e-5
-
-
-@contextlib.contextmanager
-def full_float32() -> Iterator[None]:
-    """Forward passes whose margins a certificate trusts run in full float32 precision.
-
-    On NVIDIA GPUs cuDNN convolutions default to TF32 (10-bit mantissas): on an H100 a
-    6C2F's margins then err by up to ~100× MARGIN_SLACK (measured), which would make
-    radii too large. This turns TF32 off for convolutions and matrix products.
-    """
-    matmul = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):
-            yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = matmul
-
-
-def runner_up(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The largest logit other than the label's, per row."""
-    others = logits.clone()
-    others.scatter_(1, labels[:, None], float("-inf"))
-    return others.amax(1)
+from harness_plugins.lib import citations
+from harness_plugins.lib.margins import MARGIN_SLACK, full_float32, runner_up
 
 
 class LipschitzMargin(Certifier):
     name = "lipschitz-margin"
     description = "margin > 2·eps·L, with L the model's bound on every logit's Lipschitz constant"
-    source = Source(
-        title="Lipschitz-margin training: scalable certification of perturbation invariance for deep neural networks",
-        authors="Tsuzuku, Sato, Sugiyama",
-        venue="NeurIPS 2018",
-    )
+    source = citations.LIPSCHITZ_MARGIN
     norms = ("inf", "2")
 
     def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
@@ -78,11 +46,7 @@ class LipschitzMargin(Certifier):
 class IntervalCertifier(Certifier):
     name = "interval"
     description = "interval bounds of the logits over the input box clipped to [0, 1]"
-    source = Source(
-        title="On the effectiveness of interval bound propagation for training verifiably robust models",
-        authors="Gowal et al.",
-        venue="arXiv 2018",
-    )
+    source = citations.IBP
     norms = ("inf",)
 
     def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
@@ -96,7 +60,3 @@ class IntervalCertifier(Certifier):
         worst_label = low.gather(1, labels[:, None])[:, 0]
         return Certificate(certified=worst_label > runner_up(high, labels))
 
-
-@hookimpl
-def register_certifiers() -> list[type[Certifier]]:
-    return [LipschitzMargin, IntervalCertifier]
