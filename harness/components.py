@@ -109,14 +109,18 @@ class Model(Component):
 class Trainer(Component):
     """A training method: what ``harness run --plugin NAME`` names.
 
-    ``model`` is the name of the model it trains unless a preset names
-    another. ``norms`` are the threat models it trains for. Its ``Options``
-    must have an integer ``epochs`` field (the ``--epochs`` override); fields
-    declared with :func:`harness.options.epochs_field` scale with it.
+    ``model`` is the name of the model it trains unless a preset or
+    ``--model`` names another; ``models`` lists every model it can train
+    (``None``: any). ``norms`` are the threat models it trains for. Its
+    ``Options`` should have an integer ``epochs`` field (the ``--epochs``
+    override); fields declared with :func:`harness.options.epochs_field` scale
+    with it. :class:`harness.scaffold.EpochTrainer` is a base class that holds
+    the training loop; a trainer may also implement :meth:`fit` itself.
     """
 
     kind = "trainer"
     model: ClassVar[str]
+    models: ClassVar[tuple[str, ...] | None] = None
     norms: ClassVar[tuple[str, ...]] = ("inf",)
 
     def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
@@ -150,8 +154,22 @@ class Certifier(Component):
     norms: ClassVar[tuple[str, ...]]
 
     def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
-        """Whether this certifier can certify ``model`` under ``threat``."""
-        return threat.norm in self.norms
+        """Whether this certifier can certify ``model`` (trained, in eval mode) under ``threat``.
+
+        By default: when :meth:`not_applicable_reason` gives no reason.
+        """
+        return self.not_applicable_reason(model, threat) is None
+
+    def not_applicable_reason(self, model: nn.Module, threat: ThreatModel) -> str | None:
+        """Why this certifier cannot certify ``model`` under ``threat``, in a few words; ``None`` if it can.
+
+        ``harness show`` prints the reason beside every certifier that did not
+        run. Override this (and not :meth:`applies_to`) to give one; the
+        default refuses only other norms.
+        """
+        if threat.norm not in self.norms:
+            return f"it certifies {' and '.join('l_' + n for n in self.norms)} only"
+        return None
 
     def sample_limit(self, model: nn.Module, threat: ThreatModel) -> int | None:
         """The most samples this certifier certifies in one evaluation, ``None`` for all.

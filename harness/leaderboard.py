@@ -18,18 +18,31 @@ REPORTED_CHOICES = ("runs", "all", "none")
 
 
 @dataclass
+class CertifierCell:
+    """One certifier's number in a row: its accuracy, over how many samples where it certified a subset, or its error."""
+
+    accuracy: float | None
+    samples: int | None = None
+    error: str | None = None
+
+
+@dataclass
 class Row:
-    """One line of the leaderboard. Accuracies are fractions; ``None`` when absent."""
+    """One line of the leaderboard. Accuracies are fractions; ``None`` when absent.
+
+    ``trainer`` is the trainer's key (for a reported row, the trainer that
+    reproduces the method, if any); ``label`` is how the row is named: the
+    trainer for a measured run, the paper's name for a reported one.
+    """
 
     kind: str  # "measured" or "reported"
-    method: str
+    label: str
+    trainer: str | None
     preset: str | None
     clean: float | None
     robust: float | None
     certified: float | None
-    by_certifier: dict[str, float] = field(default_factory=dict)
-    #: Samples each certifier certified, where fewer than ``eval_samples`` (a costly certifier's subset).
-    certifier_samples: dict[str, int] = field(default_factory=dict)
+    by_certifier: dict[str, CertifierCell] = field(default_factory=dict)
     attack: str | None = None
     epochs: int | None = None
     train_seconds: float | None = None
@@ -38,6 +51,8 @@ class Row:
     run_id: int | None = None
     rank: int | None = None
     source: str | None = None
+    #: Components that failed in this run's evaluation, one line each.
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -49,35 +64,37 @@ class Group:
 
 
 def _row_from_run(run: RunRecord) -> Row:
-    m = run.metrics
-    labels = {a["name"]: a.get("label", a["name"]) for a in run.info.config.get("evaluation", {}).get("attackers", [])}
-    attacks = sorted(labels.get(name, name) for name in (k.split("/", 1)[1] for k in m if k.startswith("robust_accuracy/")))
+    result = run.result
+    by_certifier: dict[str, CertifierCell] = {}
+    if result is not None:
+        for c in result.certifiers:
+            subset = c.samples if c.error is None and c.samples < result.samples else None
+            by_certifier[c.name] = CertifierCell(accuracy=c.accuracy, samples=subset, error=c.error)
+    train_samples = run.info.config.get("train_samples") if isinstance(run.info.config, dict) else None
     return Row(
         kind="measured",
-        method=run.info.plugin,
+        label=run.info.trainer,
+        trainer=run.info.trainer,
         preset=run.info.preset,
-        clean=m.get("clean_accuracy"),
-        robust=m.get("robust_accuracy"),
-        certified=m.get("certified_accuracy"),
-        by_certifier={k.split("/", 1)[1]: v for k, v in sorted(m.items()) if k.startswith("certified_accuracy/")},
-        certifier_samples={
-            k.split("/", 1)[1]: int(v)
-            for k, v in sorted(m.items())
-            if k.startswith("certified_samples/") and int(v) < int(m.get("eval_samples", v))
-        },
-        attack="+".join(attacks) or None,
+        clean=result.clean_accuracy if result else None,
+        robust=result.robust_accuracy if result else None,
+        certified=result.certified_accuracy if result else None,
+        by_certifier=by_certifier,
+        attack=result.attack_label() if result else None,
         epochs=run.info.epochs,
         train_seconds=run.train_seconds,
-        eval_samples=int(m["eval_samples"]) if "eval_samples" in m else None,
-        train_samples=run.info.config.get("train_samples"),
+        eval_samples=result.samples if result else None,
+        train_samples=train_samples,
         run_id=run.id,
+        errors=result.errors if result else [],
     )
 
 
 def _row_from_reported(result: ReportedResult) -> Row:
     return Row(
         kind="reported",
-        method=result.label,
+        label=result.label,
+        trainer=result.trainer,
         preset=None,
         clean=result.clean,
         robust=result.pgd,

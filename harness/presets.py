@@ -2,7 +2,7 @@
 
 File format (``registry/presets/*.toml``)::
 
-    trainer = "linf_v2"                 # the method these presets configure
+    trainer = "linf_v2"                 # the trainer these presets configure (or "plugin:name")
 
     [[presets]]
     name = "paper-0.3"                  # unique per (trainer, dataset)
@@ -38,13 +38,20 @@ _PRESET_KEYS = {"name", "dataset", "norm", "eps", "paper", "default", "seed", "s
 
 @dataclass(frozen=True)
 class Preset:
+    """One named configuration of a trainer for a dataset and threat model.
+
+    The catalog resolves ``trainer``, ``dataset`` and ``model`` to the keys of
+    registered components and checks every option against their ``Options``.
+    """
+
     trainer: str
     name: str
     dataset: str
     norm: str
     eps: float
     source: str
-    origin: str  # file and plugin it came from
+    file: str  # the file it was read from
+    plugin: str  # the plugin that registered the file
     paper: bool = False
     default: bool = False
     seed: int | None = None
@@ -62,6 +69,7 @@ def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
     trainer = data.get("trainer")
     if not isinstance(trainer, str):
         raise PluginError(f"presets {origin} must name a top-level 'trainer'")
+    file = str(getattr(path, "name", path))
     presets = []
     for raw in data.get("presets", []):
         check_keys(raw, _PRESET_KEYS, {"name", "dataset", "eps", "source"}, f"preset {raw.get('name')!r} in {origin}")
@@ -74,7 +82,8 @@ def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
                     norm=parse_norm(raw.get("norm", "inf")),
                     eps=parse_eps(raw["eps"]),
                     source=raw["source"],
-                    origin=origin,
+                    file=file,
+                    plugin=plugin,
                     paper=bool(raw.get("paper", False)),
                     default=bool(raw.get("default", False)),
                     seed=raw.get("seed"),
@@ -94,40 +103,43 @@ def select_preset(
     trainer: str,
     dataset: str,
     name: str | None,
-    norm: str,
+    norm: str | None,
     eps: float | None,
 ) -> Preset | None:
-    """The preset a run uses.
+    """The preset a run uses, or ``None`` to run on the components' default options.
 
-    ``--preset NAME`` picks by name; otherwise the paper preset whose threat
-    model matches ``--eps``; otherwise the dataset's default preset. ``None`` when
-    the trainer has no presets at all (it then runs with its default options).
+    ``--preset NAME`` picks by name (its norm must agree with ``--norm``);
+    otherwise the paper preset whose threat model matches ``--eps``; otherwise
+    the dataset's default preset. A dataset the trainer has no preset for runs
+    on the defaults (``None``), as does a trainer without presets.
     """
-    if not presets and name is None:
-        return None
     mine = [p for p in presets if p.dataset == dataset]
     if name is not None:
         for preset in mine:
             if preset.name == name:
+                if norm is not None and norm != preset.norm:
+                    raise UsageError(
+                        f"preset {name!r} of {trainer!r} is for l_{preset.norm}, not --norm {norm}; "
+                        f"presets for {dataset!r}: {'; '.join(p.describe() for p in mine)}"
+                    )
                 return preset
         elsewhere = sorted({p.dataset for p in presets if p.name == name})
         if elsewhere:
             raise UsageError(
                 f"preset {name!r} of {trainer!r} is for {', '.join(elsewhere)}, not {dataset!r}; "
-                f"presets for {dataset!r}: {', '.join(p.name for p in mine) or 'none'}"
+                f"presets for {dataset!r}: {', '.join(p.name for p in mine) or 'none (run with --no-preset and --eps)'}"
             )
         raise unknown_name(f"preset of {trainer!r} for {dataset!r}", name, [p.name for p in mine])
     if not mine:
-        datasets = sorted({p.dataset for p in presets})
-        raise UsageError(f"{trainer!r} has no preset for dataset {dataset!r}; it has presets for: {', '.join(datasets)}")
+        return None
     listing = "; ".join(p.describe() for p in mine)
     if eps is not None:
-        matching = [p for p in mine if p.paper and p.norm == norm and same_eps(p.eps, eps)]
+        matching = [p for p in mine if p.paper and p.norm == (norm or "inf") and same_eps(p.eps, eps)]
         if len(matching) == 1:
             return matching[0]
         raise UsageError(
-            f"{trainer!r} has no preset for {dataset!r} at l_{norm} eps {format_eps(eps)}; "
-            f"choose one with --preset (it then runs at your eps): {listing}"
+            f"{trainer!r} has no paper preset for {dataset!r} at l_{norm or 'inf'} eps {format_eps(eps)}; "
+            f"choose one with --preset (it then runs at your eps), or --no-preset for the default options: {listing}"
         )
     defaults = [p for p in mine if p.default] or (mine if len(mine) == 1 else [])
     if not defaults:

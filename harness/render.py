@@ -1,21 +1,23 @@
-"""Rendering of tables: plain text, markdown, CSV and JSON. No data logic here."""
+"""Rendering of the leaderboard and of runs: plain text, markdown, CSV and JSON. No data logic here."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
 from harness.commands import text_table
-from harness.leaderboard import Group, Row
+from harness.leaderboard import CertifierCell, Group, Row
+from harness.results import CertifierResult, SampleResult
+from harness.store import RunRecord
 from harness.threat import format_eps
 
 FORMATS = ("table", "markdown", "csv", "json")
 
-_COLUMNS = ("rank", "method", "preset", "clean", "attack", "certified", "by certifier", "epochs", "train time", "n", "run")
+_COLUMNS = ("rank", "trainer", "preset", "clean", "attack", "certified", "by certifier", "epochs", "train time", "n", "run")
 
 
 def percent(value: float | None) -> str:
@@ -32,6 +34,13 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def certifier_cell(name: str, cell: CertifierCell) -> str:
+    """``crown 0.00 (of 100)``, or ``liar ERROR`` for a certifier that failed."""
+    if cell.error is not None:
+        return f"{name} ERROR"
+    return f"{name} {percent(cell.accuracy)}" + (f" (of {cell.samples})" if cell.samples is not None else "")
+
+
 def _cells(row: Row) -> list[str]:
     reported = row.kind == "reported"
     n = "—" if row.eval_samples is None else str(row.eval_samples)
@@ -41,15 +50,12 @@ def _cells(row: Row) -> list[str]:
     attack = percent(row.robust) + (f" {row.attack}" if row.attack and row.robust is not None else "")
     return [
         "reported" if reported else str(row.rank),
-        row.method,
+        row.label + (" (errors)" if row.errors else ""),
         preset,
         percent(row.clean),
         attack,
         percent(row.certified),
-        ", ".join(
-            f"{k} {percent(v)}" + (f" (of {row.certifier_samples[k]})" if k in row.certifier_samples else "")
-            for k, v in row.by_certifier.items()
-        ) or "—",
+        ", ".join(certifier_cell(k, v) for k, v in row.by_certifier.items()) or "—",
         "—" if row.epochs is None else str(row.epochs),
         duration(row.train_seconds),
         n,
@@ -74,13 +80,13 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["dataset", "norm", "eps", "kind", "rank", "method", "preset", "clean", "robust", "attack",
-                         "certified", "by_certifier", "certifier_samples", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source"])
+        writer.writerow(["dataset", "norm", "eps", "kind", "rank", "trainer", "label", "preset", "clean", "robust", "attack",
+                         "certified", "by_certifier", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source", "errors"])
         for g in groups:
             for r in g.rows:
-                writer.writerow([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.method, r.preset, r.clean, r.robust, r.attack,
-                                 r.certified, json.dumps(r.by_certifier), json.dumps(r.certifier_samples), r.epochs, r.train_seconds, r.eval_samples,
-                                 r.train_samples, r.run_id, r.source])
+                writer.writerow([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.trainer, r.label, r.preset, r.clean, r.robust, r.attack,
+                                 r.certified, json.dumps({k: asdict(v) for k, v in r.by_certifier.items()}), r.epochs, r.train_seconds,
+                                 r.eval_samples, r.train_samples, r.run_id, r.source, json.dumps(r.errors)])
         return buf.getvalue().rstrip("\n")
     if not groups:
         return "no finished runs yet (harness run --plugin NAME --dataset NAME)"
@@ -100,3 +106,113 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
 
 def _group_json(group: Group) -> dict[str, Any]:
     return {"dataset": group.dataset, "norm": group.norm, "eps": group.eps, "rows": [asdict(r) for r in group.rows]}
+
+
+# -- runs ---------------------------------------------------------------------------------------------------
+
+
+def run_summary(record: RunRecord) -> str:
+    """One line: status, clean / attacked / certified accuracy, per certifier, times."""
+    r = record.result
+    times = f"train {record.train_seconds or 0:.0f}s, eval {record.eval_seconds or 0:.0f}s"
+    if r is None:
+        return f"run {record.id} {record.status}; {times}"
+    per = ", ".join(certifier_cell(c.name, _cell(c, r.samples)) for c in r.certifiers)
+    return (
+        f"run {record.id} {record.status}: clean {_pct(r.clean_accuracy)}  attack {_pct(r.robust_accuracy)}  "
+        f"certified {_pct(r.certified_accuracy)}" + (f" ({per})" if per else "") + f"  on {r.samples} test samples; {times}"
+    )
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}%"
+
+
+def _cell(c: CertifierResult, samples: int) -> CertifierCell:
+    return CertifierCell(accuracy=c.accuracy, samples=c.samples if c.samples < samples else None, error=c.error)
+
+
+def run_details(record: RunRecord, samples: list[SampleResult], *, stale: bool = False) -> str:
+    """What ``harness show`` prints: the run, its results per component, why others did not apply, its configuration."""
+    info = record.info
+    env = info.environment
+    lines = [
+        f"run {record.id}: {record.status}" + (" (stale: its process is gone)" if stale else ""),
+        f"  trainer     {info.trainer} (preset {info.preset}, seed {info.seed}, {info.epochs} epochs)",
+        f"  threat      {info.dataset}, l_{info.norm} eps={format_eps(info.eps)}",
+        f"  created     {record.created_at:%Y-%m-%d %H:%M:%S} UTC" + (f", ended {record.finished_at:%Y-%m-%d %H:%M:%S}" if record.finished_at else ""),
+        f"  time        train {duration(record.train_seconds)}, eval {duration(record.eval_seconds)}",
+        f"  device      {info.device}",
+        f"  versions    harness {env.get('harness')}, torch {env.get('torch')}, python {env.get('python')}",
+        f"  commit      {env.get('commit') or 'unknown'}",
+    ]
+    if record.error:
+        lines.append(f"  error       {record.error}")
+    r = record.result
+    if r is not None:
+        lines.append(f"results on {r.samples} test samples:")
+        lines.append(f"  clean accuracy      {_pct(r.clean_accuracy)}")
+        lines.append(f"  robust accuracy     {_pct(r.robust_accuracy)}" + (f" ({r.attack_label()})" if r.attack_label() else ""))
+        lines.append(f"  certified accuracy  {_pct(r.certified_accuracy)} (certified by any certifier)")
+        rows = []
+        for a in r.attacks:
+            outcome = f"ERROR: {a.error}" if a.error else f"robust {_pct(a.accuracy)} (attacked {a.attacked})"
+            rows.append(["attack", a.name, a.label, outcome, duration(a.seconds)])
+        for c in r.certifiers:
+            if c.error:
+                outcome = f"ERROR: {c.error}"
+            else:
+                outcome = f"certified {_pct(c.accuracy)} of {c.samples}"
+                if c.radius is not None:
+                    outcome += f", radius mean {c.radius.mean:.4g} median {c.radius.median:.4g}"
+            rows.append(["certifier", c.name, "", outcome, duration(c.seconds)])
+        for name, reason in sorted(r.not_applicable.items()):
+            rows.append(["certifier", name, "", f"did not apply: {reason}", "—"])
+        if rows:
+            lines += ["  " + line for line in text_table(["kind", "name", "label", "outcome", "time"], rows).splitlines()]
+    lines.append("configuration:")
+    lines += ["  " + line for line in json.dumps(info.config, indent=2).splitlines()]
+    if samples:
+        names = sorted({*samples[0].attacks, *(n for s in samples for n in s.certificates)})
+        header = ["index", "label", "pred", *names]
+        table = []
+        for s in samples:
+            cells = [str(s.index), str(s.label), str(s.prediction)]
+            for name in names:
+                if name in s.attacks:
+                    cells.append("survived" if s.attacks[name] else "broken")
+                elif name in s.certificates:
+                    ok, radius = s.certificates[name]
+                    cells.append(("certified" if ok else "-") + (f" r={radius:.4g}" if radius is not None else ""))
+                else:
+                    cells.append("")  # outside a costly certifier's subset
+            table.append(cells)
+        lines.append("samples:")
+        lines.append(text_table(header, table))
+    return "\n".join(lines)
+
+
+def run_json(record: RunRecord, samples: list[SampleResult]) -> dict[str, Any]:
+    """``harness show --format json``: the record as nested, typed JSON."""
+    data = asdict(record)
+    data["created_at"] = record.created_at.isoformat()
+    data["finished_at"] = record.finished_at.isoformat() if record.finished_at else None
+    if record.result is not None:
+        data["result"]["errors"] = record.result.errors
+    data["samples"] = [asdict(s) for s in samples]
+    return data
+
+
+def run_list(records: list[RunRecord], *, stale: Callable[[RunRecord], bool]) -> str:
+    """What ``harness runs`` prints: one line per run."""
+    rows = []
+    for r in records:
+        result = r.result
+        errors = result.errors if result else []
+        error = r.error or (errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "") if errors else "")
+        status = r.status + (" (stale: its process is gone)" if stale(r) else "") + (" with errors" if errors else "")
+        rows.append([
+            str(r.id), status, r.info.trainer, r.info.preset or "—", r.info.dataset, f"l_{r.info.norm} {format_eps(r.info.eps)}",
+            percent(result.certified_accuracy if result else None), f"{r.created_at:%Y-%m-%d %H:%M}", error[:60],
+        ])
+    return text_table(["id", "status", "trainer", "preset", "dataset", "threat", "certified", "created (UTC)", "error"], rows)

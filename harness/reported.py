@@ -3,7 +3,7 @@
 File format (``registry/reported/*.toml``)::
 
     [[results]]
-    method = "linf_v2"          # trainer name, when the harness implements the method
+    trainer = "linf_v2"         # the trainer, when the harness implements the method
     label = "l_inf-dist net v2" # how the leaderboard names it
     dataset = "mnist"
     norm = "inf"
@@ -14,10 +14,14 @@ File format (``registry/reported/*.toml``)::
     attack = "PGD-100"          # what the attack column means for this row
     epochs = 450
     source = "Zhang et al., ICLR 2022, Table 2 (median of 8 runs)"
+
+The key was called ``method`` before; files that still say ``method`` load,
+with a deprecation warning.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -26,7 +30,7 @@ from harness.datafile import check_keys, read_data_file
 from harness.errors import PluginError, UsageError
 from harness.threat import parse_eps, parse_norm
 
-_KEYS = {"method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source"}
+_KEYS = {"trainer", "method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,9 @@ class ReportedResult:
     clean: float | None
     pgd: float | None
     source: str
-    method: str | None = None
+    file: str = ""
+    plugin: str = ""
+    trainer: str | None = None
     attack: str | None = None
     epochs: int | None = None
 
@@ -56,10 +62,15 @@ def _fraction(value: float | None, where: str) -> float | None:
 
 def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]:
     origin, data = read_data_file(path, plugin, "reported results")
+    file = str(getattr(path, "name", path))
     results = []
     for raw in data.get("results", []):
         where = f"reported result {raw.get('label')!r} in {origin}"
         check_keys(raw, _KEYS, {"label", "dataset", "eps", "source"}, where)
+        if "method" in raw:
+            warnings.warn(f"{where}: the key 'method' is deprecated; write trainer = {raw['method']!r}", DeprecationWarning, stacklevel=2)
+            if "trainer" in raw:
+                raise PluginError(f"{where}: give 'trainer' only ('method' is its deprecated name)")
         try:
             results.append(
                 ReportedResult(
@@ -71,7 +82,9 @@ def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]
                     pgd=_fraction(raw.get("pgd"), where),
                     certified=_fraction(raw.get("certified"), where),
                     source=raw["source"],
-                    method=raw.get("method"),
+                    file=file,
+                    plugin=plugin,
+                    trainer=raw.get("trainer", raw.get("method")),
                     attack=raw.get("attack"),
                     epochs=raw.get("epochs"),
                 )

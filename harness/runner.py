@@ -20,15 +20,16 @@ from typing import Any
 
 import torch
 
+from harness.catalog import Catalog, Entry
 from harness.components import Attacker, Certifier, Dataset, Model, Trainer
 from harness.data.files import default_data_dir
 from harness.env import device_name, environment, resolve_device
-from harness.errors import UsageError, one_line, unknown_name
+from harness.errors import PluginError, UsageError, one_line
 from harness.evaluation import SUBSET_SEED, eval_indices, evaluate
 from harness.options import has_field, options_dict, parse_options, scale_epochs
 from harness.presets import Preset, select_preset
 from harness.progress import Progress, SilentProgress
-from harness.catalog import Catalog
+from harness.results import EvaluationResult
 from harness.store import FAILED, INTERRUPTED, RunInfo, Store
 from harness.threat import ThreatModel, parse_norm
 from harness.train import TrainContext, TrainData
@@ -36,13 +37,15 @@ from harness.train import TrainContext, TrainData
 
 @dataclass
 class RunRequest:
-    """What the user asked for (the ``harness run`` options)."""
+    """What the user asked for (the ``harness run`` options). ``trainer`` is what ``--plugin`` names."""
 
-    plugin: str
+    trainer: str
     dataset: str
     eps: float | None = None
     norm: str | None = None
     preset: str | None = None
+    no_preset: bool = False
+    model: str | None = None
     epochs: int | None = None
     seed: int | None = None
     device: str = "auto"
@@ -50,6 +53,7 @@ class RunRequest:
     eval_batch_size: int = 500
     train_samples: int | None = None
     attacks: Sequence[str] | None = None
+    certifiers: Sequence[str] | None = None
     overrides: Sequence[str] = ()
     data_dir: Path | None = None
     save_dir: Path | None = None
@@ -57,7 +61,7 @@ class RunRequest:
 
 @dataclass
 class Plan:
-    """A validated run, ready to execute."""
+    """A validated run, ready to execute. Components are recorded under their catalog keys."""
 
     request: RunRequest
     trainer: Trainer
@@ -70,34 +74,53 @@ class Plan:
     seed: int
     device: torch.device
     data_dir: Path
+    keys: dict[int, str] = field(default_factory=dict)  # id(component) → its catalog key
+    plugins: dict[int, str] = field(default_factory=dict)  # id(component) → the plugin that registered it
     plugin_versions: dict[str, str | None] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what the plan chose on the user's behalf
 
     @property
     def epochs(self) -> int | None:
         return getattr(self.trainer.options, "epochs", None)
 
-    def config(self) -> dict[str, Any]:
-        """The full resolved configuration, as stored with the run."""
+    def key(self, component: Any) -> str:
+        return self.keys.get(id(component), component.name)
+
+    def _component(self, component: Any, **extra: Any) -> dict[str, Any]:
+        return {"name": self.key(component), "plugin": self.plugins.get(id(component)), **extra, "options": options_dict(component.options)}
+
+    def config(self, result: EvaluationResult | None = None) -> dict[str, Any]:
+        """The full resolved configuration, as stored with the run.
+
+        Before evaluation the certifiers are those requested (``null``: every
+        one that applies to the trained model); after it, only those that ran,
+        and ``not_applicable`` says why each other one did not.
+        """
         r = self.request
+        evaluation: dict[str, Any] = {
+            "samples": r.eval_samples,
+            "subset_seed": SUBSET_SEED,
+            "batch_size": r.eval_batch_size,
+            "attackers": [self._component(a, label=a.label()) for a in self.attackers],
+        }
+        if result is None:
+            evaluation["certifiers"] = [self.key(c) for c in self.certifiers] if r.certifiers is not None else None
+        else:
+            ran = {c.name for c in result.certifiers}
+            evaluation["certifiers"] = [self._component(c) for c in self.certifiers if self.key(c) in ran]
+            evaluation["not_applicable"] = dict(result.not_applicable)
         return _jsonable(
             {
-                "plugin": self.trainer.name,
-                "dataset": self.dataset.name,
+                "trainer": self._component(self.trainer),
+                "dataset": self.key(self.dataset),
                 "threat": {"norm": self.threat.norm, "eps": self.threat.eps},
                 "preset": self.preset.name if self.preset else None,
                 "preset_source": self.preset.source if self.preset else None,
                 "seed": self.seed,
                 "device": {"requested": r.device, "used": str(self.device)},
-                "model": {"name": self.model.name, "options": options_dict(self.model.options)},
-                "trainer": {"name": self.trainer.name, "options": options_dict(self.trainer.options)},
+                "model": self._component(self.model),
                 "train_samples": r.train_samples,
-                "evaluation": {
-                    "samples": r.eval_samples,
-                    "subset_seed": SUBSET_SEED,
-                    "batch_size": r.eval_batch_size,
-                    "attackers": [{"name": a.name, "label": a.label(), "options": options_dict(a.options)} for a in self.attackers],
-                    "certifiers": [{"name": c.name, "options": options_dict(c.options)} for c in self.certifiers],
-                },
+                "evaluation": evaluation,
                 "overrides": list(r.overrides),
             }
         )
@@ -107,100 +130,149 @@ def _jsonable(value: Any) -> Any:
     """Plain JSON: tuples become lists, non-finite floats become strings."""
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
-def _split_overrides(overrides: Sequence[str], registry: Catalog) -> dict[str, dict[str, str]]:
-    """``model.width=16`` → {"model": {"width": "16"}}; ``attacker.pgd.steps=20`` → {"attacker.pgd": {...}}."""
+def _split_overrides(overrides: Sequence[str], catalog: Catalog) -> dict[str, dict[str, str]]:
+    """``model.width=16`` → {"model": {...}}; ``attacker.pgd.steps=20`` → {"attacker.pgd": {...}} (keyed by catalog key).
+
+    A component may be named ``plugin:name`` (``attacker.toy:fgsm.steps=3``).
+    """
     sections: dict[str, dict[str, str]] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) < 2 or not all(parts):
+        head, _, option = key.strip().rpartition(".")
+        kind, _, name = head.partition(".")
+        if not sep or not option or not kind or (kind in ("model", "trainer")) != (name == ""):
             raise UsageError(f"--set {item!r} is not SECTION.KEY=VALUE (e.g. model.width=256, trainer.lr=0.01, attacker.pgd.steps=20)")
-        if parts[0] in ("model", "trainer") and len(parts) == 2:
-            section = parts[0]
-        elif parts[0] in ("attacker", "certifier") and len(parts) == 3:
-            kind = parts[0]
-            if parts[1] not in registry.names(kind):
-                raise unknown_name(kind, parts[1], registry.names(kind))
-            section = f"{kind}.{parts[1]}"
+        if kind in ("model", "trainer"):
+            section = kind
+        elif kind in ("attacker", "certifier"):
+            section = f"{kind}.{catalog.entry(kind, name).key}"
         else:
             raise UsageError(
-                f"--set {item!r}: unknown section {'.'.join(parts[:-1])!r}; valid: model.KEY, trainer.KEY, attacker.NAME.KEY, certifier.NAME.KEY"
+                f"--set {item!r}: unknown section {head!r}; valid: model.KEY, trainer.KEY, attacker.NAME.KEY, certifier.NAME.KEY"
             )
-        sections.setdefault(section, {})[parts[-1]] = value.strip()
+        sections.setdefault(section, {})[option] = value.strip()
     return sections
 
 
-def plan_run(registry: Catalog, request: RunRequest, plugin_versions: dict[str, str | None] | None = None) -> Plan:
+def _choose(catalog: Catalog, kind: str, requested: Sequence[str] | None, flag: str) -> list[Entry]:
+    """The entries a repeatable flag names (each once, in the order given), or every one of ``kind``."""
+    if requested is None:
+        return catalog.sorted_entries(kind)
+    chosen: list[Entry] = []
+    for name in requested:
+        entry = catalog.entry(kind, name)
+        if entry in chosen:
+            raise UsageError(f"{flag} {name!r} is given twice")
+        chosen.append(entry)
+    return chosen
+
+
+def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, str | None] | None = None) -> Plan:
     """Resolve names, preset and options; raise UsageError for anything wrong."""
-    trainer_cls = registry.get("trainer", request.plugin)
-    dataset_cls = registry.get("dataset", request.dataset)
+    trainer_entry = catalog.entry("trainer", request.trainer)
+    dataset_entry = catalog.entry("dataset", request.dataset)
+    trainer_cls: Any = trainer_entry.component
     if request.epochs is not None and request.epochs < 1:
         raise UsageError(f"--epochs {request.epochs} is out of range; it must be >= 1")
     for flag, value in (("--eval-samples", request.eval_samples), ("--train-samples", request.train_samples), ("--eval-batch-size", request.eval_batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value} is out of range; it must be >= 1")
+    if request.no_preset and request.preset is not None:
+        raise UsageError("--preset and --no-preset exclude each other")
+    if request.preset is not None:
+        problem = catalog.rejected_preset(trainer_entry, dataset_entry, request.preset)
+        if problem is not None and not any(p.name == request.preset for p in catalog.presets_for(trainer_entry.key, dataset_entry.key)):
+            raise PluginError(f"preset {request.preset!r} is unavailable: {problem}")
+    notes: list[str] = []
     norm = parse_norm(request.norm) if request.norm is not None else None
-    preset = select_preset(
-        registry.presets_for(trainer_cls.name),
-        trainer=trainer_cls.name,
-        dataset=dataset_cls.name,
-        name=request.preset,
-        norm=norm or "inf",
-        eps=request.eps,
-    )
+    preset = None
+    if not request.no_preset:
+        preset = select_preset(
+            catalog.presets_for(trainer_entry.key),
+            trainer=trainer_entry.key,
+            dataset=dataset_entry.key,
+            name=request.preset,
+            norm=norm,
+            eps=request.eps,
+        )
+        if preset is None and catalog.presets_for(trainer_entry.key):
+            notes.append(f"{trainer_entry.key!r} has no preset for {dataset_entry.key!r}: training with its default options")
     norm = norm or (preset.norm if preset else "inf")
     eps = request.eps if request.eps is not None else (preset.eps if preset else None)
     if eps is None:
-        raise UsageError(f"{trainer_cls.name!r} has no presets; give the radius with --eps (e.g. --eps 0.3)")
+        raise UsageError(f"no preset sets the radius of this run: give it with --eps (e.g. --eps 0.3, --eps 8/255)")
     threat = ThreatModel(norm, eps)
     if norm not in trainer_cls.norms:
-        raise UsageError(f"{trainer_cls.name!r} trains for norms {', '.join(trainer_cls.norms)}, not {norm!r}")
+        raise UsageError(f"trainer {trainer_entry.key!r} trains for norms {', '.join(trainer_cls.norms)}, not {norm!r}")
 
-    overrides = _split_overrides(request.overrides, registry)
-    model_name = (preset.model if preset and preset.model else None) or trainer_cls.model
-    model_cls = registry.get("model", model_name)
+    preset_model = catalog.entry("model", preset.model) if preset and preset.model else catalog.model_entry(trainer_entry)
+    model_entry = catalog.entry("model", request.model) if request.model else preset_model
+    if not catalog.compatible(trainer_cls, model_entry):
+        raise UsageError(
+            f"trainer {trainer_entry.key!r} cannot train model {model_entry.key!r}; it trains: {', '.join(trainer_cls.models)}"
+        )
+    if preset is not None and model_entry is not preset_model:
+        raise UsageError(
+            f"--model {request.model} differs from preset {preset.name!r}'s model {preset_model.key!r}; "
+            f"add --no-preset to train it with {trainer_entry.key!r}'s default options (and --set to change them)"
+        )
+
+    overrides = _split_overrides(request.overrides, catalog)
+    model_cls: Any = model_entry.component
     model = model_cls(
-        parse_options(model_cls.Options, {**(preset.model_options if preset else {}), **overrides.get("model", {})}, f"model {model_name!r}")
+        parse_options(model_cls.Options, {**(preset.model_options if preset else {}), **overrides.get("model", {})}, f"model {model_entry.key!r}")
     )
     trainer_options = parse_options(
         trainer_cls.Options,
         {**(preset.trainer_options if preset else {}), **overrides.get("trainer", {})},
-        f"trainer {trainer_cls.name!r}",
+        f"trainer {trainer_entry.key!r}",
     )
     if request.epochs is not None:
         if not has_field(trainer_cls.Options, "epochs"):
-            raise UsageError(f"trainer {trainer_cls.name!r} has no 'epochs' option, so --epochs cannot be used")
+            raise UsageError(f"trainer {trainer_entry.key!r} has no 'epochs' option, so --epochs cannot be used")
         trainer_options = scale_epochs(trainer_options, request.epochs)
     trainer = trainer_cls(trainer_options)
+    dataset = dataset_entry.component()
 
-    attacker_names = registry.names("attacker")
-    if request.attacks is not None:
-        for name in request.attacks:
-            if name not in attacker_names:
-                raise unknown_name("attack", name, attacker_names)
-        attacker_names = list(request.attacks)
+    keys: dict[int, str] = {id(trainer): trainer_entry.key, id(model): model_entry.key, id(dataset): dataset_entry.key}
+    plugins: dict[int, str] = {id(trainer): trainer_entry.plugin, id(model): model_entry.plugin, id(dataset): dataset_entry.plugin}
     attackers = []
-    for name in attacker_names:
-        cls = registry.get("attacker", name)
-        if norm in cls.norms:
-            attackers.append(cls(parse_options(cls.Options, overrides.get(f"attacker.{name}", {}), f"attacker {name!r}")))
+    for entry in _choose(catalog, "attacker", request.attacks, "--attack"):
+        cls: Any = entry.component
+        if norm not in cls.norms:
+            if request.attacks is None:
+                continue
+            raise UsageError(f"attack {entry.key!r} is for {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
+        attacker = cls(parse_options(cls.Options, overrides.pop(f"attacker.{entry.key}", {}), f"attacker {entry.key!r}"))
+        keys[id(attacker)], plugins[id(attacker)] = entry.key, entry.plugin
+        attackers.append(attacker)
     certifiers = []
-    for cls in registry.components("certifier"):
-        certifiers.append(cls(parse_options(cls.Options, overrides.get(f"certifier.{cls.name}", {}), f"certifier {cls.name!r}")))
+    for entry in _choose(catalog, "certifier", request.certifiers, "--certifier"):
+        cls = entry.component
+        if norm not in cls.norms:
+            if request.certifiers is None:
+                continue
+            raise UsageError(f"certifier {entry.key!r} certifies {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
+        certifier = cls(parse_options(cls.Options, overrides.pop(f"certifier.{entry.key}", {}), f"certifier {entry.key!r}"))
+        keys[id(certifier)], plugins[id(certifier)] = entry.key, entry.plugin
+        certifiers.append(certifier)
+    unused = sorted(k for k in overrides if k not in ("model", "trainer"))
+    if unused:
+        raise UsageError(f"--set {unused[0]}.…: that component does not run in this l_{norm} evaluation (see --attack, --certifier)")
 
     seed = request.seed if request.seed is not None else (preset.seed if preset and preset.seed is not None else 0)
     return Plan(
         request=request,
         trainer=trainer,
         model=model,
-        dataset=dataset_cls(),
+        dataset=dataset,
         attackers=attackers,
         certifiers=certifiers,
         threat=threat,
@@ -208,7 +280,10 @@ def plan_run(registry: Catalog, request: RunRequest, plugin_versions: dict[str, 
         seed=seed,
         device=resolve_device(request.device),
         data_dir=Path(request.data_dir) if request.data_dir else default_data_dir(),
+        keys=keys,
+        plugins=plugins,
         plugin_versions=plugin_versions or {},
+        notes=notes,
     )
 
 
@@ -218,8 +293,15 @@ def _subset(images: torch.Tensor, labels: torch.Tensor, samples: int | None) -> 
 
 
 def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> int:
-    """Train, evaluate and record one run; return its id."""
+    """Train, evaluate and record one run; return its id.
+
+    A certifier or attack that fails is recorded against it (see
+    :mod:`harness.evaluation`); the run still finishes, and its result's
+    ``errors`` say what failed.
+    """
     progress = progress or SilentProgress()
+    for note in plan.notes:
+        progress.log(note)
     splits = plan.dataset.load(plan.data_dir)
     info = plan.dataset.info
     train_images, train_labels = _subset(splits.train_images, splits.train_labels, plan.request.train_samples)
@@ -234,8 +316,8 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
     config = plan.config()
     run_id = store.create_run(
         RunInfo(
-            plugin=plan.trainer.name,
-            dataset=plan.dataset.name,
+            trainer=plan.key(plan.trainer),
+            dataset=plan.key(plan.dataset),
             norm=plan.threat.norm,
             eps=plan.threat.eps,
             preset=plan.preset.name if plan.preset else None,
@@ -250,7 +332,7 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
     try:
         params = sum(p.numel() for p in model.parameters())
         progress.log(
-            f"run {run_id}: {plan.trainer.name} on {plan.dataset.name}, {plan.threat}, preset {config['preset']}, "
+            f"run {run_id}: {plan.key(plan.trainer)} on {plan.key(plan.dataset)}, {plan.threat}, preset {config['preset']}, "
             f"{plan.epochs} epochs, seed {plan.seed}, {params:,} parameters, {device_name(plan.device)}"
         )
         start = time.perf_counter()
@@ -262,10 +344,10 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
             # Before the evaluation: a run whose evaluation fails keeps its trained weights.
             try:
                 _save(save_dir / f"run-{run_id}", model, config)
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
                 progress.log(f"warning: run {run_id}'s weights could not be saved: {one_line(exc)}")
         start = time.perf_counter()
-        result = evaluate(
+        evaluation = evaluate(
             model,
             splits.test_images[test_index],
             splits.test_labels[test_index],
@@ -276,12 +358,24 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
             indices=test_index,
             batch_size=plan.request.eval_batch_size,
             progress=progress,
+            names=plan.key,
         )
         _sync(plan.device)
         eval_seconds = time.perf_counter() - start
+        final = plan.config(evaluation.result)
         store.record_results(
-            run_id, metrics=result.metrics, samples=result.samples, train_seconds=train_seconds, eval_seconds=eval_seconds
+            run_id,
+            result=evaluation.result,
+            samples=evaluation.samples,
+            config=final,
+            train_seconds=train_seconds,
+            eval_seconds=eval_seconds,
         )
+        if save_dir is not None and (save_dir / f"run-{run_id}").is_dir():
+            try:
+                _write_config(save_dir / f"run-{run_id}", final)
+            except OSError as exc:
+                progress.log(f"warning: run {run_id}'s final configuration could not be saved: {one_line(exc)}")
     except KeyboardInterrupt:
         _mark(store, run_id, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)", train_seconds)
         raise
@@ -308,7 +402,7 @@ def _prepare_save_dir(save_dir: Path | None) -> Path | None:
 def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: float | None) -> None:
     try:
         store.mark_ended(run_id, status, error, train_seconds=train_seconds)
-    except Exception:  # the original error matters more than a failed bookkeeping write
+    except Exception:  # the original error matters more than a failed bookkeeping write  # noqa: BLE001, S110
         pass
 
 
@@ -321,4 +415,8 @@ def _save(directory: Path, model: torch.nn.Module, config: dict[str, Any]) -> No
     """The trained weights with the full resolved configuration beside them."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "config": config}, directory / "model.pt")
+    _write_config(directory, config)
+
+
+def _write_config(directory: Path, config: dict[str, Any]) -> None:
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,11 +1,15 @@
-"""Fixtures shared by the whole suite: data location, a fresh registry, a CLI runner."""
+"""Fixtures shared by the whole suite: data location and a catalog of the built-in plugins.
+
+The plugin-author fixtures of :mod:`harness.testing` (``harness_cli``,
+``harness_catalog``, ``harness_store``, ``harness_tiny_data``) come through its
+pytest entry point. Every catalog and CLI run here sees only the built-in
+plugins, whatever else is installed.
+"""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,38 +27,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture
-def registry():
-    """A registry built from a fresh plugin manager (the installed plugins)."""
-    from harness.plugins import make_plugin_manager
-    from harness.catalog import Catalog
+def catalog():
+    """A catalog of the built-in plugins only."""
+    from harness.testing import make_catalog
 
-    return Catalog.from_plugin_manager(make_plugin_manager())
-
-
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def harness_cli(capsys, monkeypatch, tmp_path) -> Callable[..., CliResult]:
-    """Run ``harness ARGS`` in-process, in a temporary working directory; returns code, stdout, stderr."""
-    import harness.cli
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HARNESS_DB", raising=False)
-
-    def run(*args: str) -> CliResult:
-        harness.cli._state = None  # a fresh plugin manager and registry for every call
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as exc:
-            harness.cli.main(list(args))
-        captured = capsys.readouterr()
-        return CliResult(exc.value.code, captured.out, captured.err)
-
-    return run
+    return make_catalog()
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +41,13 @@ def harness_exe() -> str:
     if not exe.exists():
         pytest.skip("the harness console script is not installed in this environment")
     return str(exe)
+
+
+@pytest.fixture
+def builtin_env(monkeypatch) -> dict[str, str]:
+    """Environment for a ``harness`` subprocess that loads only the built-in plugins."""
+    from harness.testing import builtin_plugins
+
+    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DB", "HARNESS_DISABLE_PLUGINS")}
+    env["HARNESS_ONLY_PLUGINS"] = ",".join(builtin_plugins())
+    return env

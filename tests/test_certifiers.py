@@ -50,17 +50,17 @@ def test_training_ends_at_infinity_in_eval_mode(trained):
     assert not model.training and all(math.isinf(layer.p) for layer in lp_layers(model))
 
 
-def applicable(registry, model, threat):
-    certifiers = [cls() for cls in registry.components("certifier")]
+def applicable(catalog, model, threat):
+    certifiers = [cls() for cls in catalog.components("certifier")]
     return [c for c in certifiers if c.applies_to(model, threat)]
 
 
-def test_both_builtin_certifiers_apply_to_a_dist_net_at_infinity(registry, trained):
-    names = {c.name for c in applicable(registry, trained[0], ThreatModel("inf", EPS))}
+def test_both_builtin_certifiers_apply_to_a_dist_net_at_infinity(catalog, trained):
+    names = {c.name for c in applicable(catalog, trained[0], ThreatModel("inf", EPS))}
     assert {"lipschitz-margin", "interval"} <= names
 
 
-def test_every_certificate_holds(registry, trained):
+def test_every_certificate_holds(catalog, trained):
     model, x, y = trained
     threat = ThreatModel("inf", EPS)
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_every_certificate_holds(registry, trained):
         survived = model(adv).argmax(1) == y
     g = torch.Generator().manual_seed(3)
     lower, upper = (x - EPS).clamp(0, 1), (x + EPS).clamp(0, 1)
-    for certifier in applicable(registry, model, threat):
+    for certifier in applicable(catalog, model, threat):
         result = certifier.certify(model, x, y, threat)
         certified = result.certified
         assert certified.dtype == torch.bool and certified.shape == y.shape
@@ -101,12 +101,12 @@ def test_lipschitz_certificates_are_a_subset_of_interval_certificates(trained):
         assert bool((lip <= box).all())
 
 
-def test_certifiers_do_not_apply_at_finite_p_or_in_training_mode(registry):
+def test_certifiers_do_not_apply_at_finite_p_or_in_training_mode(catalog):
     model = LinfDistNet(INFO, LinfDistNetOptions(depth=3, width=8))
     threat = ThreatModel("inf", EPS)
-    assert applicable(registry, model, threat) == []  # training mode, p = 8
+    assert applicable(catalog, model, threat) == []  # training mode, p = 8
     model.eval()
-    assert applicable(registry, model, threat) == []  # still p = 8
+    assert applicable(catalog, model, threat) == []  # still p = 8
 
 
 def test_a_diverged_model_is_an_error_not_a_number(trained):

@@ -19,25 +19,37 @@ def finished_run(harness_cli, shared_data):
     return r
 
 
-def test_run_is_recorded_with_metrics_and_per_sample_results(finished_run, harness_cli, tmp_path):
+def test_run_is_recorded_with_typed_results_and_per_sample_results(finished_run, harness_cli, tmp_path):
     assert "run 1 finished" in finished_run.out
     shown = json.loads(harness_cli("show", "1", "--format", "json", "--samples", "1000").out)
-    m = shown["metrics"]
-    assert shown["status"] == "finished" and shown["info"]["plugin"] == "linf_v2"
-    assert m["eval_samples"] == 64
-    assert 0 <= m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
-    assert {"certified_accuracy/lipschitz-margin", "certified_accuracy/interval", "robust_accuracy/pgd"} <= set(m)
+    r = shown["result"]
+    assert shown["status"] == "finished" and shown["info"]["trainer"] == "linf_v2"
+    assert r["samples"] == 64 and r["errors"] == []
+    assert 0 <= r["certified_accuracy"] <= r["robust_accuracy"] <= r["clean_accuracy"] <= 1
+    assert [c["name"] for c in r["certifiers"]] == ["interval", "lipschitz-margin"]
+    (pgd,) = r["attacks"]
+    assert (pgd["name"], pgd["label"], pgd["options"]["steps"]) == ("pgd", "PGD-10", 10) and pgd["seconds"] > 0
+    margin = r["certifiers"][1]
+    assert margin["samples"] == 64 and margin["radius"]["mean"] >= 0 and margin["seconds"] > 0
     # The resolved configuration is stored in full, overrides included.
     config = shown["info"]["config"]
     assert config["model"]["options"]["width"] == 64 and config["trainer"]["options"]["epochs"] == 2
     assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 12 / 15)  # scaled with --epochs
-    assert config["evaluation"]["attackers"][0]["options"]["steps"] == 10
+    (attacker,) = [a for a in config["evaluation"]["attackers"] if a["name"] == "pgd"]
+    assert attacker["options"]["steps"] == 10
+    # Only the certifiers that ran are in the stored configuration; the others say why they did not apply.
+    assert [c["name"] for c in config["evaluation"]["certifiers"]] == ["interval", "lipschitz-margin"]
+    reasons = r["not_applicable"]
+    assert set(reasons) == {"crown", "crown-ibp", "ibp", "liplt", "lipschitz-naive"}
+    assert "LpDistLinear" in reasons["crown"] and "not a plain nn.Sequential" in reasons["liplt"]
+    assert config["evaluation"]["not_applicable"] == reasons
     env = shown["info"]["environment"]
     assert env["torch"] and env["harness"] and env["python"]
     assert shown["info"]["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
     samples = shown["samples"]
     assert len(samples) == 64 and len({s["index"] for s in samples}) == 64
     for s in samples:
+        assert set(s["certificates"]) == {"interval", "lipschitz-margin"}
         certified, radius = s["certificates"]["lipschitz-margin"]
         assert (radius > 0.3) == certified  # certified iff the radius exceeds eps
         assert s["certificates"]["interval"][1] is None
@@ -54,7 +66,7 @@ def test_leaderboard_shows_the_run_beside_reported_numbers(finished_run, harness
     assert "linf_v2" in out and "quick (train 2000)" in out and "PGD-10" in out
     assert "reported" in out and "93.20" in out  # the v2 paper's MNIST 0.3 number
     csv_out = harness_cli("leaderboard", "--format", "csv", "--reported", "none").out.splitlines()
-    assert len(csv_out) == 2 and csv_out[1].startswith("mnist,inf,0.3,measured,1,linf_v2,quick")
+    assert len(csv_out) == 2 and csv_out[1].startswith("mnist,inf,0.3,measured,1,linf_v2,linf_v2,quick")
     md = harness_cli("leaderboard", "--format", "markdown", "--dataset", "mnist").out
     assert md.startswith("### mnist") and "| rank |" in md
     data = json.loads(harness_cli("leaderboard", "--format", "json", "--eps", "0.3").out)
@@ -75,7 +87,7 @@ def test_quick_preset_trains_a_certifiably_robust_mnist_model(harness_cli, share
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--eval-samples", "2000",
                     "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
-    m = json.loads(harness_cli("show", "1", "--format", "json").out)["metrics"]
+    m = json.loads(harness_cli("show", "1", "--format", "json").out)["result"]
     # Measured on the development CPU, all 10,000 test samples: clean 93.85%, PGD 88.10%, certified 85.32%.
     assert m["clean_accuracy"] > 0.9 and m["certified_accuracy"] > 0.8
     assert m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"]
@@ -96,7 +108,7 @@ def test_the_icml_2021_quick_presets_train_certifiably_robust_mnist_models(harne
     r = harness_cli("run", "--plugin", plugin, "--dataset", "mnist", "--preset", "quick", "--eval-samples", "2000",
                     "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
-    m = json.loads(harness_cli("show", "1", "--format", "json").out)["metrics"]
+    m = json.loads(harness_cli("show", "1", "--format", "json").out)["result"]
     assert m["clean_accuracy"] > clean and m["certified_accuracy"] > certified
     assert m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"]
 
@@ -109,10 +121,11 @@ def test_the_crm_quick_preset_is_certified_under_l2_by_liplt_naive_and_crown(har
     r = harness_cli("run", "--plugin", "crm", "--dataset", "mnist", "--norm", "2", "--eps", "1.58", "--preset", "quick",
                     "--eval-samples", "2000", "--device", "cpu", "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
-    m = json.loads(harness_cli("show", "1", "--format", "json").out)["metrics"]
-    assert m["clean_accuracy"] > 0.85 and m["certified_accuracy/liplt"] > 0.35
-    assert m["certified_accuracy/liplt"] >= m["certified_accuracy/lipschitz-naive"]
-    assert m["certified_samples/crown"] == 100
+    m = json.loads(harness_cli("show", "1", "--format", "json").out)["result"]
+    by_name = {c["name"]: c for c in m["certifiers"]}
+    assert m["clean_accuracy"] > 0.85 and by_name["liplt"]["accuracy"] > 0.35
+    assert by_name["liplt"]["accuracy"] >= by_name["lipschitz-naive"]["accuracy"]
+    assert by_name["crown"]["samples"] == 100
     assert m["certified_accuracy"] <= m["robust_accuracy"] <= m["clean_accuracy"]
     assert "l_2  eps=1.58" in harness_cli("leaderboard", "--norm", "2").out
 

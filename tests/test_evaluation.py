@@ -55,13 +55,13 @@ def test_a_limited_certifier_certifies_a_fixed_subset_and_reports_its_size(probl
     a = evaluate(model, images, labels, threat, attackers=[], certifiers=[full], device=torch.device("cpu"), batch_size=32)
     b = evaluate(model, images, labels, threat, attackers=[], certifiers=[limited], device=torch.device("cpu"), batch_size=32)
     assert full.seen == 200 and limited.seen == 50
-    assert a.metrics["certified_samples/margin"] == 200 and b.metrics["certified_samples/margin"] == 50
+    assert a.result.certifier("margin").samples == 200 and b.result.certifier("margin").samples == 50
     tried = [s for s in b.samples if "margin" in s.certificates]
     assert len(tried) == 50
     by_index = {s.index: s for s in a.samples}
     # Same verdicts where attempted; the accuracy is over the attempted subset.
     assert all(s.certificates["margin"] == by_index[s.index].certificates["margin"] for s in tried)
-    assert b.metrics["certified_accuracy/margin"] == pytest.approx(sum(s.certificates["margin"][0] for s in tried) / 50)
+    assert b.result.certifier("margin").accuracy == pytest.approx(sum(s.certificates["margin"][0] for s in tried) / 50)
     # The subset is fixed: the same rows on a second evaluation.
     c = evaluate(model, images, labels, threat, attackers=[], certifiers=[Margin(limit=50)], device=torch.device("cpu"), batch_size=64)
     assert [s.index for s in c.samples if "margin" in s.certificates] == [s.index for s in tried]
@@ -73,9 +73,10 @@ def test_pgd_l2_stays_in_the_ball_and_never_breaks_an_exact_certificate(problem)
     attack = PGDL2()
     assert attack.label() == "L2-PGD-100" and attack.norms == ("2",) and PGD.norms == ("inf",)
     result = evaluate(model, images, labels, threat, attackers=[attack], certifiers=[Margin()], device=torch.device("cpu"))
-    m = result.metrics
+    r = result.result
     # The evaluation's soundness check passed; the attack is strong on a linear model: it breaks almost
     # every correct, uncertified sample (the rest are points where [0, 1] clipping keeps the hyperplane
     # out of reach, which the certificate ignores).
-    assert 0 < m["certified_accuracy"] <= m["robust_accuracy"] < m["clean_accuracy"]
-    assert m["robust_accuracy"] - m["certified_accuracy"] < 0.05
+    assert r.errors == []
+    assert 0 < r.certified_accuracy <= r.robust_accuracy < r.clean_accuracy
+    assert r.robust_accuracy - r.certified_accuracy < 0.05

@@ -2,16 +2,22 @@ from datetime import datetime, timezone
 
 from harness import leaderboard, render
 from harness.reported import ReportedResult
+from harness.results import AttackResult, CertifierResult, EvaluationResult
 from harness.store import RunInfo, RunRecord
 
 
-def run(run_id, certified, clean=0.9, eps=8 / 255, dataset="cifar10", preset="quick"):
-    info = RunInfo(plugin="m", dataset=dataset, norm="inf", eps=eps, preset=preset, seed=0, epochs=3,
-                   config={"evaluation": {"attackers": [{"name": "pgd", "label": "PGD-100"}]}}, device="cpu", environment={})
-    metrics = {"clean_accuracy": clean, "robust_accuracy": certified + 0.05, "certified_accuracy": certified,
-               "certified_accuracy/interval": certified, "robust_accuracy/pgd": certified + 0.05, "eval_samples": 10000.0}
+def run(run_id, certified, clean=0.9, eps=8 / 255, dataset="cifar10", preset="quick", crown_error=None):
+    info = RunInfo(trainer="m", dataset=dataset, norm="inf", eps=eps, preset=preset, seed=0, epochs=3,
+                   config={}, device="cpu", environment={})
+    certifiers = [CertifierResult("interval", accuracy=certified, samples=10000)]
+    if crown_error is not None:
+        certifiers.append(CertifierResult("crown", error=crown_error))
+    result = EvaluationResult(
+        samples=10000, clean_accuracy=clean, robust_accuracy=certified + 0.05, certified_accuracy=certified,
+        attacks=(AttackResult("pgd", label="PGD-100", accuracy=certified + 0.05, attacked=9000),), certifiers=tuple(certifiers),
+    )
     return RunRecord(id=run_id, info=info, status="finished", created_at=datetime.now(timezone.utc), finished_at=None,
-                     train_seconds=10.0, eval_seconds=1.0, error=None, metrics=metrics)
+                     train_seconds=10.0, eval_seconds=1.0, error=None, result=result)
 
 
 PAPER = ReportedResult(label="paper", dataset="cifar10", norm="inf", eps=0.0313725, certified=0.40, clean=0.54, pgd=0.42, source="Table 2", attack="PGD-100")
@@ -39,3 +45,11 @@ def test_rendering_shows_percentages_labels_and_sources():
     csv_lines = render.leaderboard(groups, "csv").splitlines()
     assert csv_lines[0].startswith("dataset,norm,eps,kind,rank") and len(csv_lines) == 3
     assert render.leaderboard([], "table").startswith("no finished runs")
+
+
+def test_a_failed_certifier_shows_as_an_error_and_the_row_says_so():
+    groups = leaderboard.build([run(1, 0.3, crown_error="raised ValueError: boom")], [])
+    row = groups[0].rows[0]
+    assert row.errors == ["certifier 'crown': raised ValueError: boom"]
+    table = render.leaderboard(groups, "table")
+    assert "crown ERROR" in table and "interval 30.00" in table and "m (errors)" in table

@@ -5,7 +5,7 @@ from harness.presets import Preset, load_presets, select_preset
 
 
 def preset(name, dataset="mnist", eps=0.3, paper=False, default=False):
-    return Preset(trainer="m", name=name, dataset=dataset, norm="inf", eps=eps, source="s", origin="o", paper=paper, default=default)
+    return Preset(trainer="m", name=name, dataset=dataset, norm="inf", eps=eps, source="s", file="f.toml", plugin="p", paper=paper, default=default)
 
 
 PRESETS = [
@@ -51,9 +51,13 @@ def test_preset_of_another_dataset_says_so():
         select(name="paper-8/255")
 
 
-def test_dataset_without_presets():
-    with pytest.raises(UsageError, match="no preset for dataset 'fashion-mnist'"):
-        select(dataset="fashion-mnist")
+def test_a_dataset_without_presets_runs_on_the_defaults():
+    assert select(dataset="fashion-mnist") is None
+
+
+def test_a_preset_of_the_other_norm_is_refused():
+    with pytest.raises(UsageError, match="preset 'quick' of 'm' is for l_inf, not --norm 2"):
+        select(name="quick", norm="2")
 
 
 def test_trainer_without_presets_runs_with_defaults():
@@ -78,8 +82,8 @@ TABLE_3 = {
 }
 
 
-def test_paper_presets_match_table_3(registry):
-    presets = {p.name: p for p in registry.presets_for("linf_v2") if p.paper}
+def test_paper_presets_match_table_3(catalog):
+    presets = {p.name: p for p in catalog.presets_for("linf_v2") if p.paper}
     assert set(presets) == set(TABLE_3)
     for name, (depth, epochs, e1, e12, lam0, lam_end, pad, flip) in TABLE_3.items():
         m, t = presets[name].model_options, presets[name].trainer_options
@@ -89,8 +93,8 @@ def test_paper_presets_match_table_3(registry):
         assert presets[name].seed == 2021
 
 
-def test_builtin_presets_cover_the_papers_settings(registry):
-    v2 = {(p.dataset, p.name): p for p in registry.presets_for("linf_v2")}
+def test_builtin_presets_cover_the_papers_settings(catalog):
+    v2 = {(p.dataset, p.name): p for p in catalog.presets_for("linf_v2")}
     assert {("mnist", "paper-0.1"), ("mnist", "paper-0.3"), ("cifar10", "paper-2/255"), ("cifar10", "paper-8/255"),
             ("cifar10", "paper-16/255"), ("mnist", "quick"), ("fashion-mnist", "quick"), ("cifar10", "quick")} <= set(v2)
     # Table 3: θ = 2·eps_train; eps_train_ratio × eps reproduces the commands' eps_train.

@@ -6,9 +6,11 @@ keeps:
 
 * ``create_run`` commits a row with status ``running`` before any training, so
   a run that dies is still visible;
-* ``record_results`` writes the metrics, every per-sample result and the
-  ``finished`` status in **one transaction**: a crash part-way leaves the run
-  as it was, never half-recorded;
+* ``record_results`` writes the typed evaluation result (per attack, per
+  certifier), every per-sample result, the final configuration (which
+  certifiers ran is known only after training) and the ``finished`` status in
+  **one transaction**: a crash part-way leaves the run as it was, never
+  half-recorded;
 * ``mark_ended`` sets ``failed`` or ``interrupted`` with the error message and
   touches nothing else;
 * nothing already stored is ever deleted or rewritten by another run.
@@ -19,9 +21,11 @@ Accuracies are fractions in [0, 1]; times are seconds; timestamps are UTC.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from harness.results import EvaluationResult, SampleResult
 
 #: Status values of a run.
 RUNNING, FINISHED, FAILED, INTERRUPTED = "running", "finished", "failed", "interrupted"
@@ -30,9 +34,9 @@ STATUSES = (RUNNING, FINISHED, FAILED, INTERRUPTED)
 
 @dataclass
 class RunInfo:
-    """What is known about a run before it starts."""
+    """What is known about a run before it starts. ``trainer`` is the trainer's key (what ``--plugin`` named)."""
 
-    plugin: str
+    trainer: str
     dataset: str
     norm: str
     eps: float
@@ -45,25 +49,8 @@ class RunInfo:
 
 
 @dataclass
-class SampleResult:
-    """The outcome of the uniform evaluation on one test sample.
-
-    ``index`` is the sample's index in the dataset's test split. ``attacks``
-    maps an attack name to whether the sample *survived* it (still classified
-    correctly); ``certificates`` maps a certifier name to (certified, radius),
-    radius ``None`` when the certifier yields none.
-    """
-
-    index: int
-    label: int
-    prediction: int
-    attacks: dict[str, bool] = field(default_factory=dict)
-    certificates: dict[str, tuple[bool, float | None]] = field(default_factory=dict)
-
-
-@dataclass
 class RunRecord:
-    """A stored run, with its metrics (``name -> value``)."""
+    """A stored run, with its evaluation result once it finished."""
 
     id: int
     info: RunInfo
@@ -73,7 +60,7 @@ class RunRecord:
     train_seconds: float | None
     eval_seconds: float | None
     error: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
+    result: EvaluationResult | None = None
 
 
 class Store(ABC):
@@ -88,12 +75,13 @@ class Store(ABC):
         self,
         run_id: int,
         *,
-        metrics: dict[str, float],
+        result: EvaluationResult,
         samples: list[SampleResult],
+        config: dict[str, Any],
         train_seconds: float,
         eval_seconds: float,
     ) -> None:
-        """Store metrics and per-sample results and mark the run ``finished``, atomically."""
+        """Store the result, the per-sample results and the final ``config``, and mark the run ``finished``, atomically."""
 
     @abstractmethod
     def mark_ended(self, run_id: int, status: str, error: str, *, train_seconds: float | None = None) -> None:
@@ -112,7 +100,7 @@ class Store(ABC):
         norm: str | None = None,
         eps: float | None = None,
     ) -> list[RunRecord]:
-        """Runs (with metrics) matching every filter given, oldest first. ``eps`` matches to 1e-9 relative."""
+        """Runs (with results) matching every filter given, oldest first. ``eps`` matches to 1e-4 relative (:func:`harness.threat.same_eps`)."""
 
     @abstractmethod
     def samples(self, run_id: int) -> list[SampleResult]:

@@ -1,11 +1,18 @@
 """The SQLAlchemy backend of :class:`~harness.store.Store`; reach it through :func:`~harness.store.open_store`.
 
-One ``runs`` row per run, its metrics in ``metrics``, one ``samples`` row per
-evaluated test sample, and one row per (sample, attack) in ``sample_attacks``
-and per (sample, certifier) in ``sample_certificates``. ``schema_meta`` holds
-the schema version; :data:`_MIGRATIONS` upgrades older databases one version
-at a time, so a later schema change goes there (with a frozen database of the
-old version kept in the tests).
+One ``runs`` row per run; once it finished, its evaluation summary in
+``results``, one row per attack in ``attack_results`` and per certifier that
+ran in ``certifier_results``, one ``samples`` row per evaluated test sample,
+and one row per (sample, attack) in ``sample_attacks`` and per (sample,
+certifier) in ``sample_certificates``. ``schema_meta`` holds the schema
+version; :data:`_MIGRATIONS` upgrades older databases one version at a time,
+so a later schema change goes there, with a frozen database of the old version
+kept in the tests (``tests/store/data/``).
+
+Schema history: 1, the first; 2, ``runs.plugin`` renamed ``trainer`` (one word
+for a training method) and the ``metrics`` name/value table (names like
+``certified_accuracy/crown``) replaced by the typed ``results``,
+``attack_results`` and ``certifier_results`` tables.
 
 On SQLite, SQLAlchemy emits ``BEGIN`` itself instead of the ``sqlite3``
 module (whose legacy mode does not begin before DDL or SELECT), so schema
@@ -46,6 +53,7 @@ from sqlalchemy import (
     inspect,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import URL, make_url
@@ -53,14 +61,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from harness.errors import HarnessError, UsageError, one_line
+from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
+from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, RunInfo, RunRecord, Store
 from harness.threat import EPS_REL_TOL, same_eps
-from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, RunInfo, RunRecord, SampleResult, Store
 
 #: The schema this code writes. Bump it with a migration in :data:`_MIGRATIONS`.
-SCHEMA_VERSION = 1
-
-#: ``k -> upgrade from schema k to k + 1``, run inside the transaction that opens the database.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+SCHEMA_VERSION = 2
 
 _BUSY_TIMEOUT_S = 30
 _BEGIN = "harness_sqlite_begin"  # execution option: the statement that begins a SQLite transaction
@@ -106,7 +112,7 @@ class RunRow(_Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    plugin: Mapped[str] = mapped_column(String(100))
+    trainer: Mapped[str] = mapped_column(String(200))
     dataset: Mapped[str] = mapped_column(String(100))
     norm: Mapped[str] = mapped_column(String(16))
     eps: Mapped[float] = mapped_column(Double)
@@ -124,12 +130,45 @@ class RunRow(_Base):
     error: Mapped[str | None] = mapped_column(Text)
 
 
-class MetricRow(_Base):
-    __tablename__ = "metrics"
+class ResultRow(_Base):
+    """The evaluation summary of a finished run."""
+
+    __tablename__ = "results"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    value: Mapped[float] = mapped_column(Double)
+    eval_samples: Mapped[int] = mapped_column(Integer)
+    clean_accuracy: Mapped[float] = mapped_column(Double)
+    robust_accuracy: Mapped[float | None] = mapped_column(Double)
+    certified_accuracy: Mapped[float | None] = mapped_column(Double)
+    #: Certifier → why it did not apply to the model.
+    not_applicable: Mapped[dict[str, str]] = mapped_column(JSON)
+
+
+class AttackResultRow(_Base):
+    __tablename__ = "attack_results"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    attacker: Mapped[str] = mapped_column(String(200), primary_key=True)
+    label: Mapped[str] = mapped_column(String(200))
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    accuracy: Mapped[float | None] = mapped_column(Double)
+    attacked: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float | None] = mapped_column(Double)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class CertifierResultRow(_Base):
+    __tablename__ = "certifier_results"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
+    certifier: Mapped[str] = mapped_column(String(200), primary_key=True)
+    options: Mapped[dict[str, Any]] = mapped_column(JSON)
+    accuracy: Mapped[float | None] = mapped_column(Double)
+    samples: Mapped[int] = mapped_column(Integer)
+    mean_radius: Mapped[float | None] = mapped_column(Double)
+    median_radius: Mapped[float | None] = mapped_column(Double)
+    seconds: Mapped[float | None] = mapped_column(Double)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class SampleRow(_Base):
@@ -147,7 +186,7 @@ class AttackRow(_Base):
 
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    attack: Mapped[str] = mapped_column(String(100), primary_key=True)
+    attack: Mapped[str] = mapped_column(String(200), primary_key=True)
     survived: Mapped[bool] = mapped_column(Boolean)
 
 
@@ -157,9 +196,67 @@ class CertificateRow(_Base):
 
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
+    certifier: Mapped[str] = mapped_column(String(200), primary_key=True)
     certified: Mapped[bool] = mapped_column(Boolean)
     radius: Mapped[float | None] = mapped_column(Double)
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Schema 1 → 2: ``runs.plugin`` becomes ``runs.trainer``; the ``metrics`` name/value rows become typed results.
+
+    Attack labels and component options come from each run's stored
+    configuration (where schema 1 kept them), the number of attacked samples
+    from the per-sample rows, and certified radii's medians from the
+    per-sample certificates; times per component were not recorded before.
+    """
+    conn.execute(text("ALTER TABLE runs RENAME COLUMN plugin TO trainer"))
+    for table in (ResultRow, AttackResultRow, CertifierResultRow):
+        table.__table__.create(conn)
+    metrics: dict[int, dict[str, float]] = {}
+    for run_id, name, value in conn.execute(text("SELECT run_id, name, value FROM metrics")):
+        metrics.setdefault(run_id, {})[name] = value
+    for run_id, m in sorted(metrics.items()):
+        config = conn.execute(select(RunRow.config).where(RunRow.id == run_id)).scalar_one() or {}
+        evaluation = config.get("evaluation", {}) if isinstance(config, dict) else {}
+        attackers = {a.get("name"): a for a in evaluation.get("attackers", []) if isinstance(a, dict)}
+        certifiers = {c.get("name"): c for c in evaluation.get("certifiers", []) if isinstance(c, dict)}
+        n = int(m.get("eval_samples", 0))
+        correct = conn.execute(
+            text("SELECT count(*) FROM samples WHERE run_id = :r AND label = prediction"), {"r": run_id}
+        ).scalar_one()
+        per = {kind: {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(kind + "/")}
+               for kind in ("robust_accuracy", "certified_accuracy", "certified_samples", "average_radius")}
+        conn.execute(insert(ResultRow.__table__).values(
+            run_id=run_id, eval_samples=n, clean_accuracy=m.get("clean_accuracy", 0.0),
+            robust_accuracy=m.get("robust_accuracy"), certified_accuracy=m.get("certified_accuracy"),
+            not_applicable={name: "did not apply (schema 1 did not record why)" for name in certifiers if name not in per["certified_accuracy"]},
+        ))
+        for name, accuracy in sorted(per["robust_accuracy"].items()):
+            spec = attackers.get(name, {})
+            conn.execute(insert(AttackResultRow.__table__).values(
+                run_id=run_id, attacker=name, label=spec.get("label", name), options=spec.get("options", {}),
+                accuracy=accuracy, attacked=correct, seconds=None, error=None,
+            ))
+        for name, accuracy in sorted(per["certified_accuracy"].items()):
+            radii = sorted(r for (r,) in conn.execute(
+                text("SELECT radius FROM sample_certificates WHERE run_id = :r AND certifier = :c AND radius IS NOT NULL"),
+                {"r": run_id, "c": name},
+            ))
+            median = None
+            if radii:
+                # torch.median's convention, as the evaluation computes it now: the lower of the two middle values.
+                median = radii[(len(radii) - 1) // 2]
+            mean = per["average_radius"].get(name)
+            conn.execute(insert(CertifierResultRow.__table__).values(
+                run_id=run_id, certifier=name, options=certifiers.get(name, {}).get("options", {}), accuracy=accuracy,
+                samples=int(per["certified_samples"].get(name, n)), mean_radius=mean,
+                median_radius=median if mean is not None else None, seconds=None, error=None,
+            ))
+    conn.execute(text("DROP TABLE metrics"))
+
+
+#: ``k -> upgrade from schema k to k + 1``, run inside the transaction that opens the database.
+_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
 
 
 class SqlStore(Store):
@@ -206,7 +303,7 @@ class SqlStore(Store):
 
     def create_run(self, info: RunInfo) -> int:
         row = RunRow(
-            plugin=info.plugin,
+            trainer=info.trainer,
             dataset=info.dataset,
             norm=str(info.norm),
             eps=float(info.eps),
@@ -229,28 +326,48 @@ class SqlStore(Store):
         self,
         run_id: int,
         *,
-        metrics: dict[str, float],
+        result: EvaluationResult,
         samples: list[SampleResult],
+        config: dict[str, Any],
         train_seconds: float,
         eval_seconds: float,
     ) -> None:
         """Store everything and mark the run ``finished`` in one transaction.
 
         Raises UsageError if there is no such run, HarnessError if it is not ``running``
-        (a finished run is never rewritten). Any failure leaves the run as it was.
+        (a finished run is never rewritten) or a number is not finite. Any failure leaves
+        the run as it was.
         """
-        bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
-        if bad:
-            raise HarnessError(f"run {run_id}: metrics {', '.join(bad)} are not finite numbers; nothing was stored")
-        metric_rows = [{"run_id": run_id, "name": name, "value": float(value)} for name, value in metrics.items()]
+        _check_finite(run_id, result)
+        summary = {
+            "run_id": run_id,
+            "eval_samples": int(result.samples),
+            "clean_accuracy": float(result.clean_accuracy),
+            "robust_accuracy": _float(result.robust_accuracy),
+            "certified_accuracy": _float(result.certified_accuracy),
+            "not_applicable": dict(result.not_applicable),
+        }
+        attack_rows = [
+            {"run_id": run_id, "attacker": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
+             "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": a.error}
+            for a in result.attacks
+        ]
+        certifier_rows = [
+            {"run_id": run_id, "certifier": c.name, "options": _plain_json("certifier options", c.options),
+             "accuracy": _float(c.accuracy), "samples": int(c.samples),
+             "mean_radius": None if c.radius is None else float(c.radius.mean),
+             "median_radius": None if c.radius is None else float(c.radius.median),
+             "seconds": _float(c.seconds), "error": c.error}
+            for c in result.certifiers
+        ]
         sample_rows: list[dict[str, Any]] = []
-        attack_rows: list[dict[str, Any]] = []
+        sample_attack_rows: list[dict[str, Any]] = []
         certificate_rows: list[dict[str, Any]] = []
         for s in samples:
             idx = int(s.index)
             sample_rows.append({"run_id": run_id, "idx": idx, "label": int(s.label), "prediction": int(s.prediction)})
             for attack, survived in s.attacks.items():
-                attack_rows.append({"run_id": run_id, "idx": idx, "attack": attack, "survived": bool(survived)})
+                sample_attack_rows.append({"run_id": run_id, "idx": idx, "attack": attack, "survived": bool(survived)})
             for certifier, (certified, radius) in s.certificates.items():
                 certificate_rows.append(
                     {
@@ -272,12 +389,15 @@ class SqlStore(Store):
                 train_seconds=float(train_seconds),
                 eval_seconds=float(eval_seconds),
                 error=None,
+                config=_plain_json("config", config),
             )
             # Core inserts with a list of dicts: one executemany per table.
             for table, rows in (
-                (MetricRow, metric_rows),
+                (ResultRow, [summary]),
+                (AttackResultRow, attack_rows),
+                (CertifierResultRow, certifier_rows),
                 (SampleRow, sample_rows),
-                (AttackRow, attack_rows),
+                (AttackRow, sample_attack_rows),
                 (CertificateRow, certificate_rows),
             ):
                 if rows:
@@ -313,8 +433,7 @@ class SqlStore(Store):
             row = session.get(RunRow, run_id)
             if row is None:
                 raise self._no_run(run_id)
-            rows = session.execute(select(MetricRow.name, MetricRow.value).where(MetricRow.run_id == run_id))
-            return _record(row, {name: value for name, value in rows})
+            return _record(row, _results(session, [run_id]).get(run_id))
 
     def list_runs(
         self,
@@ -336,15 +455,11 @@ class SqlStore(Store):
             slack = 2 * EPS_REL_TOL * abs(eps)
             conditions.append(RunRow.eps.between(eps - slack, eps + slack))
         with Session(self._engine) as session:
-            runs = session.scalars(select(RunRow).where(*conditions).order_by(RunRow.id)).all()
+            runs = list(session.scalars(select(RunRow).where(*conditions).order_by(RunRow.id)).all())
             if eps is not None:
                 runs = [r for r in runs if same_eps(r.eps, eps)]
-            metrics: dict[int, dict[str, float]] = {r.id: {} for r in runs}
-            query = select(MetricRow.run_id, MetricRow.name, MetricRow.value).join(RunRow).where(*conditions)
-            for run_id, name, value in session.execute(query):
-                if run_id in metrics:
-                    metrics[run_id][name] = value
-            return [_record(r, metrics[r.id]) for r in runs]
+            results = _results(session, [r.id for r in runs])
+            return [_record(r, results.get(r.id)) for r in runs]
 
     def samples(self, run_id: int) -> list[SampleResult]:
         """The per-sample results, by sample index; attacks and certifiers by name. UsageError if there is no such run."""
@@ -487,9 +602,41 @@ def _prepare_schema(engine: Engine, name: str) -> None:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _record(row: RunRow, metrics: dict[str, float]) -> RunRecord:
+def _results(session: Session, run_ids: list[int]) -> dict[int, EvaluationResult]:
+    """The evaluation results of the given runs (those that have one), in a few queries."""
+    if not run_ids:
+        return {}
+    found: dict[int, EvaluationResult] = {}
+    attacks: dict[int, list[AttackResult]] = {}
+    certifiers: dict[int, list[CertifierResult]] = {}
+    for chunk in (run_ids[i : i + 500] for i in range(0, len(run_ids), 500)):
+        for a in session.scalars(select(AttackResultRow).where(AttackResultRow.run_id.in_(chunk)).order_by(AttackResultRow.attacker)):
+            attacks.setdefault(a.run_id, []).append(
+                AttackResult(name=a.attacker, label=a.label, options=a.options or {}, accuracy=a.accuracy, attacked=a.attacked,
+                             seconds=a.seconds, error=a.error)
+            )
+        for c in session.scalars(select(CertifierResultRow).where(CertifierResultRow.run_id.in_(chunk)).order_by(CertifierResultRow.certifier)):
+            radius = None if c.mean_radius is None else RadiusStats(mean=c.mean_radius, median=c.median_radius if c.median_radius is not None else c.mean_radius)
+            certifiers.setdefault(c.run_id, []).append(
+                CertifierResult(name=c.certifier, options=c.options or {}, accuracy=c.accuracy, samples=c.samples, radius=radius,
+                                seconds=c.seconds, error=c.error)
+            )
+        for r in session.scalars(select(ResultRow).where(ResultRow.run_id.in_(chunk))):
+            found[r.run_id] = EvaluationResult(
+                samples=r.eval_samples,
+                clean_accuracy=r.clean_accuracy,
+                robust_accuracy=r.robust_accuracy,
+                certified_accuracy=r.certified_accuracy,
+                attacks=tuple(attacks.get(r.run_id, ())),
+                certifiers=tuple(certifiers.get(r.run_id, ())),
+                not_applicable=dict(r.not_applicable or {}),
+            )
+    return found
+
+
+def _record(row: RunRow, result: EvaluationResult | None) -> RunRecord:
     info = RunInfo(
-        plugin=row.plugin,
+        trainer=row.trainer,
         dataset=row.dataset,
         norm=row.norm,
         eps=row.eps,
@@ -509,8 +656,30 @@ def _record(row: RunRow, metrics: dict[str, float]) -> RunRecord:
         train_seconds=row.train_seconds,
         eval_seconds=row.eval_seconds,
         error=row.error,
-        metrics=metrics,
+        result=result,
     )
+
+
+def _float(value: float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _check_finite(run_id: int, result: EvaluationResult) -> None:
+    """Every number of the result is finite (a non-finite accuracy means a bug upstream): HarnessError naming them."""
+    values: dict[str, float | None] = {
+        "clean_accuracy": result.clean_accuracy,
+        "robust_accuracy": result.robust_accuracy,
+        "certified_accuracy": result.certified_accuracy,
+    }
+    for a in result.attacks:
+        values[f"attack {a.name!r} accuracy"] = a.accuracy
+    for c in result.certifiers:
+        values[f"certifier {c.name!r} accuracy"] = c.accuracy
+        if c.radius is not None:
+            values[f"certifier {c.name!r} radius"] = c.radius.mean
+    bad = sorted(name for name, value in values.items() if value is not None and not math.isfinite(value))
+    if bad:
+        raise HarnessError(f"run {run_id}: {', '.join(bad)} are not finite numbers; nothing was stored")
 
 
 def _plain_json(what: str, value: dict[str, Any]) -> dict[str, Any]:

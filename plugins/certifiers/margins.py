@@ -25,12 +25,15 @@ class LipschitzMargin(Certifier):
     source = citations.LIPSCHITZ_MARGIN
     norms = ("inf", "2")
 
-    def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
-        return (
-            threat.norm in self.norms
-            and isinstance(model, LipschitzBounded)
-            and model.lipschitz_constant(threat.norm) is not None
-        )
+    def not_applicable_reason(self, model: nn.Module, threat: ThreatModel) -> str | None:
+        reason = super().not_applicable_reason(model, threat)
+        if reason:
+            return reason
+        if not isinstance(model, LipschitzBounded):
+            return f"{type(model).__name__} does not implement lipschitz_constant() (harness.LipschitzBounded)"
+        if model.lipschitz_constant(threat.norm) is None:
+            return f"{type(model).__name__} knows no bound on its Lipschitz constant under l_{threat.norm} in its current state"
+        return None
 
     def certify(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> Certificate:
         lipschitz = model.lipschitz_constant(threat.norm)  # type: ignore[attr-defined]
@@ -49,8 +52,15 @@ class IntervalCertifier(Certifier):
     source = citations.IBP
     norms = ("inf",)
 
-    def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
-        return threat.norm in self.norms and isinstance(model, IntervalBounded) and model.supports_interval_bounds()
+    def not_applicable_reason(self, model: nn.Module, threat: ThreatModel) -> str | None:
+        reason = super().not_applicable_reason(model, threat)
+        if reason:
+            return reason
+        if not isinstance(model, IntervalBounded):
+            return f"{type(model).__name__} does not implement interval_bounds() (harness.IntervalBounded)"
+        if not model.supports_interval_bounds():
+            return f"{type(model).__name__}'s interval bounds are not sound in its current state"
+        return None
 
     def certify(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> Certificate:
         lower = (images - threat.eps).clamp(0, 1)

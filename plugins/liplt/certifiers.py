@@ -26,7 +26,7 @@ from harness import Certificate, Certifier
 from harness.options import doc_field
 from harness.threat import ThreatModel
 from harness_plugins.lib import citations
-from harness_plugins.lib.liplt.constants import constants_for, pairwise_radius, sequential_chain
+from harness_plugins.lib.liplt.constants import chain_refusal, constants_for, pairwise_radius
 from harness_plugins.lib.liplt.sound import DENSE_LIMIT
 from harness_plugins.lib.margins import full_float32
 
@@ -52,8 +52,12 @@ class PairwiseLipschitzCertifier(Certifier):
     source = citations.CRM_LIPLT
     Options = PairwiseOptions
 
-    def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
-        return threat.norm in self.norms and sequential_chain(model)
+    def not_applicable_reason(self, model: nn.Module, threat: ThreatModel) -> str | None:
+        reason = super().not_applicable_reason(model, threat)
+        if reason:
+            return reason
+        refusal = chain_refusal(model)
+        return f"{type(model).__name__}: {refusal}" if refusal else None
 
     def certify(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Certificate:
         limit = self.options.dense_limit

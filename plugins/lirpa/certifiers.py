@@ -30,7 +30,7 @@ from harness import Certificate, Certifier, FeatureHead, HarnessError
 from harness.options import doc_field
 from harness.threat import ThreatModel
 from harness_plugins.lib import citations
-from harness_plugins.lib.lirpa.bounds import auto_lirpa_installed, bounds_for, conventional
+from harness_plugins.lib.lirpa.bounds import auto_lirpa_installed, bounds_for, unbounded_parts
 from harness_plugins.lib.margins import full_float32
 
 
@@ -78,12 +78,22 @@ class LiRPACertifier(Certifier):
             return CROWN_CONV_SAMPLES.get(device, CROWN_CONV_SAMPLES["cpu"])
         return None
 
-    def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
-        if threat.norm not in self.norms or not auto_lirpa_installed():
-            return False
+    def not_applicable_reason(self, model: nn.Module, threat: ThreatModel) -> str | None:
+        reason = super().not_applicable_reason(model, threat)
+        if reason:
+            return reason
+        if not auto_lirpa_installed():
+            return "auto_LiRPA is not installed (pip install --no-deps auto-lirpa==0.3)"
+        name = type(model).__name__
         if isinstance(model, FeatureHead):
-            return threat.norm == "inf" and model.supports_feature_bounds("inf") and conventional(model.head)
-        return conventional(model)
+            if threat.norm != "inf":
+                return f"{name}'s feature bounds are l_inf boxes; they cannot bound an l_{threat.norm} ball"
+            if not model.supports_feature_bounds("inf"):
+                return f"{name}'s feature bounds are not sound in its current state"
+            unbounded = unbounded_parts(model.head)
+            return f"{name}'s head has what auto_LiRPA cannot bound: {', '.join(unbounded)}" if unbounded else None
+        unbounded = unbounded_parts(model)
+        return f"{name} has what auto_LiRPA cannot bound: {', '.join(unbounded)}" if unbounded else None
 
     def certify(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Certificate:
         # CROWN's intermediate bounds on a convolutional network take ~100 MB per sample (a 4C3F

@@ -20,8 +20,8 @@ CODE = {
 }
 
 
-def test_paper_presets_are_the_codes_settings(registry):
-    presets = {(p.dataset, p.name): p for p in registry.presets_for("crm")}
+def test_paper_presets_are_the_codes_settings(catalog):
+    presets = {(p.dataset, p.name): p for p in catalog.presets_for("crm")}
     assert set(CODE) <= set(presets)
     for key, want in CODE.items():
         p = presets[key]
@@ -32,10 +32,9 @@ def test_paper_presets_are_the_codes_settings(registry):
 
 def test_the_two_cifar_conventions():
     """The paper's 36/255 in pixels, and the code's 0.141 in [-1, 1] units, which is 18/255 in pixels."""
-    from harness.plugins import make_plugin_manager
-    from harness.catalog import Catalog
+    from harness.testing import make_catalog
 
-    presets = Catalog.from_plugin_manager(make_plugin_manager()).presets_for("crm")
+    presets = make_catalog().presets_for("crm")
     pixel = select_preset(presets, trainer="crm", dataset="cifar10", name=None, norm="2", eps=parse_eps("36/255"))
     code = select_preset(presets, trainer="crm", dataset="cifar10", name=None, norm="2", eps=parse_eps("18/255"))
     assert pixel.name == "paper-36/255" and pixel.trainer_options["radius_units"] == "pixel"
@@ -54,11 +53,12 @@ def test_a_tiny_l2_run_is_certified_by_liplt_naive_and_crown(harness_cli, shared
                     "--set", "certifier.crown.max_samples=10", "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     shown = json.loads(harness_cli("show", "1", "--format", "json", "--samples", "60").out)
-    m = shown["metrics"]
-    assert {"certified_accuracy/liplt", "certified_accuracy/lipschitz-naive", "certified_accuracy/crown", "robust_accuracy/pgd-l2"} <= set(m)
-    assert m["certified_samples/crown"] == 10 and m["certified_samples/liplt"] == 60
-    assert "robust_accuracy/pgd" not in m  # the l_inf attack does not run under l2
-    assert m["certified_accuracy/liplt"] >= m["certified_accuracy/lipschitz-naive"]
+    r = shown["result"]
+    by_name = {c["name"]: c for c in r["certifiers"]}
+    assert {"liplt", "lipschitz-naive", "crown"} <= set(by_name)
+    assert [a["name"] for a in r["attacks"]] == ["pgd-l2"]  # the l_inf attack does not run under l2
+    assert by_name["crown"]["samples"] == 10 and by_name["liplt"]["samples"] == 60
+    assert by_name["liplt"]["accuracy"] >= by_name["lipschitz-naive"]["accuracy"]
     for s in shown["samples"]:
         liplt, liplt_radius = s["certificates"]["liplt"]
         naive, naive_radius = s["certificates"]["lipschitz-naive"]

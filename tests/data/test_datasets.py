@@ -21,8 +21,7 @@ import harness_plugins.datasets as datasets_plugin
 from harness.components import Dataset
 from harness.data import Splits
 from harness.errors import UsageError
-from harness.plugins import make_plugin_manager
-from harness.catalog import Catalog
+from harness.testing import make_catalog
 from harness_plugins.datasets.cifar import CIFAR10
 from harness_plugins.datasets.mnist import MNIST, FashionMNIST
 
@@ -52,8 +51,8 @@ def fashion() -> Splits:
 
 
 def test_plugin_registers_the_four_datasets() -> None:
-    registry = Catalog.from_plugin_manager(make_plugin_manager(entry_points=False, extra=[datasets_plugin]))
-    assert sorted(cls.name for cls in registry.components("dataset")) == ["cifar10", "fashion-mnist", "mnist", "tinyimagenet"]
+    catalog = make_catalog(datasets_plugin, builtins=False)
+    assert sorted(cls.name for cls in catalog.components("dataset")) == ["cifar10", "fashion-mnist", "mnist", "tinyimagenet"]
 
 
 @pytest.mark.parametrize("cls", [MNIST, FashionMNIST, CIFAR10])

@@ -111,8 +111,8 @@ def test_metadata() -> None:
     assert TinyImageNet.source is not None and TinyImageNet.source.url
 
 
-def test_registered(registry, harness_cli) -> None:
-    assert "tinyimagenet" in registry.names("dataset")
+def test_registered(catalog, harness_cli) -> None:
+    assert "tinyimagenet" in catalog.names("dataset")
     result = harness_cli("plugins")
     assert result.code == 0 and re.search(r"dataset +tinyimagenet ", result.out)
 

@@ -123,10 +123,9 @@ def test_fit_trains_through_lirpa_bounds_and_ends_at_infinity(bound, monkeypatch
 
 
 def test_presets_follow_table_6():
-    from harness.plugins import make_plugin_manager
-    from harness.catalog import Catalog
+    from harness.testing import make_catalog
 
-    presets = {(p.dataset, p.name): p for p in Catalog.from_plugin_manager(make_plugin_manager()).presets_for("linf_mlp")}
+    presets = {(p.dataset, p.name): p for p in make_catalog().presets_for("linf_mlp")}
     eps_train = {("mnist", "paper-0.3"): 0.35, ("fashion-mnist", "paper-0.1"): 0.11, ("cifar10", "paper-8/255"): 8.8 / 255,
                  ("cifar10", "paper-conv-8/255"): 8.8 / 255, ("tinyimagenet", "paper-1/255"): 0.005}
     for key, expected in eps_train.items():
@@ -154,9 +153,10 @@ def test_a_tiny_run_is_certified_by_every_lirpa_certifier(harness_cli, shared_da
                     "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     shown = json.loads(harness_cli("show", "1", "--format", "json", "--samples", "100").out)
-    m = shown["metrics"]
-    assert {"certified_accuracy/ibp", "certified_accuracy/crown-ibp", "certified_accuracy/crown"} <= set(m)
-    assert "certified_accuracy/interval" not in m and "certified_accuracy/lipschitz-margin" not in m  # not for a hybrid
+    r = shown["result"]
+    assert {c["name"] for c in r["certifiers"]} == {"ibp", "crown-ibp", "crown"}
+    # not for a hybrid, and harness show says why
+    assert "interval_bounds" in r["not_applicable"]["interval"] and "lipschitz_constant" in r["not_applicable"]["lipschitz-margin"]
     for s in shown["samples"]:
         verdicts = {name: v[0] for name, v in s["certificates"].items()}
         assert verdicts["ibp"] <= verdicts["crown"] and verdicts["ibp"] <= verdicts["crown-ibp"]  # never looser

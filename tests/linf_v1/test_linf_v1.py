@@ -103,10 +103,9 @@ def test_fit_runs_the_schedule_and_ends_at_infinity_in_eval(monkeypatch):
 
 
 def test_presets_follow_table_6():
-    from harness.plugins import make_plugin_manager
-    from harness.catalog import Catalog
+    from harness.testing import make_catalog
 
-    presets = {(p.dataset, p.name): p for p in Catalog.from_plugin_manager(make_plugin_manager()).presets_for("linf_v1")}
+    presets = {(p.dataset, p.name): p for p in make_catalog().presets_for("linf_v1")}
     theta = {("mnist", "paper-0.3"): 0.9, ("fashion-mnist", "paper-0.1"): 0.45, ("cifar10", "paper-8/255"): 80 / 255}
     for key, expected in theta.items():
         preset = presets[key]

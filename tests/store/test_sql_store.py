@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError, UsageError
+from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats
 from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, RunInfo, SampleResult, open_store
 from harness.store import _sql
 from harness.store._sql import SqlStore
@@ -24,7 +25,7 @@ EPS = 8 / 255
 
 def make_info(**overrides) -> RunInfo:
     info = RunInfo(
-        plugin="linf_v2",
+        trainer="linf_v2",
         dataset="mnist",
         norm="inf",
         eps=EPS,
@@ -51,11 +52,30 @@ def make_samples(n: int, attacks=("fgsm", "pgd"), certifiers=("crown", "ibp", "l
     ]
 
 
-def finish(store: SqlStore, run_id: int, samples: list[SampleResult] | None = None, **metrics: float) -> None:
+def make_result(clean: float = 0.99, certified: float | None = 0.9, samples: int = 5) -> EvaluationResult:
+    return EvaluationResult(
+        samples=samples,
+        clean_accuracy=clean,
+        robust_accuracy=None if certified is None else min(1.0, certified + 0.01),
+        certified_accuracy=certified,
+        attacks=(
+            AttackResult("pgd", label="PGD-100", options={"steps": 100}, accuracy=0.95, attacked=4, seconds=1.5),
+            AttackResult("fgsm", label="FGSM", accuracy=None, attacked=4, seconds=0.25, error="raised ValueError: boom"),
+        ),
+        certifiers=(
+            CertifierResult("crown", options={"max_samples": 0}, accuracy=certified, samples=samples, seconds=2.0),
+            CertifierResult("lip", accuracy=0.5, samples=2, radius=RadiusStats(mean=0.125, median=0.0625), seconds=0.5),
+        ),
+        not_applicable={"interval": "Linear does not implement interval_bounds()"},
+    )
+
+
+def finish(store: SqlStore, run_id: int, samples: list[SampleResult] | None = None, clean: float = 0.99, config=None) -> None:
     store.record_results(
         run_id,
-        metrics=metrics or {"clean": 0.99, "certified": 0.9},
+        result=make_result(clean=clean),
         samples=make_samples(5) if samples is None else samples,
+        config=config if config is not None else {"final": True},
         train_seconds=12.5,
         eval_seconds=3.25,
     )
@@ -96,18 +116,23 @@ def test_a_new_run_is_running_and_its_info_round_trips(store):
     assert record.status == RUNNING
     assert record.created_at.tzinfo == timezone.utc
     assert (record.finished_at, record.train_seconds, record.eval_seconds, record.error) == (None, None, None, None)
-    assert record.metrics == {}
+    assert record.result is None
     assert store.samples(run_id) == []
 
 
-def test_record_results_finishes_the_run_with_exact_metrics_and_samples(store):
+def test_record_results_finishes_the_run_with_the_exact_result_config_and_samples(store):
     run_id = store.create_run(make_info())
     samples = make_samples(20)
-    metrics = {"clean": 0.9875, "certified": 1 / 3, "pgd": 0.0}
-    store.record_results(run_id, metrics=metrics, samples=samples, train_seconds=61.125, eval_seconds=0.1)
+    result = make_result(clean=0.9875, certified=1 / 3, samples=20)
+    final = {"evaluation": {"certifiers": [{"name": "crown"}], "not_applicable": {"interval": "why"}}}
+    store.record_results(run_id, result=result, samples=samples, config=final, train_seconds=61.125, eval_seconds=0.1)
     record = store.get_run(run_id)
     assert record.status == FINISHED
-    assert record.metrics == metrics
+    # Typed, exact, in name order: every attack and certifier, the failed one with its error, and the reasons.
+    expected = replace(result, attacks=tuple(sorted(result.attacks, key=lambda a: a.name)))
+    assert record.result == expected
+    assert record.result.errors == ["attack 'fgsm': raised ValueError: boom"]
+    assert record.info.config == final
     assert (record.train_seconds, record.eval_seconds, record.error) == (61.125, 0.1, None)
     assert record.finished_at.tzinfo == timezone.utc
     assert record.finished_at >= record.created_at
@@ -127,9 +152,10 @@ def test_samples_come_back_by_index(store):
 def test_a_sample_without_attacks_or_certificates(store):
     run_id = store.create_run(make_info())
     samples = [SampleResult(index=7, label=1, prediction=2)]
-    store.record_results(run_id, metrics={}, samples=samples, train_seconds=0.0, eval_seconds=0.0)
+    result = EvaluationResult(samples=1, clean_accuracy=0.0)
+    store.record_results(run_id, result=result, samples=samples, config={}, train_seconds=0.0, eval_seconds=0.0)
     assert store.samples(run_id) == samples
-    assert store.get_run(run_id).metrics == {}
+    assert store.get_run(run_id).result == result
 
 
 def test_a_failed_record_results_stores_nothing(store, db):
@@ -137,13 +163,13 @@ def test_a_failed_record_results_stores_nothing(store, db):
     samples = make_samples(10)
     samples[7] = replace(samples[7], index=3)  # a duplicate index: the samples insert fails part-way
     with pytest.raises(IntegrityError):
-        store.record_results(run_id, metrics={"clean": 0.5}, samples=samples, train_seconds=1.0, eval_seconds=1.0)
+        store.record_results(run_id, result=make_result(), samples=samples, config={"final": 1}, train_seconds=1.0, eval_seconds=1.0)
     record = store.get_run(run_id)
     assert record.status == RUNNING
     assert (record.finished_at, record.train_seconds, record.eval_seconds) == (None, None, None)
-    assert record.metrics == {}
+    assert record.result is None and record.info.config == make_info().config
     assert store.samples(run_id) == []
-    for table in ("metrics", "samples", "sample_attacks", "sample_certificates"):
+    for table in ("results", "attack_results", "certifier_results", "samples", "sample_attacks", "sample_certificates"):
         assert rows(db, table) == 0, table
     # and the run can still be finished properly afterwards
     finish(store, run_id)
@@ -176,7 +202,7 @@ def test_mark_ended_sets_status_and_error_and_keeps_earlier_runs(store):
     assert (failed.status, failed.error, failed.train_seconds) == (FAILED, "RuntimeError: CUDA out of memory", 42.5)
     assert (interrupted.status, interrupted.train_seconds) == (INTERRUPTED, None)
     assert failed.finished_at is not None and failed.finished_at.tzinfo == timezone.utc
-    assert failed.metrics == {} and store.samples(second) == []
+    assert failed.result is None and store.samples(second) == []
     assert failed.info == make_info(seed=2)
     assert (store.get_run(first), store.samples(first)) == first_before
 
@@ -203,13 +229,13 @@ def test_a_missing_run_id_is_a_usage_error_naming_it(store, db):
 
 def test_list_runs_filters_and_orders_oldest_first(store):
     mnist = store.create_run(make_info())
-    finish(store, mnist, certified=0.5)
+    finish(store, mnist)
     cifar = store.create_run(make_info(dataset="cifar10"))
-    finish(store, cifar, certified=0.25)
+    finish(store, cifar, clean=0.25)
     l2 = store.create_run(make_info(norm="2", eps=0.5))
-    finish(store, l2, certified=0.7)
+    finish(store, l2, clean=0.7)
     other_eps = store.create_run(make_info(eps=0.3))
-    finish(store, other_eps, certified=0.8)
+    finish(store, other_eps, clean=0.8)
     near_miss = store.create_run(make_info(eps=EPS * (1 + 1e-3)))
     finish(store, near_miss)
     running = store.create_run(make_info())
@@ -232,9 +258,9 @@ def test_list_runs_filters_and_orders_oldest_first(store):
     typed = float("0.031372549020")
     assert typed != EPS
     assert ids(status=FINISHED, eps=typed) == [mnist, cifar]
-    # metrics come with the listed runs
+    # results come with the listed runs
     by_id = {r.id: r for r in store.list_runs(status=FINISHED)}
-    assert by_id[l2].metrics == {"certified": 0.7}
+    assert by_id[l2].result.clean_accuracy == 0.7 and by_id[mnist].result.clean_accuracy == 0.99
     assert by_id[other_eps].info.eps == 0.3
 
 
@@ -263,11 +289,12 @@ def test_a_second_store_on_the_same_file_sees_the_runs(store, db):
 def test_runs_persist_across_processes(db):
     script = textwrap.dedent(
         f"""
+        from harness.results import EvaluationResult
         from harness.store import open_store, RunInfo, SampleResult
         store = open_store({str(db)!r})
         info = RunInfo("linf_v2", "mnist", "inf", 8 / 255, None, 7, 2, {{"a": 1}}, "cpu", {{"python": "3"}})
         run_id = store.create_run(info)
-        store.record_results(run_id, metrics={{"clean": 0.5}},
+        store.record_results(run_id, result=EvaluationResult(samples=1, clean_accuracy=0.5), config={{"a": 2}},
                              samples=[SampleResult(3, 1, 1, {{"pgd": True}}, {{"ibp": (True, 0.25)}})],
                              train_seconds=1.0, eval_seconds=2.0)
         store.close()
@@ -280,7 +307,7 @@ def test_runs_persist_across_processes(db):
     store = open_store(str(db))
     try:
         record = store.get_run(run_id)
-        assert (record.status, record.info.seed, record.info.eps, record.metrics) == (FINISHED, 7, 8 / 255, {"clean": 0.5})
+        assert (record.status, record.info.seed, record.info.eps, record.result.clean_accuracy) == (FINISHED, 7, 8 / 255, 0.5)
         assert store.samples(run_id) == [SampleResult(3, 1, 1, {"pgd": True}, {"ibp": (True, 0.25)})]
     finally:
         store.close()
@@ -341,27 +368,27 @@ def stored_version(db: Path) -> int:
 
 
 def test_a_new_database_records_the_schema_version(store, db):
-    assert stored_version(db) == _sql.SCHEMA_VERSION == 1
+    assert stored_version(db) == _sql.SCHEMA_VERSION == 2
 
 
 def test_an_older_database_is_migrated_in_order(db, monkeypatch):
-    SqlStore.open(str(db)).close()  # a schema-1 database
+    SqlStore.open(str(db)).close()  # a schema-2 database
     calls = []
-
-    def one_to_two(conn):
-        calls.append(1)
-        conn.exec_driver_sql("CREATE TABLE added_in_two (x INTEGER)")
 
     def two_to_three(conn):
         calls.append(2)
+        conn.exec_driver_sql("CREATE TABLE added_in_three (x INTEGER)")
 
-    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(_sql, "_MIGRATIONS", {1: one_to_two, 2: two_to_three})
+    def three_to_four(conn):
+        calls.append(3)
+
+    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(_sql, "_MIGRATIONS", {2: two_to_three, 3: three_to_four})
     SqlStore.open(str(db)).close()
-    assert calls == [1, 2]
-    assert stored_version(db) == 3
+    assert calls == [2, 3]
+    assert stored_version(db) == 4
     SqlStore.open(str(db)).close()
-    assert calls == [1, 2]  # nothing left to do
+    assert calls == [2, 3]  # nothing left to do
 
 
 def test_a_failed_migration_leaves_the_database_as_it_was(db, monkeypatch):
@@ -369,17 +396,17 @@ def test_a_failed_migration_leaves_the_database_as_it_was(db, monkeypatch):
     run_id = store.create_run(make_info())
     store.close()
 
-    def one_to_two(conn):
-        conn.exec_driver_sql("CREATE TABLE added_in_two (x INTEGER)")
+    def two_to_three(conn):
+        conn.exec_driver_sql("CREATE TABLE added_in_three (x INTEGER)")
 
-    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(_sql, "_MIGRATIONS", {1: one_to_two})  # no way from 2 to 3
-    with pytest.raises(UsageError, match="no migration from schema 2 to 3"):
+    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 4)
+    monkeypatch.setattr(_sql, "_MIGRATIONS", {2: two_to_three})  # no way from 3 to 4
+    with pytest.raises(UsageError, match="no migration from schema 3 to 4"):
         SqlStore.open(str(db))
-    assert stored_version(db) == 1
+    assert stored_version(db) == 2
     with sqlite3.connect(db) as conn:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert "added_in_two" not in tables  # the DDL was rolled back with the rest
+    assert "added_in_three" not in tables  # the DDL was rolled back with the rest
     monkeypatch.undo()
     store = SqlStore.open(str(db))
     try:
@@ -426,7 +453,7 @@ def test_a_database_from_a_newer_harness(tmp_path):
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE schema_meta SET version = 5")
     assert open_error(str(path)) == (
-        f"database '{path}' was written by a newer harness (schema 5, this harness understands up to 1)"
+        f"database '{path}' was written by a newer harness (schema 5, this harness understands up to 2)"
     )
     assert stored_version(path) == 5
 
@@ -469,14 +496,14 @@ def test_a_directory_that_is_not_writable(tmp_path):
         directory.chmod(0o700)
 
 
-def test_non_finite_metrics_are_refused_and_nothing_is_stored(tmp_path):
+def test_non_finite_numbers_are_refused_and_nothing_is_stored(tmp_path):
     from harness.errors import HarnessError
 
     store = SqlStore.open(str(tmp_path / "r.db"))
     run_id = store.create_run(make_info())
-    with pytest.raises(HarnessError, match="average_radius/x"):
-        store.record_results(run_id, metrics={"clean_accuracy": 0.5, "average_radius/x": float("nan")}, samples=[],
-                             train_seconds=1.0, eval_seconds=1.0)
+    result = EvaluationResult(samples=1, clean_accuracy=0.5, certifiers=(CertifierResult("x", accuracy=0.5, radius=RadiusStats(float("nan"), 0.0)),))
+    with pytest.raises(HarnessError, match="certifier 'x' radius"):
+        store.record_results(run_id, result=result, samples=[], config={}, train_seconds=1.0, eval_seconds=1.0)
     record = store.get_run(run_id)
-    assert record.status == "running" and record.metrics == {}
+    assert record.status == "running" and record.result is None
     store.close()

@@ -34,7 +34,12 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[list[Tensor], Ten
 
 
 def sequential_chain(model: nn.Module) -> bool:
-    """Whether ``model`` is a tree of plain ``nn.Sequential`` containers over layers a :class:`Chain` reads.
+    """Whether ``model`` is a tree of plain ``nn.Sequential`` containers over layers a :class:`Chain` reads (see :func:`chain_refusal`)."""
+    return chain_refusal(model) is None
+
+
+def chain_refusal(model: nn.Module) -> str | None:
+    """Why ``model`` is not a tree of plain ``nn.Sequential`` containers over readable layers; ``None`` if it is.
 
     Then its forward pass is the sequence of its leaves, which is what the
     chain assumes (:meth:`Chain.from_module` checks it again on real inputs).
@@ -43,13 +48,18 @@ def sequential_chain(model: nn.Module) -> bool:
     for module in model.modules():
         if next(module.children(), None) is not None:
             if type(module) is not nn.Sequential:
-                return False
+                return f"it is not a plain nn.Sequential ({type(module).__name__} has a forward of its own)"
             continue
         leaves.append(module)
-    if not all(_readable(layer) for layer in leaves):
-        return False
+    if not leaves:
+        return "it has no layers"
+    unreadable = sorted({type(layer).__name__ for layer in leaves if not _readable(layer)})
+    if unreadable:
+        return f"it has layers a Lipschitz chain cannot read: {', '.join(unreadable)}"
     owned = {id(p) for layer in leaves for p in layer.parameters(recurse=False)}
-    return bool(leaves) and all(id(p) in owned for p in model.parameters())
+    if not all(id(p) in owned for p in model.parameters()):
+        return "it holds parameters outside its layers"
+    return None
 
 
 def _readable(layer: nn.Module) -> bool:

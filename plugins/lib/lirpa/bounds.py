@@ -159,7 +159,12 @@ _BOUNDS: weakref.WeakKeyDictionary[nn.Module, LiRPABounds] = weakref.WeakKeyDict
 
 
 def conventional(module: nn.Module) -> bool:
-    """Whether ``module`` is built only from layers auto_LiRPA bounds, in their current mode.
+    """Whether ``module`` is built only from layers auto_LiRPA bounds, in their current mode (see :func:`unbounded_parts`)."""
+    return not unbounded_parts(module)
+
+
+def unbounded_parts(module: nn.Module) -> list[str]:
+    """What in ``module`` auto_LiRPA cannot bound, one phrase each; empty for a conventional network.
 
     Every leaf module must be exactly one of :data:`LAYERS` or, in eval mode,
     :data:`EVAL_LAYERS` (batch norm with running statistics), and every
@@ -167,10 +172,12 @@ def conventional(module: nn.Module) -> bool:
     constants used in ``forward``) are fine: the trace reads them.
     """
     leaves = [m for m in module.modules() if next(m.children(), None) is None]
-    if not all(_supported(layer) for layer in leaves):
-        return False
+    parts = sorted({type(layer).__name__ + (" in training mode" if type(layer) in EVAL_LAYERS else "")
+                    for layer in leaves if not _supported(layer)})
     owned = {id(p) for layer in leaves for p in layer.parameters(recurse=False)}
-    return all(id(p) in owned for p in module.parameters())
+    if not all(id(p) in owned for p in module.parameters()):
+        parts.append(f"parameters held by {type(module).__name__} itself, outside its layers")
+    return parts
 
 
 def _supported(layer: nn.Module) -> bool:

@@ -1,0 +1,278 @@
+"""Test helpers and pytest fixtures for plugin authors (and for harness's own tests).
+
+Installed as a pytest plugin (the ``pytest11`` entry point ``harness``), so a
+plugin package's tests get these fixtures without importing anything:
+
+``harness_catalog``
+    a factory: ``harness_catalog(my_plugin_module)`` is a
+    :class:`~harness.catalog.Catalog` of the built-in plugins plus yours, and
+    nothing else that happens to be installed;
+``harness_store``
+    a temporary results database (SQLite in ``tmp_path``), closed afterwards;
+``harness_tiny_data``
+    :class:`TinyData`, a three-class 4×4 dataset small enough to train on in
+    seconds, as a registered-able :class:`harness.Dataset` (``tiny``);
+``harness_cli``
+    runs ``harness ARGS`` in-process in a temporary directory with only the
+    built-in plugins and the plugin modules you pass, and returns the exit
+    code, stdout and stderr.
+
+:func:`check_certifier_sound` is the contract test every certifier must
+pass: each certified sample is classified correctly, survives the given
+attacks, keeps its label at random points and corners of the ball, and its
+radius, if any, is consistent with its verdict. Parametrise it over your
+certifier and a model it applies to.
+
+Imports of torch and of the host's internals happen inside the fixtures, so
+loading this plugin costs a pytest session nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from harness.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from harness.catalog import Catalog
+    from harness.components import Attacker, Certifier
+    from harness.data.types import DatasetInfo, Splits
+    from harness.store import Store
+    from harness.threat import ThreatModel
+
+__all__ = [
+    "CliResult",
+    "TinyData",
+    "builtin_plugins",
+    "check_certifier_sound",
+    "make_catalog",
+    "run_cli",
+    "tiny_splits",
+]
+
+
+def builtin_plugins() -> list[str]:
+    """The entry-point names of the built-in plugins (those shipped by harness-bench)."""
+    from harness.plugins import BUILTIN_DISTRIBUTION, ENTRY_POINT_GROUP
+
+    return sorted(
+        ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION
+    )
+
+
+def make_catalog(*plugins: Any, builtins: bool | Iterable[str] = True) -> Catalog:
+    """A catalog of the built-in plugins (all, some by name, or none) and the given plugin objects.
+
+    Third-party plugins installed in the environment are left out, so a test
+    sees the same components wherever it runs.
+    """
+    from harness.catalog import Catalog
+    from harness.plugins import load_plugins
+
+    if builtins is True:
+        only: list[str] = builtin_plugins()
+    elif builtins is False:
+        only = []
+    else:
+        only = list(builtins)
+    return Catalog.build(load_plugins(entry_points=bool(only), only=only, extra=plugins))
+
+
+# -- a tiny dataset ---------------------------------------------------------------------------------------------
+
+
+def tiny_splits(n_train: int = 600, n_test: int = 120, seed: int = 0) -> Splits:
+    """Three classes of 1×4×4 images, each a fixed pattern plus noise, well separated under l_inf (0.1 fits)."""
+    import torch
+
+    from harness.data.types import Splits
+
+    generator = torch.Generator().manual_seed(seed)
+    checker = (torch.arange(4)[:, None] + torch.arange(4)[None, :]) % 2
+    centres = torch.stack([torch.full((4, 4), 0.2), torch.full((4, 4), 0.8), 0.2 + 0.6 * checker])[:, None]
+
+    def make(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.randint(0, 3, (n,), generator=generator)
+        images = (centres[labels] + 0.04 * torch.randn(n, 1, 4, 4, generator=generator)).clamp(0, 1)
+        return (images * 255).round().to(torch.uint8), labels
+
+    return Splits(*make(n_train), *make(n_test))
+
+
+def _tiny_info() -> DatasetInfo:
+    from harness.data.types import DatasetInfo
+
+    return DatasetInfo(name="tiny", num_classes=3, shape=(1, 4, 4), mean=(0.5,), std=0.3)
+
+
+def _tiny_class() -> type:
+    from harness.components import Dataset
+
+    class TinyDataset(Dataset):
+        name = "tiny"
+        description = "three 4×4 patterns plus noise, 600 training and 120 test images (tests)"
+        info = _tiny_info()
+
+        def load(self, root: Path, *, download: bool = True) -> Splits:
+            return tiny_splits()
+
+    return TinyDataset
+
+
+class TinyData:
+    """A plugin object registering the ``tiny`` dataset: ``harness_catalog(TinyData())``."""
+
+    @hookimpl
+    def register_datasets(self) -> list[type]:
+        return [_tiny_class()]
+
+
+# -- the contract test for certifiers ---------------------------------------------------------------------------
+
+
+def check_certifier_sound(
+    certifier: Certifier,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    attackers: Sequence[Attacker] = (),
+    samples: int = 20,
+    seed: int = 0,
+    min_certified: float = 0.0,
+) -> torch.Tensor:
+    """Check the promise of ``certifier`` on a batch; return its verdicts.
+
+    Every certified sample must be classified correctly, survive each of
+    ``attackers``, and keep its label at ``samples`` random points of the ball
+    (for l_inf also at random corners of the box), all within ``[0, 1]``. A
+    radius, if returned, must be non-negative and exceed eps exactly where the
+    sample is certified. ``min_certified`` guards against a vacuous pass.
+
+    :raises AssertionError: naming the first broken promise.
+    """
+    import torch
+
+    model.eval()
+    if not certifier.applies_to(model, threat):
+        raise AssertionError(f"{certifier.name} does not apply: {certifier.not_applicable_reason(model, threat)}")
+    result = certifier.certify(model, images, labels, threat)
+    certified = result.certified
+    if certified.dtype != torch.bool or certified.shape != labels.shape:
+        raise AssertionError(f"{certifier.name}: verdicts must be bool of shape {tuple(labels.shape)}, got {certified.dtype} {tuple(certified.shape)}")
+    fraction = certified.float().mean().item()
+    if fraction < min_certified:
+        raise AssertionError(f"{certifier.name} certified {fraction:.1%} < {min_certified:.1%}: the check would be vacuous")
+
+    def holds(points: torch.Tensor, what: str) -> None:
+        with torch.no_grad():
+            kept = model(points).argmax(1) == labels
+        broken = certified & ~kept
+        if bool(broken.any()):
+            index = int(torch.nonzero(broken)[0])
+            raise AssertionError(f"{certifier.name} certified sample {index}, but {what} changes its label")
+
+    holds(images, "the clean image")
+    for attacker in attackers:
+        holds(attacker.perturb(model, images, labels, threat).detach(), f"attack {attacker.name}")
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(samples):
+        if threat.norm == "inf":
+            lower, upper = (images - threat.eps).clamp(0, 1), (images + threat.eps).clamp(0, 1)
+            holds(lower + torch.rand(images.shape, generator=generator) * (upper - lower), "a random point of the box")
+            holds(torch.where(torch.rand(images.shape, generator=generator) < 0.5, lower, upper), "a corner of the box")
+        else:
+            direction = torch.randn(images.shape, generator=generator)
+            norms = direction.flatten(1).norm(dim=1).view(-1, *[1] * (images.dim() - 1))
+            scale = threat.eps * torch.rand(len(images), generator=generator).view_as(norms)
+            holds((images + direction / norms * scale).clamp(0, 1), "a random point of the ball")
+    if result.radius is not None:
+        radius = result.radius
+        if bool((radius < 0).any()) or bool(torch.isnan(radius).any()):
+            raise AssertionError(f"{certifier.name} returned negative or NaN radii")
+        if not bool((certified == (radius > threat.eps)).all()):
+            raise AssertionError(f"{certifier.name}: certified must be exactly radius > eps")
+    return certified
+
+
+# -- the CLI in-process -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CliResult:
+    """What a ``harness`` command did: its exit code, standard output and standard error."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(args: Sequence[str], *, plugins: Sequence[Any] = (), capsys: Any) -> CliResult:
+    """Run ``harness ARGS`` in this process with the built-in plugins and ``plugins`` (module or objects)."""
+    import harness.cli
+    from harness.catalog import Catalog  # noqa: F401  (imported here so a failure is the test's, not the CLI's)
+    from harness.plugins import load_plugins
+
+    state = harness.cli._State.__new__(harness.cli._State)
+    state.plugins = load_plugins(only=builtin_plugins(), extra=plugins)
+    state._catalog = None
+    harness.cli._state = state
+    capsys.readouterr()
+    try:
+        harness.cli.main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    else:
+        code = 0
+    finally:
+        harness.cli._state = None
+    captured = capsys.readouterr()
+    return CliResult(code, captured.out, captured.err)
+
+
+# -- fixtures ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def harness_catalog() -> Callable[..., Catalog]:
+    """``harness_catalog(*plugins, builtins=True)``: see :func:`make_catalog`."""
+    return make_catalog
+
+
+@pytest.fixture
+def harness_store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh results database in ``tmp_path``."""
+    from harness.store import open_store
+
+    store = open_store(str(tmp_path / "results.db"))
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def harness_tiny_data() -> TinyData:
+    """A plugin object registering the ``tiny`` dataset; pass it to ``harness_catalog`` or ``harness_cli``."""
+    return TinyData()
+
+
+@pytest.fixture
+def harness_cli(capsys: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Callable[..., CliResult]:
+    """``harness_cli(*args, plugins=())``: run the CLI in-process in ``tmp_path``, with only the built-in plugins and ``plugins``."""
+    monkeypatch.chdir(tmp_path)
+    for variable in ("HARNESS_DB", "HARNESS_DISABLE_PLUGINS", "HARNESS_ONLY_PLUGINS"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def run(*args: str, plugins: Sequence[Any] = ()) -> CliResult:
+        return run_cli(args, plugins=plugins, capsys=capsys)
+
+    return run

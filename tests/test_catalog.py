@@ -1,0 +1,175 @@
+"""The catalog: components by kind and name, every cross-reference checked once, problems isolated and named."""
+
+from dataclasses import dataclass
+
+import pytest
+
+from harness import Attacker, Model, Trainer, hookimpl
+from harness.errors import PluginError, UsageError
+from harness.plugins import load_plugins
+from harness.testing import make_catalog
+
+
+class Twin(Trainer):
+    name = "linf_v2"
+    description = "a second trainer with a taken name"
+    model = "linf_dist_net"
+
+
+class Impostor:
+    name = "impostor"
+
+
+class WrongKind(Model):
+    name = "wrong"
+    description = "a model offered as a trainer"
+
+
+class Orphan(Trainer):
+    name = "orphan"
+    description = "trains a model nobody registers"
+    model = "no_such_model"
+
+
+class FGSM(Attacker):
+    name = "fgsm"
+    description = "a one-step attack (test)"
+    norms = ("inf",)
+
+
+class OtherFGSM(FGSM):
+    description = "another plugin's fgsm (test)"
+
+
+class Plugin:
+    def __init__(self, trainers=(), attackers=()):
+        self.trainers, self.attackers = list(trainers), list(attackers)
+
+    @hookimpl
+    def register_trainers(self):
+        return self.trainers
+
+    @hookimpl
+    def register_attackers(self):
+        return self.attackers
+
+
+class Second(Plugin):
+    """A second plugin object, named after its class."""
+
+
+def test_the_same_name_from_two_plugins_is_addressed_by_plugin_and_name():
+    catalog = make_catalog(Plugin(attackers=[FGSM]), Second(attackers=[OtherFGSM]), builtins=False)
+    assert catalog.problems == [] and catalog.names("attacker") == ["Plugin:fgsm", "Second:fgsm"]
+    assert catalog.get("attacker", "Second:fgsm") is OtherFGSM
+    with pytest.raises(UsageError) as exc:
+        catalog.get("attacker", "fgsm")
+    assert "ambiguous" in str(exc.value) and "Plugin:fgsm, Second:fgsm" in str(exc.value)
+
+
+def test_a_trainer_named_like_a_builtin_makes_the_short_name_ambiguous_not_broken():
+    catalog = make_catalog(Plugin(trainers=[Twin]))
+    assert catalog.get("trainer", "linf_v2:linf_v2").__module__.startswith("harness_plugins")
+    assert catalog.get("trainer", "Plugin:linf_v2") is Twin
+    with pytest.raises(UsageError, match="ambiguous"):
+        catalog.get("trainer", "linf_v2")
+
+
+def test_the_same_name_twice_in_one_plugin_is_a_problem():
+    catalog = make_catalog(Plugin(attackers=[FGSM, OtherFGSM]), builtins=False)
+    (problem,) = catalog.problems
+    assert "attacker 'fgsm' (plugin 'Plugin'): is registered twice by the same plugin" in str(problem)
+    assert catalog.get("attacker", "fgsm") is FGSM
+
+
+@pytest.mark.parametrize(("bad", "expected"), [(Impostor, "is not a harness component class"), (WrongKind, "is a model, returned by register_trainers")])
+def test_non_components_and_wrong_kinds_are_left_out_with_a_problem(bad, expected):
+    catalog = make_catalog(Plugin(trainers=[bad]), builtins=False)
+    (problem,) = catalog.problems
+    assert expected in str(problem) and problem.plugin == "Plugin"
+    assert catalog.names("trainer") == []
+
+
+def test_a_trainer_whose_model_is_missing_is_unavailable_and_says_why():
+    catalog = make_catalog(Plugin(trainers=[Orphan]))
+    (problem,) = catalog.problems
+    assert str(problem).startswith("trainer 'orphan' (plugin 'Plugin'): trains model 'no_such_model', which no loaded plugin registers")
+    with pytest.raises(PluginError, match="trainer 'orphan' is unavailable: .*no_such_model"):
+        catalog.get("trainer", "orphan")
+
+
+def test_unknown_lookup_suggests_the_closest(catalog):
+    with pytest.raises(UsageError) as exc:
+        catalog.get("trainer", "linf_v3")
+    assert "did you mean 'linf_v2'" in str(exc.value) and "available:" in str(exc.value)
+
+
+def test_builtin_components_are_registered(catalog):
+    assert catalog.problems == []
+    assert "linf_v2" in catalog.names("trainer")
+    assert {"lipschitz-margin", "interval"} <= set(catalog.names("certifier"))
+    assert "pgd" in catalog.names("attacker")
+    assert {"mnist", "fashion-mnist", "cifar10"} <= set(catalog.names("dataset"))
+    assert [e.name for e in catalog.entries_of("linf_v2")] == ["linf_v2"]
+
+
+def test_a_misspelt_hook_leaves_the_plugin_out_with_one_line_naming_the_real_hook():
+    class Misspelt:
+        @hookimpl
+        def register_trainer(self):
+            return []
+
+    loaded = load_plugins(entry_points=False, extra=[Misspelt()])
+    (failure,) = loaded.failures
+    assert "it implements 'register_trainer', which is not a harness hook (did you mean 'register_trainers'?" in str(failure)
+    assert "\n" not in str(failure) and "Misspelt" in str(failure) and "HARNESS_DISABLE_PLUGINS=Misspelt" in str(failure)
+    assert "Misspelt" not in loaded.names()
+
+
+def test_a_hook_without_its_mark_and_a_hook_with_wrong_arguments_are_named():
+    class Unmarked:
+        def register_models(self):
+            return []
+
+    class BadArguments:
+        @hookimpl
+        def register_commands(self, cli, verbose):
+            pass
+
+    loaded = load_plugins(entry_points=False, extra=[Unmarked(), BadArguments()])
+    unmarked, bad = loaded.failures
+    assert "lacks the @harness.hookimpl mark" in unmarked.reason
+    assert "verbose" in bad.reason and "\n" not in bad.reason
+
+
+def test_a_hook_that_raises_is_that_plugins_problem_only():
+    class Raises:
+        @hookimpl
+        def register_models(self):
+            raise RuntimeError("cannot import my model")
+
+    catalog = make_catalog(Raises())
+    (problem,) = catalog.problems
+    assert "hook register_models (plugin 'Raises'): raised RuntimeError: cannot import my model" in str(problem)
+    assert "linf_dist_net" in catalog.names("model")
+
+
+@dataclass(frozen=True)
+class NeedsValue:
+    size: int  # no default: a run could never start from the defaults
+
+
+class NoDefaults(Model):
+    name = "no_defaults"
+    description = "options without defaults (test)"
+    Options = NeedsValue
+
+
+def test_options_that_cannot_be_built_from_their_defaults_are_a_problem():
+    class P:
+        @hookimpl
+        def register_models(self):
+            return [NoDefaults]
+
+    (problem,) = make_catalog(P(), builtins=False).problems
+    assert "its Options cannot be built from their defaults" in str(problem)
