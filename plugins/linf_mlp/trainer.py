@@ -52,6 +52,7 @@ class LinfMLPTrainer(V1Recipe):
     description = "l_inf-dist net + MLP (ICML 2021): Lipschitz box on the features, IBP / CROWN-IBP on the head"
     source = citations.LINF_DIST_NET
     model = "linf_dist_net_mlp"
+    models = ("linf_dist_net_mlp",)  # it bounds model.head over model.features' box
     Options = LinfMLPOptions
 
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:

@@ -1,0 +1,57 @@
+"""Disabling any one built-in plugin leaves every other one working, or fails at start-up naming what is missing.
+
+For each built-in plugin, the harness is started without it
+(``HARNESS_DISABLE_PLUGINS``) and every remaining trainer plans its MNIST
+``quick`` run (names, presets, options, components, all resolved). A plan
+either succeeds, or fails with one line that names the missing component by
+its registered name (``linf_dist_net`` when ``lpdist`` is off, ``mnist`` when
+``datasets`` is).
+"""
+
+import pytest
+
+from harness.catalog import Catalog
+from harness.errors import HarnessError
+from harness.plugins import load_plugins
+from harness.runner import RunRequest, plan_run
+from harness.testing import builtin_plugins
+
+#: What each plugin registers that others name (its absence is the expected failure), by plugin.
+PROVIDES = {"lpdist": "linf_dist_net", "datasets": "mnist"}
+RUNS = {
+    "linf_v2": RunRequest(trainer="linf_v2", dataset="mnist", preset="quick", device="cpu"),
+    "linf_v1": RunRequest(trainer="linf_v1", dataset="mnist", preset="quick", device="cpu"),
+    "linf_mlp": RunRequest(trainer="linf_mlp", dataset="mnist", preset="quick", device="cpu"),
+    "crm": RunRequest(trainer="crm", dataset="mnist", norm="2", eps=1.58, preset="quick", device="cpu"),
+}
+
+
+@pytest.mark.parametrize("disabled", builtin_plugins())
+def test_every_other_plugin_keeps_working_or_names_the_missing_dependency(disabled, monkeypatch):
+    monkeypatch.setenv("HARNESS_DISABLE_PLUGINS", disabled)
+    loaded = load_plugins(only=builtin_plugins())
+    assert disabled not in loaded.names() and loaded.failures == []
+    catalog = Catalog.build(loaded)
+    for trainer, request in RUNS.items():
+        if trainer == disabled:
+            continue
+        try:
+            plan = plan_run(catalog, request)
+        except HarnessError as exc:
+            message = str(exc)
+            assert disabled in PROVIDES, f"disabling {disabled!r} broke {trainer!r}: {message}"
+            assert "\n" not in message and repr(PROVIDES[disabled]) in message, message
+            assert disabled in message  # and says which plugin is left out
+            continue
+        # The evaluation is made of what is left: certifiers and attacks of the disabled plugin are simply absent.
+        names = {plan.key(c) for c in [*plan.certifiers, *plan.attackers]}
+        assert not any(e.plugin == disabled for kind in ("certifier", "attacker") for e in catalog.entries[kind])
+        assert names, f"{trainer} has nothing left to evaluate with"
+
+
+def test_disabling_lpdist_names_the_model_in_one_line(harness_cli, monkeypatch):
+    monkeypatch.setenv("HARNESS_DISABLE_PLUGINS", "lpdist")
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick")
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1
+    assert r.err.startswith("plugin error: trainer 'linf_v2' is unavailable: trainer 'linf_v2' (plugin 'linf_v2'): trains model 'linf_dist_net', "
+                            "which no loaded plugin registers; install or enable the plugin that registers it (left out now: lpdist")
