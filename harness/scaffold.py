@@ -30,12 +30,18 @@ the values other than the lr, e.g. the l_inf-dist nets' p),
 decay) and :meth:`~EpochTrainer.finish` (leave the model in its evaluated form;
 ``model.eval()`` by default).
 
+The order, per run: ``training_data``, ``start``, ``optimizer``,
+``augmentation``, ``model.train()``; per mini-batch: ``schedule``, the lr of every
+group, ``apply_schedule``, ``loss``, the non-finite check, ``zero_grad``,
+``backward``, ``before_optimizer_step``, ``optimizer.step()``; then ``finish``.
+
 Per-run state. Whatever one ``fit`` creates besides the model and the optimiser
 (v2's learnable logit scale, CRM's warm-started power iteration) is returned by
-:meth:`~EpochTrainer.start` and lives in ``self.state``, and nowhere else, so
-that the run's whole state is the model, the optimiser, the generator, the step
-and ``self.state``. (Checkpoints will save exactly that; keep ``state`` to
-tensors, modules and plain values.)
+:meth:`~EpochTrainer.start` and lives in ``self.state``, and nowhere else: a
+run is the model, the optimiser, the generator, the current :class:`Step` and
+``self.state``. (Checkpoints, a later addition to this loop, will save those,
+with each trainer declaring the part of its state that :meth:`~EpochTrainer.start`
+cannot rebuild, such as the scale or the power-iteration vectors.)
 
 A minimal trainer (a third party's, in its own package)::
 
