@@ -34,6 +34,8 @@ PUBLIC_MODULES = (
     "harness.errors",
     "harness.hookspecs",
     "harness.options",
+    "harness.scaffold",
+    "harness.schedules",
     "harness.threat",
     "harness.train",
 )
@@ -55,7 +57,11 @@ _EXPORTS = {
     "PluginError": "harness.errors",
     "SoundnessError": "harness.errors",
     "UsageError": "harness.errors",
+    "TrainingDiverged": "harness.errors",
     "hookimpl": "harness.hookspecs",
+    "BatchLoss": "harness.scaffold",
+    "EpochTrainer": "harness.scaffold",
+    "Step": "harness.scaffold",
     "ThreatModel": "harness.threat",
     "TrainContext": "harness.train",
     "TrainData": "harness.train",
@@ -91,7 +97,8 @@ if TYPE_CHECKING:
         Trainer,
     )
     from harness.data.types import DatasetInfo, Splits
-    from harness.errors import HarnessError, PluginError, SoundnessError, UsageError
+    from harness.errors import HarnessError, PluginError, SoundnessError, TrainingDiverged, UsageError
     from harness.hookspecs import hookimpl
+    from harness.scaffold import BatchLoss, EpochTrainer, Step
     from harness.threat import ThreatModel
     from harness.train import TrainContext, TrainData

@@ -9,7 +9,8 @@ traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 
 class HarnessError(Exception):
@@ -28,6 +29,19 @@ class PluginError(HarnessError):
 
 class SoundnessError(HarnessError):
     """A certifier certified a sample that an attack broke: a critical bug."""
+
+
+class TrainingDiverged(HarnessError):
+    """Training met a non-finite loss and stopped before it reached the weights.
+
+    The message is one line naming the epoch, the step and the scheduled values;
+    ``step`` (a :class:`harness.scaffold.Step`) and ``values`` keep them for code.
+    """
+
+    def __init__(self, message: str, *, step: Any = None, values: Mapping[str, float] | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.values = dict(values or {})
 
 
 def one_line(error: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import torch
 from harness.data.augment import Augmentation
 from harness.data.types import DatasetInfo
 from harness.progress import Progress, SilentProgress
+from harness.schedules import cosine_annealing
 from harness.threat import ThreatModel
 
 
@@ -61,5 +63,14 @@ class TrainContext:
 
 
 def cosine_lr(base: float, progress: float) -> float:
-    """Cosine annealing from ``base`` at progress 0 to 0 at progress 1."""
-    return base * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    """Cosine annealing from ``base`` at progress 0 to 0 at progress 1.
+
+    Deprecated: use :func:`harness.schedules.cosine_annealing` (``cosine_lr(base,
+    t / epochs)`` is ``cosine_annealing(t, base, epochs)``, bit for bit).
+    """
+    warnings.warn(
+        "harness.train.cosine_lr is deprecated; use harness.schedules.cosine_annealing(t, base, epochs)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return cosine_annealing(progress, base, 1.0)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from harness.errors import PluginError, UsageError
@@ -104,3 +106,43 @@ def test_builtin_presets_cover_the_papers_settings(catalog):
             assert p.paper and p.source
             assert p.trainer_options["eps_train_ratio"] * p.eps == pytest.approx(expected_eps_train[name], abs=2e-4)
             assert p.trainer_options["batch_size"] == 512 and p.trainer_options["lr"] == 0.03
+
+
+# -- radii: exact k/255, never the commands' rounded decimals ----------------------------------------
+
+
+def rounded_k255(x: float) -> int | None:
+    """The k ≤ 255 whose k/255 is within 1e-3 relative of ``x`` without being ``x`` (to 1e-12), if any.
+
+    The authors' commands round k/255 radii to 4-5 digits (0.03137 for 8/255, relative error 8e-5);
+    such a value in a preset would run a slightly different threat model than the paper's.
+    """
+    for k in range(1, 256):
+        exact = k / 255
+        if abs(x - exact) <= 1e-3 * exact and not math.isclose(x, exact, rel_tol=1e-12):
+            return k
+    return None
+
+
+def test_the_rounding_check_finds_the_commands_rounded_radii():
+    # v2 --eps-test and --eps-train, v1 --eps-train, the v1 hybrid's --eps-train is 8.8/255 (not k/255)
+    assert [rounded_k255(x) for x in (0.0078425, 0.03137, 0.06274, 0.03922, 0.09411, 0.15685, 0.1568)] == [2, 8, 16, 10, 24, 40, 40]
+    assert rounded_k255(8 / 255) is None and rounded_k255(3 * (8 / 255)) is None and rounded_k255(0.3) is None
+    assert rounded_k255(0.03451) is None and rounded_k255(0.11) is None  # 0.11 is 1.8e-3 from 28/255: the tolerance cannot grow
+
+
+def test_no_preset_or_reported_radius_is_a_rounded_k_over_255(registry):
+    problems = []
+    for p in registry.presets:
+        radii = {"eps": p.eps}
+        ratio = p.trainer_options.get("eps_train_ratio")
+        if ratio is not None:
+            radii["eps_train (eps_train_ratio × eps)"] = ratio * p.eps
+        for what, value in radii.items():
+            if (k := rounded_k255(value)) is not None:
+                problems.append(f"preset {p.trainer}/{p.dataset}/{p.name}: {what} {value!r} is {k}/255 rounded")
+    for r in registry.reported:
+        if (k := rounded_k255(r.eps)) is not None:
+            problems.append(f"reported {r.method}/{r.dataset}/{r.label}: eps {r.eps!r} is {k}/255 rounded")
+    assert problems == [], "\n".join(problems)
+    assert len(registry.presets) > 20 and len(registry.reported) > 10  # the check saw the built-in files

@@ -19,15 +19,17 @@ with LipLT in induced l_inf norms, estimated from the largest rows
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from harness import Trainer
 from harness.options import doc_field, epochs_field
+from harness.scaffold import BatchLoss, EpochTrainer, Step
+from harness.schedules import exponential_lr_with_stopping
 from harness.train import TrainContext, TrainData
 from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.loss import robust_term
@@ -77,14 +79,15 @@ class CRMOptions:
             raise ValueError("linf_rows and linf_refresh must be >= 1, pairwise_class_limit >= 0")
 
 
-def learning_rate(o: CRMOptions, epoch: int) -> float:
-    """``ExponentialLRWithStopping``: ``lr`` before ``lr_decay_epoch``, then ``lr·γ^(e − decay + 1)``
-    with ``γ = (lr_min/lr)^(1/(epochs − decay))``, which reaches ``lr_min`` at the last epoch."""
-    decay = math.ceil(o.lr_decay_epoch)
-    if epoch < decay or o.epochs <= decay:
-        return o.lr
-    gamma = (o.lr_min / o.lr) ** (1 / (o.epochs - decay))
-    return o.lr * gamma ** (min(epoch, o.epochs - 1) - decay + 1)
+@dataclass
+class CRMState:
+    """What one run of :class:`CRMTrainer` owns besides the model and the optimiser."""
+
+    chain: Chain  # the model read as a chain of linear maps and activations
+    estimator: PowerIteration | RowSumEstimate  # warm-started across steps
+    norm: str  # the threat's norm, "2" or "inf"
+    radius_scale: float  # pixel radii to the radius units of r0 and t
+    full_pairs: bool  # pairwise LipLT up to the logits (else the last layer naively)
 
 
 def holdout_split(n: int, fraction: float) -> torch.Tensor:
@@ -95,7 +98,7 @@ def holdout_split(n: int, fraction: float) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(1))[:keep].sort().values
 
 
-class CRMTrainer(Trainer):
+class CRMTrainer(EpochTrainer):
     name = "crm"
     description = "CRM (NeurIPS 2023): cross-entropy + λ·soft-min certified radius from LipLT pairwise constants"
     source = citations.CRM_LIPLT
@@ -103,61 +106,66 @@ class CRMTrainer(Trainer):
     norms = ("2", "inf")
     Options = CRMOptions
 
-    def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
+    state: CRMState
+
+    def training_data(self, data: TrainData, ctx: TrainContext) -> TrainData:
+        """The code's 90 % of the training split (``train_fraction``)."""
+        keep = holdout_split(len(data), self.options.train_fraction).to(data.images.device)
+        return TrainData(data.info, data.images[keep], data.labels[keep])
+
+    def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> CRMState:
         o: CRMOptions = self.options
-        norm = ctx.threat.norm
-        keep = holdout_split(len(data), o.train_fraction).to(data.images.device)
-        data = TrainData(data.info, data.images[keep], data.labels[keep])
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=o.lr, betas=(0.9, 0.999), eps=o.adam_eps)
-        augmentation = RandomAffine(o.degrees, o.translate, o.flip, o.fill)
         example = data.images[:64].float().div(255)  # checks the chain against the model on real images
         model.eval()
         chain = Chain.from_module(model, example)
         estimator: PowerIteration | RowSumEstimate
-        if norm == "2":
+        if ctx.threat.norm == "2":
             estimator = PowerIteration(chain, torch.Generator(device=ctx.generator.device).manual_seed(ctx.seed))
         else:
             estimator = RowSumEstimate(chain, rows=o.linf_rows, refresh=o.linf_refresh)
-        scale = getattr(model, "input_scale", 1.0) if o.radius_units == "model-input" else 1.0
-        full_pairs = o.pairwise_class_limit == 0 or data.info.num_classes <= o.pairwise_class_limit
-        steps = data.steps_per_epoch(o.batch_size)
-        model.train()
-        for epoch in range(o.epochs):
-            lr = learning_rate(o, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            robust = epoch >= o.robust_start_epoch
-            sums = {"loss": 0.0, "ce": 0.0, "robust": 0.0, "penalised": 0.0, "correct": 0.0, "seen": 0.0, "lip": 0.0}
-            with ctx.progress.task(f"epoch {epoch + 1}/{o.epochs}", total=steps) as task:
-                for images, labels in data.batches(o.batch_size, ctx.generator, augmentation):
-                    logits = model(images)
-                    ce = F.cross_entropy(logits, labels)
-                    with torch.set_grad_enabled(robust):
-                        norms = estimator.norms(o.power_iterations) if norm == "2" else estimator.norms()
-                        constants = pairwise(chain, norm, norms, "liplt" if full_pairs else "liplt-last-naive")
-                    loss = ce
-                    if robust:
-                        term, penalised = robust_term(
-                            logits, labels, constants, r0=o.r0, temperature=o.temperature, kind=o.robust_kind,
-                            misclassified=o.regularize_misclassified, radius_scale=scale,
-                        )
-                        loss = ce + o.lam * term
-                        sums["robust"] += term.item() * labels.shape[0]
-                        sums["penalised"] += penalised.sum().item()
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    n = labels.shape[0]
-                    sums["loss"] += loss.item() * n
-                    sums["ce"] += ce.item() * n
-                    sums["correct"] += (logits.argmax(1) == labels).sum().item()
-                    sums["seen"] += n
-                    k = constants.shape[0]
-                    sums["lip"] += constants.detach().sum().item() / (k * (k - 1)) * n
-                    seen = sums["seen"]
-                    task.advance(
-                        1, loss=f"{sums['loss'] / seen:.4g}", ce=f"{sums['ce'] / seen:.4g}", R=f"{sums['robust'] / seen:.4g}",
-                        L=f"{sums['lip'] / seen:.4g}", pen=f"{sums['penalised'] / seen:.1%}", acc=f"{sums['correct'] / seen:.2%}", lr=f"{lr:.3g}",
-                    )
-        model.eval()
+        return CRMState(
+            chain=chain,
+            estimator=estimator,
+            norm=ctx.threat.norm,
+            radius_scale=getattr(model, "input_scale", 1.0) if o.radius_units == "model-input" else 1.0,
+            full_pairs=o.pairwise_class_limit == 0 or data.info.num_classes <= o.pairwise_class_limit,
+        )
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.options.lr, betas=(0.9, 0.999), eps=self.options.adam_eps)
+
+    def augmentation(self, data: TrainData) -> RandomAffine:
+        o: CRMOptions = self.options
+        return RandomAffine(o.degrees, o.translate, o.flip, o.fill)
+
+    def schedule(self, step: Step) -> dict[str, float]:
+        """The lr per whole epoch (``ExponentialLRWithStopping``); ``robust`` 1 from ``robust_start_epoch`` on, else 0."""
+        o: CRMOptions = self.options
+        return {
+            "lr": exponential_lr_with_stopping(step.epoch, o.lr, o.lr_min, o.lr_decay_epoch, o.epochs),
+            "robust": 1.0 if step.epoch >= o.robust_start_epoch else 0.0,
+        }
+
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
+        o: CRMOptions = self.options
+        state = self.state
+        robust = values["robust"] > 0
+        logits = model(images)
+        ce = F.cross_entropy(logits, labels)
+        with torch.set_grad_enabled(robust):
+            norms = state.estimator.norms(o.power_iterations) if state.norm == "2" else state.estimator.norms()
+            constants = pairwise(state.chain, state.norm, norms, "liplt" if state.full_pairs else "liplt-last-naive")
+        loss = ce
+        metrics = {"ce": ce.item()}
+        if robust:
+            term, penalised = robust_term(
+                logits, labels, constants, r0=o.r0, temperature=o.temperature, kind=o.robust_kind,
+                misclassified=o.regularize_misclassified, radius_scale=state.radius_scale,
+            )
+            loss = ce + o.lam * term
+            metrics["R"] = term.item()
+            metrics["pen"] = penalised.float().mean().item()
+        k = constants.shape[0]
+        metrics["L"] = constants.detach().sum().item() / (k * (k - 1))
+        return BatchLoss(loss, logits, metrics)

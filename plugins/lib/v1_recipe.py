@@ -1,7 +1,8 @@
 """The training recipe of the ICML 2021 l_inf-dist net code, shared by the ``linf_v1`` and ``linf_mlp`` plugins.
 
-:class:`V1Recipe` is the training loop (a :class:`harness.Trainer` base that
-registers nothing: each plugin subclasses it with its loss) and
+:class:`V1Recipe` is the recipe on the training scaffold (a
+:class:`harness.scaffold.EpochTrainer` that registers nothing: each plugin
+subclasses it with its :meth:`~harness.scaffold.EpochTrainer.loss`) and
 :class:`V1Options` its options.
 
 Faithful to the paper (Section 7.1, Appendix D, Table 6) and its code
@@ -13,7 +14,9 @@ shared/notes/original-implementations.md §2:
   cosine to 0 at T; eps_train linear from 0 at e0 to its value at e0 + e2
   (e2 = 0: constant from the first step, as every pure-net command). The
   options name them ``p_start_epoch`` (e1), ``p_end_epoch`` (e3),
-  ``eps_warmup_epochs`` (e2); e0 is 0 in every command.
+  ``eps_warmup_epochs`` (e2); e0 is 0 in every command. With e1 = e3 p is ∞
+  from the first step (the code divides by zero there; see
+  :func:`harness.schedules.p_relaxation`).
 * Adam(β 0.9, 0.99, eps 1e-10) with *decoupled* weight decay 5e-3 applied
   before each Adam step and scaled by the current lr: every row of a dist
   layer is decayed by the gradient of ½‖w‖_p² at the layer's current p (only
@@ -24,49 +27,19 @@ shared/notes/original-implementations.md §2:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from harness import Trainer
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
-from harness.train import TrainContext, TrainData, cosine_lr
+from harness.scaffold import EpochTrainer, Step
+from harness.schedules import cosine_annealing, p_relaxation, ramp
+from harness.train import TrainContext, TrainData
 from harness_plugins.lib.lpdist import lp_layers, set_p
-
-@dataclass(frozen=True)
-class V1Schedule:
-    """p, lr and eps_train as functions of training progress in epochs (fractional)."""
-
-    epochs: int
-    p_start_epoch: float
-    p_end_epoch: float
-    p_start: float
-    p_end: float
-    lr: float
-    eps_warmup_epochs: float = 0.0
-
-    def p(self, t: float) -> float:
-        if t < self.p_start_epoch:
-            return self.p_start
-        if t >= self.p_end_epoch:
-            return math.inf
-        r = (t - self.p_start_epoch) / (self.p_end_epoch - self.p_start_epoch)
-        return self.p_start * (self.p_end / self.p_start) ** r
-
-    def learning_rate(self, t: float) -> float:
-        if t < self.p_start_epoch:
-            return self.lr
-        span = self.epochs - self.p_start_epoch
-        return cosine_lr(self.lr, (t - self.p_start_epoch) / span if span > 0 else 1.0)
-
-    def eps_fraction(self, t: float) -> float:
-        """The fraction of eps_train used at ``t``: linear warm-up from 0, then 1."""
-        if self.eps_warmup_epochs <= 0:
-            return 1.0
-        return min(max(t / self.eps_warmup_epochs, 0.0), 1.0)
 
 
 def lp_decay_direction(rows: Tensor, p: float) -> Tensor:
@@ -165,53 +138,56 @@ class V1Options:
             )
 
 
-class V1Recipe(Trainer):
-    """The training loop of the ICML 2021 code; subclasses define the loss."""
+@dataclass
+class V1State:
+    """What one run of a :class:`V1Recipe` owns besides the model and the optimiser."""
+
+    eps_train: float  # eps_train at the end of its warm-up, in the net's normalised units
+
+
+class V1Recipe(EpochTrainer):
+    """The training recipe of the ICML 2021 code on the scaffold; subclasses define the loss.
+
+    The scheduled values are ``lr``, ``p`` and ``eps_train`` (in the net's
+    normalised units, warmed up); a subclass may add its own by extending
+    :meth:`schedule`.
+    """
 
     norms = ("inf",)
+    state: V1State
 
     def parameter_groups(self, model: nn.Module) -> list[dict[str, Any]]:
         """Adam parameter groups, each with an ``lr_scale`` relative to the scheduled lr."""
         return [{"params": list(model.parameters()), "lr_scale": 1.0}]
 
-    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, eps_train: float, t: float) -> tuple[Tensor, Tensor, dict[str, float]]:
-        """``(loss, clean logits, extra metrics)`` of one mini-batch; ``eps_train`` in normalised units."""
-        raise NotImplementedError
+    def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> V1State:
+        return V1State(eps_train=self.options.eps_train_ratio * ctx.threat.eps / data.info.std)
 
-    def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o: V1Options = self.options
-        schedule = V1Schedule(o.epochs, o.p_start_epoch, o.p_end_epoch, o.p_start, o.p_end, o.lr, o.eps_warmup_epochs)
-        eps_train = o.eps_train_ratio * ctx.threat.eps / data.info.std  # in the net's normalised units
-        groups = self.parameter_groups(model)
-        optimizer = torch.optim.Adam(
-            [{"params": g["params"], "lr": o.lr * g["lr_scale"]} for g in groups],
-            betas=(o.beta1, o.beta2),
-            eps=o.adam_eps,
-        )
-        augmentation = Augmentation(o.crop_padding, o.padding_mode, o.flip, o.crop_size)
-        steps = data.steps_per_epoch(o.batch_size)
-        model.train()
-        for epoch in range(o.epochs):
-            sums: dict[str, float] = {"loss": 0.0, "correct": 0.0, "seen": 0.0}
-            with ctx.progress.task(f"epoch {epoch + 1}/{o.epochs}", total=steps) as task:
-                for step, (images, labels) in enumerate(data.batches(o.batch_size, ctx.generator, augmentation)):
-                    t = epoch + step / steps
-                    p, lr = schedule.p(t), schedule.learning_rate(t)
-                    set_p(model, p)
-                    for group, spec in zip(optimizer.param_groups, groups):
-                        group["lr"] = lr * spec["lr_scale"]
-                    loss, logits, extra = self.loss(model, images, labels, eps_train * schedule.eps_fraction(t), t)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    decoupled_weight_decay_(model, lr, o.weight_decay)
-                    optimizer.step()
-                    n = labels.shape[0]
-                    sums["loss"] += loss.item() * n
-                    sums["correct"] += (logits.argmax(1) == labels).sum().item()
-                    sums["seen"] += n
-                    for key, value in extra.items():
-                        sums[key] = sums.get(key, 0.0) + value * n
-                    shown = {k: v / sums["seen"] for k, v in sums.items() if k not in ("correct", "seen")}
-                    task.advance(1, p=f"{p:.4g}", **shown, acc=f"{sums['correct'] / sums['seen']:.2%}", lr=f"{lr:.3g}")
+        groups = [{**g, "lr": o.lr * g["lr_scale"]} for g in self.parameter_groups(model)]
+        return torch.optim.Adam(groups, betas=(o.beta1, o.beta2), eps=o.adam_eps)
+
+    def augmentation(self, data: TrainData) -> Augmentation:
+        o: V1Options = self.options
+        return Augmentation(o.crop_padding, o.padding_mode, o.flip, o.crop_size)
+
+    def schedule(self, step: Step) -> dict[str, float]:
+        """lr constant while p = p_start, then cosine; p relaxed, then always ∞; eps_train warmed up from 0."""
+        o: V1Options = self.options
+        t = step.t
+        return {
+            "lr": cosine_annealing(t, o.lr, o.epochs, start=o.p_start_epoch),
+            "p": p_relaxation(t, o.p_start_epoch, o.p_end_epoch, o.p_start, o.p_end, inf_threshold=0.0),
+            "eps_train": self.state.eps_train * ramp(t, 0.0, o.eps_warmup_epochs),
+        }
+
+    def apply_schedule(self, model: nn.Module, values: Mapping[str, float]) -> None:
+        set_p(model, values["p"])
+
+    def before_optimizer_step(self, model: nn.Module, values: Mapping[str, float]) -> None:
+        decoupled_weight_decay_(model, values["lr"], self.options.weight_decay)
+
+    def finish(self, model: nn.Module) -> None:
         set_p(model, math.inf)
         model.eval()

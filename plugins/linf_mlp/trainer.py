@@ -20,6 +20,7 @@ the l_p, not the l_∞, distance of their inputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.options import doc_field, epochs_field
+from harness.scaffold import BatchLoss, Step
+from harness.schedules import linear, ramp
 from harness_plugins.lib import citations
 from harness_plugins.lib.lirpa.bounds import bounds_for
 from harness_plugins.lib.v1_recipe import V1Options, V1Recipe
@@ -63,13 +66,17 @@ class LinfMLPTrainer(V1Recipe):
         groups += [{"params": [w], "lr_scale": 1 / math.sqrt(w.shape[1])} for w in head_weights]
         return groups
 
-    def _beta(self, t: float) -> float:
+    def schedule(self, step: Step) -> dict[str, float]:
+        """The v1 recipe's values, and with CROWN-IBP its weight β, linear over the eps warm-up."""
         o: LinfMLPOptions = self.options
-        r = min(t / o.eps_warmup_epochs, 1.0) if o.eps_warmup_epochs > 0 else 1.0
-        return o.crown_beta_start + (o.crown_beta_end - o.crown_beta_start) * r
+        values = super().schedule(step)
+        if o.bound == "crown-ibp":
+            values["beta"] = linear(o.crown_beta_start, o.crown_beta_end, ramp(step.t, 0.0, o.eps_warmup_epochs))
+        return values
 
-    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, eps_train: float, t: float) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
         o: LinfMLPOptions = self.options
+        eps_train = values["eps_train"]
         features = model.features(images)
         # Before the head's forward pass: building the BoundedModule reloads the head's
         # parameters in place, which would invalidate an autograd graph through them.
@@ -78,11 +85,11 @@ class LinfMLPTrainer(V1Recipe):
         clean_ce = F.cross_entropy(logits, labels)
         lower, upper = features - eps_train, features + eps_train
         margins = bounds.margins(lower, upper, labels, "ibp", center=features)
-        beta = self._beta(t) if o.bound == "crown-ibp" else 0.0
+        beta = values.get("beta", 0.0)
         if beta > 0:
             crown = bounds.margins(lower, upper, labels, "crown-ibp", center=features)
             margins = beta * crown + (1 - beta) * margins
         robust_ce = F.cross_entropy(-margins, labels)
         loss = o.kappa * robust_ce + (1 - o.kappa) * clean_ce
         verified = (margins.scatter(1, labels[:, None], math.inf).amin(1) > 0).float().mean().item()
-        return loss, logits, {"robust_ce": robust_ce.item(), "verified": verified}
+        return BatchLoss(loss, logits, {"robust_ce": robust_ce.item(), "verified": verified})

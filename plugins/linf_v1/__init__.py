@@ -3,8 +3,8 @@
 Registers the ``linf_v1`` trainer (hinge loss, l_p weight decay, lr constant
 while p = 8 then cosine) for the ``linf_dist_net`` model, the paper's presets
 (``registry/presets/linf_v1.toml``) and its reported numbers
-(``registry/reported/linf_v1.toml``). :mod:`.training` holds the recipe that
-the hybrid (``linf_mlp``) shares.
+(``registry/reported/linf_v1.toml``). :mod:`harness_plugins.lib.v1_recipe`
+holds the recipe that the hybrid (``linf_mlp``) shares.
 """
 
 from __future__ import annotations

@@ -13,11 +13,13 @@ horizontal flip on CIFAR-10.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from harness.options import doc_field
+from harness.scaffold import BatchLoss
 from harness_plugins.lib import citations
 from harness_plugins.lib.v1_recipe import V1Options, V1Recipe, hinge_mix, margins_to_label
 
@@ -39,12 +41,12 @@ class LinfV1Trainer(V1Recipe):
     model = "linf_dist_net"
     Options = LinfV1Options
 
-    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, eps_train: float, t: float) -> tuple[Tensor, Tensor, dict[str, float]]:
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
         o: LinfV1Options = self.options
         logits = model(images)
         clean = margins_to_label(logits, labels)
-        worse = (clean + 2 * eps_train).scatter(1, labels[:, None], 0.0)  # θ = 2·eps_train
+        worse = (clean + 2 * values["eps_train"]).scatter(1, labels[:, None], 0.0)  # θ = 2·eps_train
         loss = o.kappa * hinge_mix(worse, o.hinge_mix)
         if o.kappa < 1:
             loss = loss + (1 - o.kappa) * hinge_mix(clean, o.hinge_mix)
-        return loss, logits, {}
+        return BatchLoss(loss, logits)

@@ -8,7 +8,9 @@ Faithful to the paper (Appendix B, Table 3) and its code (``main.py``):
   trained at lr/5;
 * p = 8 until ``p_start_epoch``, then exponential to ``p_end`` at
   ``p_end_epoch``, then ∞ (if p_end ≥ 100, as in the code); everything is
-  updated per mini-batch; the model is evaluated at p = ∞ in any case;
+  updated per mini-batch; the model is evaluated at p = ∞ in any case; with
+  ``p_start_epoch == p_end_epoch`` p = ∞ and λ = λ_end from the first step, as
+  the code's ``cal_ratio`` makes it;
 * λ = λ0·(λ_end/λ0)^r, r the progress of the p schedule (0 before, 1 after):
   λ0 during p = 8, decaying while p grows, λ_end once p = ∞ (the code keeps
   λ_end; the paper's text says λ vanishes);
@@ -20,17 +22,19 @@ Faithful to the paper (Appendix B, Table 3) and its code (``main.py``):
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from harness import Trainer
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
-from harness.train import TrainContext, TrainData, cosine_lr
+from harness.scaffold import BatchLoss, EpochTrainer, Step
+from harness.schedules import cosine_annealing, geometric, p_relaxation, ramp
+from harness.train import TrainContext, TrainData
 from harness_plugins.lib import citations
 from harness_plugins.lib.lpdist import set_p
 
@@ -76,32 +80,6 @@ class LinfV2Options:
             raise ValueError(f"need batch_size >= 1 and crop_padding >= 0, got {self.batch_size}, {self.crop_padding}")
 
 
-@dataclass(frozen=True)
-class Schedule:
-    """p, λ and lr as functions of training progress in epochs (fractional)."""
-
-    o: LinfV2Options
-
-    def relaxation(self, t: float) -> float:
-        """Progress r ∈ [0, 1] of the p schedule."""
-        span = self.o.p_end_epoch - self.o.p_start_epoch
-        if span <= 0:
-            return 0.0 if t < self.o.p_start_epoch else 1.0
-        return min(max((t - self.o.p_start_epoch) / span, 0.0), 1.0)
-
-    def p(self, t: float) -> float:
-        if t >= self.o.p_end_epoch:
-            # As the v2 code: the switch to ∞ happens only for a schedule that ends at a large p.
-            return math.inf if self.o.p_end >= 100 else self.o.p_end
-        return self.o.p_start * (self.o.p_end / self.o.p_start) ** self.relaxation(t)
-
-    def lam(self, t: float) -> float:
-        return self.o.lam0 * (self.o.lam_end / self.o.lam0) ** self.relaxation(t)
-
-    def lr(self, t: float) -> float:
-        return cosine_lr(self.o.lr, t / self.o.epochs)
-
-
 def clipped_hinge(logits: torch.Tensor, labels: torch.Tensor, theta: float) -> torch.Tensor:
     """mean over the batch of min(max(0, max_{j≠y}(z_j − z_y)/θ + 1), 1)."""
     target = logits.gather(1, labels[:, None])
@@ -110,61 +88,62 @@ def clipped_hinge(logits: torch.Tensor, labels: torch.Tensor, theta: float) -> t
     return worst.amax(1).clamp(0, 1).mean()
 
 
-class LinfV2Trainer(Trainer):
+@dataclass
+class LinfV2State:
+    """What one run of :class:`LinfV2Trainer` owns besides the model and the optimiser."""
+
+    scale: nn.Parameter  # the learnable logit scale s (init 1), for the CE term only
+    theta: float  # the hinge threshold 2·eps_train, in the net's normalised units
+
+
+class LinfV2Trainer(EpochTrainer):
     name = "linf_v2"
     description = "l_inf-dist net v2: clipped hinge + scaled cross-entropy, λ decaying with the p schedule"
     source = citations.LINF_DIST_NET_V2
     model = "linf_dist_net"
     norms = ("inf",)
     Options = LinfV2Options
+    state: LinfV2State
 
-    def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
+    def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> LinfV2State:
+        eps_train = self.options.eps_train_ratio * ctx.threat.eps / data.info.std  # in the net's normalised units
+        return LinfV2State(scale=nn.Parameter(torch.ones((), device=ctx.device)), theta=2 * eps_train)
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o: LinfV2Options = self.options
-        schedule = Schedule(o)
-        std = data.info.std
-        eps_train = o.eps_train_ratio * ctx.threat.eps / std  # in the net's normalised units
-        theta = 2 * eps_train
-        scale = nn.Parameter(torch.ones((), device=ctx.device))  # learnable logit scale s, for CE only
-        optimizer = torch.optim.Adam(
+        return torch.optim.Adam(
             [
                 {"params": list(model.parameters()), "lr": o.lr},
-                {"params": [scale], "lr": o.lr * o.scale_lr_ratio},
+                {"params": [self.state.scale], "lr": o.lr * o.scale_lr_ratio, "lr_scale": o.scale_lr_ratio},
             ],
             betas=(o.beta1, o.beta2),
             eps=o.adam_eps,
         )
-        augmentation = Augmentation(o.crop_padding, o.padding_mode, o.flip)
-        steps = data.steps_per_epoch(o.batch_size)
-        model.train()
-        for epoch in range(o.epochs):
-            sums = {"loss": 0.0, "hinge": 0.0, "ce": 0.0, "correct": 0.0, "seen": 0.0}
-            with ctx.progress.task(f"epoch {epoch + 1}/{o.epochs}", total=steps) as task:
-                for step, (images, labels) in enumerate(data.batches(o.batch_size, ctx.generator, augmentation)):
-                    t = epoch + step / steps
-                    p, lam, lr = schedule.p(t), schedule.lam(t), schedule.lr(t)
-                    set_p(model, p)
-                    optimizer.param_groups[0]["lr"] = lr
-                    optimizer.param_groups[1]["lr"] = lr * o.scale_lr_ratio
-                    logits = model(images)
-                    hinge = clipped_hinge(logits, labels, theta)
-                    ce = F.cross_entropy(scale * logits, labels)
-                    loss = hinge + lam * ce
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    n = labels.shape[0]
-                    sums["loss"] += loss.item() * n
-                    sums["hinge"] += hinge.item() * n
-                    sums["ce"] += ce.item() * n
-                    sums["correct"] += (logits.argmax(1) == labels).sum().item()
-                    sums["seen"] += n
-                    task.advance(
-                        1,
-                        p=f"{p:.4g}",
-                        loss=sums["loss"] / sums["seen"],
-                        hinge=sums["hinge"] / sums["seen"],
-                        acc=f"{sums['correct'] / sums['seen']:.2%}",
-                        lr=f"{lr:.3g}",
-                    )
+
+    def augmentation(self, data: TrainData) -> Augmentation:
+        o: LinfV2Options = self.options
+        return Augmentation(o.crop_padding, o.padding_mode, o.flip)
+
+    def schedule(self, step: Step) -> dict[str, float]:
+        """p and λ follow the relaxation's progress r (λ0·(λ_end/λ0)^r); the lr is cosine from epoch 0."""
+        o: LinfV2Options = self.options
+        t = step.t
+        return {
+            "lr": cosine_annealing(t, o.lr, o.epochs),
+            "p": p_relaxation(t, o.p_start_epoch, o.p_end_epoch, o.p_start, o.p_end),
+            "lam": geometric(o.lam0, o.lam_end, ramp(t, o.p_start_epoch, o.p_end_epoch)),
+        }
+
+    def apply_schedule(self, model: nn.Module, values: Mapping[str, float]) -> None:
+        set_p(model, values["p"])
+
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
+        logits = model(images)
+        hinge = clipped_hinge(logits, labels, self.state.theta)
+        ce = F.cross_entropy(self.state.scale * logits, labels)
+        loss = hinge + values["lam"] * ce
+        return BatchLoss(loss, logits, {"hinge": hinge.item(), "ce": ce.item()})
+
+    def finish(self, model: nn.Module) -> None:
         set_p(model, math.inf)
         model.eval()

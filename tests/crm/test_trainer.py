@@ -10,14 +10,18 @@ from harness import DatasetInfo, ThreatModel
 from harness.train import TrainContext, TrainData
 from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.model import crm_net
-from harness_plugins.crm.trainer import CRMOptions, CRMTrainer, holdout_split, learning_rate
+from harness.scaffold import Step
+from harness_plugins.crm.trainer import CRMOptions, CRMTrainer, holdout_split
 from harness_plugins.lib.liplt.chain import Chain
 from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
 
 
-def test_lr_is_constant_then_geometric_down_to_lr_min():
-    o = CRMOptions(epochs=400, lr=1e-3, lr_decay_epoch=25, lr_min=1e-6)
-    lrs = [learning_rate(o, e) for e in range(400)]
+def test_lr_is_constant_then_geometric_down_to_lr_min_and_the_robust_term_starts_at_its_epoch():
+    trainer = CRMTrainer(CRMOptions(epochs=400, lr=1e-3, lr_decay_epoch=25, lr_min=1e-6, robust_start_epoch=10))
+    values = [trainer.schedule(Step(e, i, 3, 400)) for e in range(400) for i in range(3)]
+    assert all(values[3 * e]["lr"] == values[3 * e + i]["lr"] for e in range(400) for i in range(3))  # once an epoch
+    assert [v["robust"] for v in values[:31]] == [0.0] * 30 + [1.0] and all(v["robust"] == 1.0 for v in values[30:])
+    lrs = [v["lr"] for v in values[::3]]
     assert lrs[:25] == [1e-3] * 25
     gamma = (1e-6 / 1e-3) ** (1 / 375)
     assert lrs[25] == pytest.approx(1e-3 * gamma, rel=1e-12)  # the code's first decayed epoch (9.817e-4)

@@ -164,3 +164,18 @@ def test_a_tiny_run_is_certified_by_every_lirpa_certifier(harness_cli, shared_da
             assert s["prediction"] == s["label"] and s["attacks"]["pgd"]
     out = harness_cli("leaderboard", "--dataset", "mnist", "--eps", "0.05").out
     assert "linf_mlp" in out and "crown" in out
+
+
+def test_schedule_warms_eps_up_and_moves_the_crown_ibp_weight_with_it():
+    from harness.scaffold import Step
+    from harness_plugins.lib.v1_recipe import V1State
+
+    def values(bound, epoch, index):
+        trainer = LinfMLPTrainer(LinfMLPOptions(epochs=10, p_start_epoch=2, p_end_epoch=8, eps_warmup_epochs=4, bound=bound))
+        trainer.state = V1State(eps_train=0.5)
+        return trainer.schedule(Step(epoch, index, 4, 10))
+
+    assert "beta" not in values("ibp", 0, 0)
+    assert [values("crown-ibp", e, i)["beta"] for e, i in ((0, 0), (1, 0), (2, 0), (4, 0), (9, 3))] == [1.0, 0.75, 0.5, 0.0, 0.0]
+    assert [values("ibp", e, i)["eps_train"] for e, i in ((0, 0), (1, 2), (4, 0), (9, 3))] == [0.0, 0.5 * 1.5 / 4, 0.5, 0.5]
+    assert values("ibp", 1, 3)["p"] == 8 and values("ibp", 8, 0)["p"] == math.inf

@@ -5,10 +5,11 @@ import torch
 
 from harness import ThreatModel
 from harness.data import DatasetInfo
+from harness.scaffold import Step
 from harness.train import TrainContext, TrainData
 from harness_plugins.linf_v1.trainer import LinfV1Options, LinfV1Trainer
 from harness_plugins.lib.v1_recipe import (
-    V1Schedule,
+    V1State,
     decoupled_weight_decay_,
     hinge_mix,
     lp_decay_direction,
@@ -20,16 +21,37 @@ from harness_plugins.lib.lpdist import lp_layers, set_p
 TINY = DatasetInfo(name="tiny", num_classes=3, shape=(1, 2, 2), mean=(0.5,), std=0.25)
 
 
+def v1_trainer(**options) -> LinfV1Trainer:
+    """A trainer as in a run whose eps_train is 1 (in normalised units)."""
+    trainer = LinfV1Trainer(LinfV1Options(**options))
+    trainer.state = V1State(eps_train=1.0)
+    return trainer
+
+
+def at(trainer: LinfV1Trainer, t: float, steps: int = 1000) -> dict[str, float]:
+    """The trainer's scheduled values at progress ``t`` (a multiple of 1/steps)."""
+    epoch = math.floor(t)
+    return trainer.schedule(Step(epoch, round((t - epoch) * steps), steps, trainer.options.epochs))
+
+
 def test_schedule_follows_the_v1_code():
-    s = V1Schedule(epochs=400, p_start_epoch=50, p_end_epoch=350, p_start=8, p_end=1000, lr=0.02, eps_warmup_epochs=50)
-    assert s.p(0) == 8 and s.p(49.99) == 8
-    assert s.p(200) == pytest.approx(math.sqrt(8 * 1000))
-    assert s.p(350) == math.inf and s.p(399) == math.inf
+    s = v1_trainer(epochs=400, p_start_epoch=50, p_end_epoch=350, p_start=8, p_end=1000, lr=0.02, eps_warmup_epochs=50)
+    assert at(s, 0)["p"] == 8 and at(s, 49.99)["p"] == 8
+    assert at(s, 200)["p"] == pytest.approx(math.sqrt(8 * 1000))
+    assert at(s, 350)["p"] == math.inf and at(s, 399)["p"] == math.inf
     # lr constant while p = 8, then cosine to 0 at T.
-    assert s.learning_rate(0) == 0.02 and s.learning_rate(49.9) == 0.02
-    assert s.learning_rate(225) == pytest.approx(0.01) and s.learning_rate(400) == pytest.approx(0)
-    assert s.eps_fraction(0) == 0 and s.eps_fraction(25) == 0.5 and s.eps_fraction(60) == 1
-    assert V1Schedule(400, 50, 350, 8, 1000, 0.02).eps_fraction(0) == 1  # no warm-up: eps_train from the first step
+    assert at(s, 0)["lr"] == 0.02 and at(s, 49.9)["lr"] == 0.02
+    assert at(s, 225)["lr"] == pytest.approx(0.01) and at(s, 400)["lr"] == pytest.approx(0)
+    assert at(s, 0)["eps_train"] == 0 and at(s, 25)["eps_train"] == 0.5 and at(s, 60)["eps_train"] == 1
+    no_warmup = v1_trainer(epochs=400, p_start_epoch=50, p_end_epoch=350, eps_warmup_epochs=0)
+    assert at(no_warmup, 0)["eps_train"] == 1  # eps_train from the first step
+
+
+def test_an_empty_relaxation_is_at_infinity_from_the_first_step():
+    # The v1 code divides by zero when e1 = e3; the harness gives it the v2 code's meaning (p = ∞ at once).
+    s = v1_trainer(epochs=10, p_start_epoch=4, p_end_epoch=4)
+    assert all(at(s, t)["p"] == math.inf for t in (0, 3.999, 4, 9))
+    assert at(s, 3.999)["lr"] == 0.02 and at(s, 7)["lr"] == pytest.approx(0.01)  # the lr is still constant until e1
 
 
 @pytest.mark.parametrize("p", [2.0, 8.0, 37.5, 1000.0])
@@ -84,9 +106,9 @@ def test_fit_runs_the_schedule_and_ends_at_infinity_in_eval(monkeypatch):
     seen = []
     real = LinfV1Trainer.loss
 
-    def spy(self, model, images, labels, eps_train, t):
-        seen.append((t, eps_train, lp_layers(model).__next__().p))
-        return real(self, model, images, labels, eps_train, t)
+    def spy(self, model, images, labels, values):
+        seen.append((values["eps_train"], lp_layers(model).__next__().p))
+        return real(self, model, images, labels, values)
 
     monkeypatch.setattr(LinfV1Trainer, "loss", spy)
     net = LinfDistNet(TINY, LinfDistNetOptions(depth=3, width=8))
@@ -95,9 +117,10 @@ def test_fit_runs_the_schedule_and_ends_at_infinity_in_eval(monkeypatch):
     options = LinfV1Options(epochs=4, p_start_epoch=1, p_end_epoch=3, eps_warmup_epochs=2, batch_size=16, crop_padding=0)
     weights = [layer.weight.clone() for layer in lp_layers(net)]
     LinfV1Trainer(options).fit(net, data, ctx)
-    assert [p for t, _, p in seen if t < 1] == [8.0] * 4 and all(math.isinf(p) for t, _, p in seen if t >= 3)
+    ps = [p for _, p in seen]  # 4 steps an epoch
+    assert ps[:5] == [8.0] * 5 and 8 < ps[5] < ps[11] < 1000 and all(math.isinf(p) for p in ps[12:])
     eps_train = 1.5 * 0.1 / 0.25
-    assert seen[0][1] == 0 and seen[4][1] == pytest.approx(eps_train / 2) and seen[-1][1] == pytest.approx(eps_train)
+    assert seen[0][0] == 0 and seen[4][0] == pytest.approx(eps_train / 2) and seen[-1][0] == pytest.approx(eps_train)
     assert not net.training and all(math.isinf(layer.p) for layer in lp_layers(net))
     assert any(not torch.equal(w, layer.weight) for w, layer in zip(weights, lp_layers(net)))
 

@@ -5,21 +5,36 @@ import torch
 
 from harness.data import DatasetInfo
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
-from harness_plugins.linf_v2.trainer import LinfV2Options, Schedule, clipped_hinge
+from harness.scaffold import Step
+from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer, clipped_hinge
 from harness_plugins.lib.lpdist import set_p
 
 MNIST = DatasetInfo(name="mnist", num_classes=10, shape=(1, 28, 28), mean=(0.1307,), std=0.3081)
 CIFAR = DatasetInfo(name="cifar10", num_classes=10, shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=0.2009)
 
 
+def at(trainer: LinfV2Trainer, t: float, steps: int = 1000) -> dict[str, float]:
+    """The trainer's scheduled values at progress ``t`` (a multiple of 1/steps)."""
+    epoch = math.floor(t)
+    return trainer.schedule(Step(epoch, round((t - epoch) * steps), steps, trainer.options.epochs))
+
+
 def test_schedule_follows_the_paper():
-    s = Schedule(LinfV2Options(epochs=450, p_start_epoch=25, p_end_epoch=400, lam0=0.05, lam_end=2e-4, lr=0.03))
-    assert s.p(0) == 8 and s.p(24.99) == 8
-    assert s.p(212.5) == pytest.approx(math.sqrt(8 * 1000))  # exponential: geometric mean half-way
-    assert s.p(399.999) == pytest.approx(1000, rel=1e-3)
-    assert s.p(400) == math.inf and s.p(449) == math.inf
-    assert s.lam(10) == 0.05 and s.lam(212.5) == pytest.approx(math.sqrt(0.05 * 2e-4)) and s.lam(420) == pytest.approx(2e-4)
-    assert s.lr(0) == 0.03 and s.lr(225) == pytest.approx(0.015) and s.lr(450) == pytest.approx(0)
+    s = LinfV2Trainer(LinfV2Options(epochs=450, p_start_epoch=25, p_end_epoch=400, lam0=0.05, lam_end=2e-4, lr=0.03))
+    assert at(s, 0)["p"] == 8 and at(s, 24.99)["p"] == 8
+    assert at(s, 212.5)["p"] == pytest.approx(math.sqrt(8 * 1000))  # exponential: geometric mean half-way
+    assert at(s, 399.999)["p"] == pytest.approx(1000, rel=1e-3)
+    assert at(s, 400)["p"] == math.inf and at(s, 449)["p"] == math.inf
+    assert at(s, 10)["lam"] == 0.05 and at(s, 212.5)["lam"] == pytest.approx(math.sqrt(0.05 * 2e-4))
+    assert at(s, 420)["lam"] == pytest.approx(2e-4)
+    assert at(s, 0)["lr"] == 0.03 and at(s, 225)["lr"] == pytest.approx(0.015) and at(s, 449.999)["lr"] == pytest.approx(0)
+
+
+def test_an_empty_relaxation_runs_at_infinity_from_the_first_step_as_the_code():
+    # cal_ratio returns 1 when epoch_p_end <= epoch_p_start: p = ∞ and λ = λ_end from the first step.
+    s = LinfV2Trainer(LinfV2Options(epochs=10, p_start_epoch=4, p_end_epoch=4, lam0=0.05, lam_end=2e-4))
+    for t in (0, 3.999, 4, 9.5):
+        assert at(s, t)["p"] == math.inf and at(s, t)["lam"] == 2e-4
 
 
 def test_clipped_hinge():
@@ -109,17 +124,19 @@ def test_fit_uses_the_papers_optimiser_and_a_separate_scale_lr(monkeypatch):
     g = torch.Generator().manual_seed(0)
     data = TrainData(info, torch.randint(0, 256, (64, 1, 2, 2), dtype=torch.uint8), torch.randint(0, 2, (64,)))
     ctx = TrainContext(threat=ThreatModel("inf", 0.1), device=torch.device("cpu"), seed=0, generator=g)
-    LinfV2Trainer(LinfV2Options(epochs=2, p_start_epoch=0.5, p_end_epoch=1.5, batch_size=16, lr=0.03)).fit(net, data, ctx)
+    trainer = LinfV2Trainer(LinfV2Options(epochs=2, p_start_epoch=0.5, p_end_epoch=1.5, batch_size=16, lr=0.03))
+    trainer.fit(net, data, ctx)
     (kw, optimizer), = made
     assert kw == {"betas": (0.9, 0.99), "eps": 1e-10}
     model_group, scale_group = optimizer.param_groups
     assert len(model_group["params"]) == sum(1 for _ in net.parameters()) and model_group["weight_decay"] == 0
     (scale,) = scale_group["params"]
     assert scale.shape == () and scale_group["lr"] == pytest.approx(model_group["lr"] / 5)
-    assert scale.item() != 1.0  # the scale is trained
+    assert scale is trainer.state.scale and scale.item() != 1.0  # the run's scale is trained
+    assert trainer.state.theta == pytest.approx(2 * 1.5 * 0.1 / 0.25)
     assert not net.training and all(math.isinf(layer.p) for layer in lp_layers(net))
 
 
 def test_a_schedule_that_ends_below_p_100_does_not_switch_to_infinity():
-    s = Schedule(LinfV2Options(epochs=10, p_start_epoch=1, p_end_epoch=5, p_end=50))
-    assert s.p(6) == 50
+    s = LinfV2Trainer(LinfV2Options(epochs=10, p_start_epoch=1, p_end_epoch=5, p_end=50))
+    assert at(s, 6)["p"] == 50
