@@ -36,6 +36,7 @@ PUBLIC_MODULES = (
     "harness.options",
     "harness.scaffold",
     "harness.schedules",
+    "harness.testing",
     "harness.threat",
     "harness.train",
 )

@@ -131,9 +131,9 @@ def test_the_rounding_check_finds_the_commands_rounded_radii():
     assert rounded_k255(0.03451) is None and rounded_k255(0.11) is None  # 0.11 is 1.8e-3 from 28/255: the tolerance cannot grow
 
 
-def test_no_preset_or_reported_radius_is_a_rounded_k_over_255(registry):
+def test_no_preset_or_reported_radius_is_a_rounded_k_over_255(catalog):
     problems = []
-    for p in registry.presets:
+    for p in catalog.presets:
         radii = {"eps": p.eps}
         ratio = p.trainer_options.get("eps_train_ratio")
         if ratio is not None:
@@ -141,8 +141,8 @@ def test_no_preset_or_reported_radius_is_a_rounded_k_over_255(registry):
         for what, value in radii.items():
             if (k := rounded_k255(value)) is not None:
                 problems.append(f"preset {p.trainer}/{p.dataset}/{p.name}: {what} {value!r} is {k}/255 rounded")
-    for r in registry.reported:
+    for r in catalog.reported:
         if (k := rounded_k255(r.eps)) is not None:
-            problems.append(f"reported {r.method}/{r.dataset}/{r.label}: eps {r.eps!r} is {k}/255 rounded")
+            problems.append(f"reported {r.trainer}/{r.dataset}/{r.label}: eps {r.eps!r} is {k}/255 rounded")
     assert problems == [], "\n".join(problems)
-    assert len(registry.presets) > 20 and len(registry.reported) > 10  # the check saw the built-in files
+    assert len(catalog.presets) > 20 and len(catalog.reported) > 10  # the check saw the built-in files

@@ -287,12 +287,9 @@ class BlobsPlugin:
         return [Blowup]
 
 
-def test_a_diverged_run_fails_in_training_and_is_recorded(harness_cli, monkeypatch):
-    import harness.cli
-
-    real = harness.cli.make_plugin_manager
-    monkeypatch.setattr(harness.cli, "make_plugin_manager", lambda: real(extra=[BlobsPlugin()]))
-    r = harness_cli("run", "--plugin", "blowup", "--dataset", "blobs", "--eps", "0.01", "--no-save", "--set", "trainer.batch_size=64")
+def test_a_diverged_run_fails_in_training_and_is_recorded(harness_cli):
+    r = harness_cli("run", "--plugin", "blowup", "--dataset", "blobs", "--eps", "0.01", "--no-save", "--set", "trainer.batch_size=64",
+                    plugins=[BlobsPlugin()])
     assert r.code == 1
     assert r.err.strip().splitlines()[-1] == "error: training diverged: loss nan at epoch 2/3, step 3/4 (lr 0.5, temperature inf)"
     assert "evaluate" not in r.err and "certify" not in r.err  # it stopped in training, not at the evaluation
