@@ -68,7 +68,32 @@ _EXPORTS = {
     "TrainData": "harness.train",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Attacker",
+    "BatchLoss",
+    "Certificate",
+    "Certifier",
+    "Dataset",
+    "DatasetInfo",
+    "EpochTrainer",
+    "FeatureHead",
+    "HarnessError",
+    "IntervalBounded",
+    "LipschitzBounded",
+    "Model",
+    "PluginError",
+    "SoundnessError",
+    "Source",
+    "Splits",
+    "Step",
+    "ThreatModel",
+    "TrainContext",
+    "TrainData",
+    "Trainer",
+    "TrainingDiverged",
+    "UsageError",
+    "hookimpl",
+]
 
 
 def __getattr__(name: str) -> Any:

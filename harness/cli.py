@@ -133,7 +133,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--dataset", required=True, metavar="NAME", help="Dataset (mnist, fashion-mnist, cifar10, ...).")
 @click.option("--eps", type=EpsType(), default=None, help="Radius in [0,1] pixel units (0.3, 8/255). Default: the preset's.")
 @click.option("--norm", type=NormType(), default=None, help="Threat-model norm. Default: the preset's (inf).")
-@click.option("--preset", default=None, metavar="NAME", help="Preset name (e.g. quick, paper-0.3). Default: the paper's preset for --eps, else the dataset's default.")
+@click.option("--preset", default=None, metavar="NAME",
+              help="Preset name (e.g. quick, paper-0.3). Default: the paper's preset for --eps, else the dataset's default.")
 @click.option("--no-preset", is_flag=True, help="Use no preset: the trainer's and model's default options (with --eps, and --set to change them).")
 @click.option("--model", default=None, metavar="NAME", help="The model to train. Default: the preset's, else the trainer's.")
 @click.option("--epochs", type=int, default=None, help="Override the number of epochs; the schedule scales with it.")
@@ -143,10 +144,14 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--eval-batch-size", type=int, default=500, show_default=True, help="Batch size of the evaluation.")
 @click.option("--train-samples", type=int, default=None, help="Train on a fixed, seeded subset of N training samples (smoke tests).")
 @click.option("--attack", "attacks", multiple=True, metavar="NAME", help="Run only these attacks (repeatable). Default: every attack for the norm.")
-@click.option("--certifier", "certifiers", multiple=True, metavar="NAME", help="Run only these certifiers (repeatable). Default: every certifier that applies.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override an option: model.width=256, trainer.lr=0.01, attacker.pgd.steps=20.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_DATA", default=None, help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
-@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True, help="Where the trained weights and config go (run-ID/).")
+@click.option("--certifier", "certifiers", multiple=True, metavar="NAME",
+              help="Run only these certifiers (repeatable). Default: every certifier that applies.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override an option: model.width=256, trainer.lr=0.01, attacker.pgd.steps=20.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_DATA", default=None,
+              help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
+@click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
+              help="Where the trained weights and config go (run-ID/).")
 @click.option("--no-save", is_flag=True, help="Do not save the trained weights.")
 @with_store
 def run(store: Store, no_save: bool, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:

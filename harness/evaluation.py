@@ -345,10 +345,11 @@ def _collect(
     attacked: list[_Attacked],
     not_applicable: dict[str, str],
 ) -> Evaluation:
-    ok_attacks = [a for a in attacked if a.survived is not None]
-    ok_certs = [c for c in certified if c.verdicts is not None]
-    robust = torch.stack([a.survived for a in ok_attacks]).all(0).float().mean().item() if ok_attacks else None  # type: ignore[misc]
-    any_certified = torch.stack([c.verdicts for c in ok_certs]).any(0).float().mean().item() if ok_certs else None  # type: ignore[misc]
+    # The outcomes that stand: (name, verdicts or survivals, rows attempted, radii).
+    survived = {a.name: a.survived for a in attacked if a.survived is not None}
+    verdicts = {c.name: (c.verdicts, c.attempted, c.radius) for c in certified if c.verdicts is not None and c.attempted is not None}
+    robust = torch.stack(list(survived.values())).all(0).float().mean().item() if survived else None
+    any_certified = torch.stack([v for v, _, _ in verdicts.values()]).any(0).float().mean().item() if verdicts else None
     attack_results = tuple(
         AttackResult(
             name=a.name,
@@ -361,25 +362,27 @@ def _collect(
         )
         for a in attacked
     )
-    certifier_results = tuple(
-        CertifierResult(
-            name=c.name,
-            options=options_dict(c.certifier.options),
-            accuracy=None if c.verdicts is None else c.verdicts[c.attempted].float().mean().item(),  # type: ignore[index]
-            samples=0 if c.attempted is None else int(c.attempted.sum()),
-            radius=None if c.attempted is None else _radius_stats(c.radius, c.attempted),
-            seconds=c.seconds,
-            error=c.error,
+    certifier_results = []
+    for c in certified:
+        outcome = verdicts.get(c.name) if c.error is None else None
+        certifier_results.append(
+            CertifierResult(
+                name=c.name,
+                options=options_dict(c.certifier.options),
+                accuracy=None if outcome is None else outcome[0][outcome[1]].float().mean().item(),
+                samples=0 if outcome is None else int(outcome[1].sum()),
+                radius=None if outcome is None else _radius_stats(outcome[2], outcome[1]),
+                seconds=c.seconds,
+                error=c.error,
+            )
         )
-        for c in certified
-    )
     result = EvaluationResult(
         samples=n,
         clean_accuracy=correct.float().mean().item(),
         robust_accuracy=robust,
         certified_accuracy=any_certified,
         attacks=attack_results,
-        certifiers=certifier_results,
+        certifiers=tuple(certifier_results),
         not_applicable=not_applicable,
     )
     samples = []
@@ -389,11 +392,11 @@ def _collect(
                 index=int(indices[row]),
                 label=int(labels[row]),
                 prediction=int(predictions[row]),
-                attacks={a.name: bool(a.survived[row]) for a in ok_attacks},  # type: ignore[index]
+                attacks={name: bool(alive[row]) for name, alive in survived.items()},
                 certificates={
-                    c.name: (bool(c.verdicts[row]), None if c.radius is None else _finite(c.radius[row].item()))  # type: ignore[index]
-                    for c in ok_certs
-                    if c.attempted[row]  # type: ignore[index]
+                    name: (bool(v[row]), None if radius is None else _finite(radius[row].item()))
+                    for name, (v, attempted, radius) in verdicts.items()
+                    if attempted[row]
                 },
             )
         )

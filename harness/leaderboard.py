@@ -13,7 +13,6 @@ from harness.reported import ReportedResult
 from harness.store import RunRecord
 from harness.threat import format_eps, same_eps
 
-
 REPORTED_CHOICES = ("runs", "all", "none")
 
 

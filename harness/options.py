@@ -160,7 +160,7 @@ def option_docs(cls: type) -> list[tuple[str, str, Any, str]]:
     return rows
 
 
-def scale_epochs(options: T, epochs: int, total_field: str = "epochs") -> T:
+def scale_epochs(options: Any, epochs: int, total_field: str = "epochs") -> Any:
     """Set ``options.<total_field>`` to ``epochs`` and scale every :func:`epochs_field`."""
     old = getattr(options, total_field)
     if old == epochs:

@@ -29,7 +29,7 @@ def _describe(entry: Entry) -> dict[str, Any]:
 
 def as_json(plugins: LoadedPlugins, catalog: Catalog) -> dict[str, Any]:
     """Every plugin with its components, presets and reported results; failures and problems."""
-    listed = []
+    listed: list[dict[str, Any]] = []
     for info in plugin_infos(plugins):
         listed.append({
             "name": info.name,
@@ -44,11 +44,11 @@ def as_json(plugins: LoadedPlugins, catalog: Catalog) -> dict[str, Any]:
             ],
             "reported": [],
         })
-    by_plugin = {entry["name"]: entry for entry in listed}
+    reported: dict[str, list[dict[str, Any]]] = {entry["name"]: entry["reported"] for entry in listed}
     for result in catalog.reported:
-        owner = by_plugin.get(result.plugin)
+        owner = reported.get(result.plugin)
         if owner is not None:
-            owner["reported"].append({"label": result.label, "trainer": result.trainer, "dataset": result.dataset,
+            owner.append({"label": result.label, "trainer": result.trainer, "dataset": result.dataset,
                                       "norm": result.norm, "eps": result.eps, "file": result.file, "source": result.source})
     return {
         "plugins": listed,

@@ -140,7 +140,8 @@ def run_details(record: RunRecord, samples: list[SampleResult], *, stale: bool =
         f"run {record.id}: {record.status}" + (" (stale: its process is gone)" if stale else ""),
         f"  trainer     {info.trainer} (preset {info.preset}, seed {info.seed}, {info.epochs} epochs)",
         f"  threat      {info.dataset}, l_{info.norm} eps={format_eps(info.eps)}",
-        f"  created     {record.created_at:%Y-%m-%d %H:%M:%S} UTC" + (f", ended {record.finished_at:%Y-%m-%d %H:%M:%S}" if record.finished_at else ""),
+        f"  created     {record.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        + (f", ended {record.finished_at:%Y-%m-%d %H:%M:%S}" if record.finished_at else ""),
         f"  time        train {duration(record.train_seconds)}, eval {duration(record.eval_seconds)}",
         f"  device      {info.device}",
         f"  versions    harness {env.get('harness')}, torch {env.get('torch')}, python {env.get('python')}",

@@ -181,7 +181,8 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     trainer_cls: Any = trainer_entry.component
     if request.epochs is not None and request.epochs < 1:
         raise UsageError(f"--epochs {request.epochs} is out of range; it must be >= 1")
-    for flag, value in (("--eval-samples", request.eval_samples), ("--train-samples", request.train_samples), ("--eval-batch-size", request.eval_batch_size)):
+    sizes = (("--eval-samples", request.eval_samples), ("--train-samples", request.train_samples), ("--eval-batch-size", request.eval_batch_size))
+    for flag, value in sizes:
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value} is out of range; it must be >= 1")
     if request.no_preset and request.preset is not None:
@@ -207,7 +208,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     norm = norm or (preset.norm if preset else "inf")
     eps = request.eps if request.eps is not None else (preset.eps if preset else None)
     if eps is None:
-        raise UsageError(f"no preset sets the radius of this run: give it with --eps (e.g. --eps 0.3, --eps 8/255)")
+        raise UsageError("no preset sets the radius of this run: give it with --eps (e.g. --eps 0.3, --eps 8/255)")
     threat = ThreatModel(norm, eps)
     if norm not in trainer_cls.norms:
         raise UsageError(f"trainer {trainer_entry.key!r} trains for norms {', '.join(trainer_cls.norms)}, not {norm!r}")
@@ -239,7 +240,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
             raise UsageError(f"trainer {trainer_entry.key!r} has no 'epochs' option, so --epochs cannot be used")
         trainer_options = scale_epochs(trainer_options, request.epochs)
     trainer = trainer_cls(trainer_options)
-    dataset = dataset_entry.component()
+    dataset: Dataset = dataset_entry.component()  # type: ignore[assignment]  # the catalog checked its kind
 
     keys: dict[int, str] = {id(trainer): trainer_entry.key, id(model): model_entry.key, id(dataset): dataset_entry.key}
     plugins: dict[int, str] = {id(trainer): trainer_entry.plugin, id(model): model_entry.plugin, id(dataset): dataset_entry.plugin}

@@ -169,7 +169,8 @@ def check_certifier_sound(
     result = certifier.certify(model, images, labels, threat)
     certified = result.certified
     if certified.dtype != torch.bool or certified.shape != labels.shape:
-        raise AssertionError(f"{certifier.name}: verdicts must be bool of shape {tuple(labels.shape)}, got {certified.dtype} {tuple(certified.shape)}")
+        expected = tuple(labels.shape)
+        raise AssertionError(f"{certifier.name}: verdicts must be bool of shape {expected}, got {certified.dtype} {tuple(certified.shape)}")
     fraction = certified.float().mean().item()
     if fraction < min_certified:
         raise AssertionError(f"{certifier.name} certified {fraction:.1%} < {min_certified:.1%}: the check would be vacuous")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from harness.catalog import Catalog
 from harness.options import parse_options
 from harness.plugins import make_plugin_manager
-from harness.catalog import Catalog
-from harness_plugins.liplt.certifiers import constants_for
 from harness_plugins.lib.liplt.chain import Chain, pair_index
 from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
+from harness_plugins.liplt.certifiers import constants_for
 
 
 def main() -> None:

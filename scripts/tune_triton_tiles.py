@@ -46,9 +46,10 @@ for mode, name in ((T._MODE_INF, "inf"), (T._MODE_P8, "p8"), (T._MODE_GENERAL, "
         idx = torch.empty(b, o, device="cuda", dtype=torch.int32)
         grid = (triton.cdiv(b, bb), triton.cdiv(o, bo))
         try:
-            ms = time_ms(lambda: T._forward_kernel[grid](x, w, out_y, idx, b, o, i, x.stride(0), w.stride(0), 9.5, MODE=mode, **meta))
+            ms = time_ms(lambda grid=grid, out_y=out_y, idx=idx, mode=mode, meta=meta: T._forward_kernel[grid](
+                x, w, out_y, idx, b, o, i, x.stride(0), w.stride(0), 9.5, MODE=mode, **meta))
             print(f"fwd {name:8s} {meta} {ms:.3f} ms  {b * i * o / ms / 1e9:.1f} T pairs/s")
-        except Exception as exc:  # a tile that does not fit
+        except Exception as exc:  # a tile that does not fit  # noqa: BLE001
             print(f"fwd {name:8s} {meta} failed: {type(exc).__name__}")
 for mode, name in ((T._MODE_P8, "p8"), (T._MODE_GENERAL, "general")):
     for bb, bo, bk, nw in itertools.product((16, 32, 64), (4, 8, 16), (32, 64), (4, 8)):
@@ -58,7 +59,8 @@ for mode, name in ((T._MODE_P8, "p8"), (T._MODE_GENERAL, "general")):
         out = torch.empty(b, i, device="cuda")
         grid = (triton.cdiv(b, bb), triton.cdiv(i, bk))
         try:
-            ms = time_ms(lambda: T._grad_kernel[grid](x, w, y, g, out, b, o, i, x.stride(0), w.stride(0), 9.5, MODE=mode, **meta))
+            ms = time_ms(lambda grid=grid, out=out, mode=mode, meta=meta: T._grad_kernel[grid](
+                x, w, y, g, out, b, o, i, x.stride(0), w.stride(0), 9.5, MODE=mode, **meta))
             print(f"bwd {name:8s} {meta} {ms:.3f} ms  {b * i * o / ms / 1e9:.1f} T pairs/s")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             print(f"bwd {name:8s} {meta} failed: {type(exc).__name__}")

@@ -82,7 +82,9 @@ def test_the_same_name_twice_in_one_plugin_is_a_problem():
     assert catalog.get("attacker", "fgsm") is FGSM
 
 
-@pytest.mark.parametrize(("bad", "expected"), [(Impostor, "is not a harness component class"), (WrongKind, "is a model, returned by register_trainers")])
+@pytest.mark.parametrize(
+    ("bad", "expected"), [(Impostor, "is not a harness component class"), (WrongKind, "is a model, returned by register_trainers")]
+)
 def test_non_components_and_wrong_kinds_are_left_out_with_a_problem(bad, expected):
     catalog = make_catalog(Plugin(trainers=[bad]), builtins=False)
     (problem,) = catalog.problems

@@ -14,10 +14,10 @@ import torch
 from harness import DatasetInfo, ThreatModel
 from harness.progress import SilentProgress
 from harness.train import TrainContext, TrainData
-from harness_plugins.torchattacks.pgd import PGD, PGDOptions
-from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
-from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer
 from harness_plugins.lib.lpdist import lp_layers
+from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer
+from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
+from harness_plugins.torchattacks.pgd import PGD, PGDOptions
 
 INFO = DatasetInfo(name="prototypes", num_classes=3, shape=(1, 4, 4), mean=(0.5,), std=0.3)
 EPS = 0.1

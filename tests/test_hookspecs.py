@@ -10,7 +10,8 @@ HOOKS = [name for name, f in inspect.getmembers(hookspecs, inspect.isfunction) i
 
 
 def test_there_are_hooks_for_every_component_kind():
-    assert {"register_models", "register_trainers", "register_certifiers", "register_attackers", "register_datasets", "register_commands"} <= set(HOOKS)
+    kinds = ("models", "trainers", "certifiers", "attackers", "datasets", "commands")
+    assert {f"register_{kind}" for kind in kinds} <= set(HOOKS)
 
 
 def test_every_hook_is_typed_and_documented():

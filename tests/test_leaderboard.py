@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from harness import leaderboard, render
 from harness.reported import ReportedResult
@@ -16,11 +16,13 @@ def run(run_id, certified, clean=0.9, eps=8 / 255, dataset="cifar10", preset="qu
         samples=10000, clean_accuracy=clean, robust_accuracy=certified + 0.05, certified_accuracy=certified,
         attacks=(AttackResult("pgd", label="PGD-100", accuracy=certified + 0.05, attacked=9000),), certifiers=tuple(certifiers),
     )
-    return RunRecord(id=run_id, info=info, status="finished", created_at=datetime.now(timezone.utc), finished_at=None,
+    return RunRecord(id=run_id, info=info, status="finished", created_at=datetime.now(UTC), finished_at=None,
                      train_seconds=10.0, eval_seconds=1.0, error=None, result=result)
 
 
-PAPER = ReportedResult(label="paper", dataset="cifar10", norm="inf", eps=0.0313725, certified=0.40, clean=0.54, pgd=0.42, source="Table 2", attack="PGD-100")
+PAPER = ReportedResult(
+    label="paper", dataset="cifar10", norm="inf", eps=0.0313725, certified=0.40, clean=0.54, pgd=0.42, source="Table 2", attack="PGD-100"
+)
 
 
 def test_runs_are_ranked_by_certified_and_reported_rows_are_not_ranked():
@@ -32,7 +34,8 @@ def test_runs_are_ranked_by_certified_and_reported_rows_are_not_ranked():
 def test_threat_models_group_apart_and_eps_written_two_ways_groups_together():
     groups = leaderboard.build([run(1, 0.3), run(2, 0.3, eps=2 / 255), run(3, 0.9, eps=0.3, dataset="mnist")], [PAPER])
     assert leaderboard.build([], [PAPER]) == [] and len(leaderboard.build([], [PAPER], reported_rows="all")) == 1
-    assert [(g.dataset, round(g.eps, 6), len(g.rows)) for g in groups] == [("cifar10", round(2 / 255, 6), 1), ("cifar10", round(8 / 255, 6), 2), ("mnist", 0.3, 1)]
+    expected = [("cifar10", round(2 / 255, 6), 1), ("cifar10", round(8 / 255, 6), 2), ("mnist", 0.3, 1)]
+    assert [(g.dataset, round(g.eps, 6), len(g.rows)) for g in groups] == expected
     assert {r.kind for r in leaderboard.build([run(1, 0.3)], [PAPER], eps=0.0313725)[0].rows} == {"measured", "reported"}
     assert [r.kind for r in leaderboard.build([run(1, 0.3)], [PAPER], reported_rows="none")[0].rows] == ["measured"]
 

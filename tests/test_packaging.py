@@ -1,7 +1,6 @@
 """The explicit package list in pyproject.toml covers every package directory."""
 
 import tomllib
-
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,9 @@ def test_eps_accepts_fractions_and_numbers():
         parse_eps("abc")
 
 
-@pytest.mark.parametrize("text, norm", [("inf", "inf"), ("linf", "inf"), ("Linf", "inf"), ("l_inf", "inf"), (math.inf, "inf"), ("2", "2"), ("l2", "2"), (2, "2")])
+@pytest.mark.parametrize(
+    "text, norm", [("inf", "inf"), ("linf", "inf"), ("Linf", "inf"), ("l_inf", "inf"), (math.inf, "inf"), ("2", "2"), ("l2", "2"), (2, "2")]
+)
 def test_norm_spellings(text, norm):
     assert parse_norm(text) == norm
 

@@ -7,12 +7,13 @@ one big-endian int32 per dimension, then the values in row-major order.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import numpy as np
 import torch
 
 # Type codes of the format; multi-byte values are big-endian.
-_DTYPES = {
+_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),

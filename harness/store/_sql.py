@@ -27,9 +27,9 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -46,17 +46,18 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     create_engine,
     event,
-    inspect,
     insert,
+    inspect,
     select,
     text,
     update,
 )
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, CursorResult, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -83,14 +84,19 @@ class _UtcDateTime(TypeDecorator[datetime]):
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-        return value.astimezone(timezone.utc).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=timezone.utc)
+        return None if value is None else value.replace(tzinfo=UTC)
 
 
 class _Base(DeclarativeBase):
     pass
+
+
+def _table(row_class: type[_Base]) -> Table:
+    """The Core table of a mapped class (typed as such, for Core inserts and updates)."""
+    return cast(Table, row_class.__table__)
 
 
 class SchemaMeta(_Base):
@@ -211,7 +217,7 @@ def _migrate_1_to_2(conn: Connection) -> None:
     """
     conn.execute(text("ALTER TABLE runs RENAME COLUMN plugin TO trainer"))
     for table in (ResultRow, AttackResultRow, CertifierResultRow):
-        table.__table__.create(conn)
+        _table(table).create(conn)
     metrics: dict[int, dict[str, float]] = {}
     for run_id, name, value in conn.execute(text("SELECT run_id, name, value FROM metrics")):
         metrics.setdefault(run_id, {})[name] = value
@@ -226,14 +232,14 @@ def _migrate_1_to_2(conn: Connection) -> None:
         ).scalar_one()
         per = {kind: {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(kind + "/")}
                for kind in ("robust_accuracy", "certified_accuracy", "certified_samples", "average_radius")}
-        conn.execute(insert(ResultRow.__table__).values(
+        conn.execute(insert(_table(ResultRow)).values(
             run_id=run_id, eval_samples=n, clean_accuracy=m.get("clean_accuracy", 0.0),
             robust_accuracy=m.get("robust_accuracy"), certified_accuracy=m.get("certified_accuracy"),
             not_applicable={name: "did not apply (schema 1 did not record why)" for name in certifiers if name not in per["certified_accuracy"]},
         ))
         for name, accuracy in sorted(per["robust_accuracy"].items()):
             spec = attackers.get(name, {})
-            conn.execute(insert(AttackResultRow.__table__).values(
+            conn.execute(insert(_table(AttackResultRow)).values(
                 run_id=run_id, attacker=name, label=spec.get("label", name), options=spec.get("options", {}),
                 accuracy=accuracy, attacked=correct, seconds=None, error=None,
             ))
@@ -247,7 +253,7 @@ def _migrate_1_to_2(conn: Connection) -> None:
                 # torch.median's convention, as the evaluation computes it now: the lower of the two middle values.
                 median = radii[(len(radii) - 1) // 2]
             mean = per["average_radius"].get(name)
-            conn.execute(insert(CertifierResultRow.__table__).values(
+            conn.execute(insert(_table(CertifierResultRow)).values(
                 run_id=run_id, certifier=name, options=certifiers.get(name, {}).get("options", {}), accuracy=accuracy,
                 samples=int(per["certified_samples"].get(name, n)), mean_radius=mean,
                 median_radius=median if mean is not None else None, seconds=None, error=None,
@@ -401,7 +407,7 @@ class SqlStore(Store):
                 (CertificateRow, certificate_rows),
             ):
                 if rows:
-                    session.execute(insert(table.__table__), rows)
+                    session.execute(insert(_table(table)), rows)
 
     def mark_ended(self, run_id: int, status: str, error: str, *, train_seconds: float | None = None) -> None:
         """Set ``failed`` or ``interrupted``, the error and the end time; ``train_seconds`` only if given.
@@ -418,8 +424,8 @@ class SqlStore(Store):
 
     def _end_running(self, session: Session, run_id: int, doing: str, **values: Any) -> None:
         """Update a ``running`` run, or raise naming why it could not be."""
-        statement = update(RunRow.__table__).where(RunRow.id == run_id, RunRow.status == RUNNING).values(**values)
-        if session.execute(statement).rowcount == 1:
+        statement = update(_table(RunRow)).where(RunRow.id == run_id, RunRow.status == RUNNING).values(**values)
+        if cast(CursorResult[Any], session.execute(statement)).rowcount == 1:
             return
         status = session.scalar(select(RunRow.status).where(RunRow.id == run_id))
         if status is None:
@@ -582,7 +588,7 @@ def _prepare_schema(engine: Engine, name: str) -> None:
                     f"cannot open database {name!r}: it has table(s) {', '.join(ours)} but no harness schema version"
                 )
             _Base.metadata.create_all(conn)
-            conn.execute(insert(SchemaMeta.__table__).values(id=1, version=SCHEMA_VERSION))
+            conn.execute(insert(_table(SchemaMeta)).values(id=1, version=SCHEMA_VERSION))
             return
         version = conn.scalar(select(SchemaMeta.version).where(SchemaMeta.id == 1))
         if version is None:
@@ -596,7 +602,7 @@ def _prepare_schema(engine: Engine, name: str) -> None:
             if k not in _MIGRATIONS:
                 raise UsageError(f"cannot open database {name!r}: no migration from schema {k} to {k + 1}")
             _MIGRATIONS[k](conn)
-            conn.execute(update(SchemaMeta.__table__).where(SchemaMeta.id == 1).values(version=k + 1))
+            conn.execute(update(_table(SchemaMeta)).where(SchemaMeta.id == 1).values(version=k + 1))
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -616,7 +622,8 @@ def _results(session: Session, run_ids: list[int]) -> dict[int, EvaluationResult
                              seconds=a.seconds, error=a.error)
             )
         for c in session.scalars(select(CertifierResultRow).where(CertifierResultRow.run_id.in_(chunk)).order_by(CertifierResultRow.certifier)):
-            radius = None if c.mean_radius is None else RadiusStats(mean=c.mean_radius, median=c.median_radius if c.median_radius is not None else c.mean_radius)
+            median = c.median_radius if c.median_radius is not None else c.mean_radius
+            radius = None if c.mean_radius is None or median is None else RadiusStats(mean=c.mean_radius, median=median)
             certifiers.setdefault(c.run_id, []).append(
                 CertifierResult(name=c.certifier, options=c.options or {}, accuracy=c.accuracy, samples=c.samples, radius=radius,
                                 seconds=c.seconds, error=c.error)
@@ -692,7 +699,7 @@ def _plain_json(what: str, value: dict[str, Any]) -> dict[str, Any]:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _one_line(exc: BaseException) -> str:

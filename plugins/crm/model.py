@@ -30,7 +30,6 @@ from harness.data import DatasetInfo
 from harness.options import doc_field
 from harness_plugins.lib import citations
 
-
 #: (convolutions (out, kernel, stride, padding), hidden FC widths, input size it was made for).
 ARCHITECTURES: dict[str, tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...], int]] = {
     "4c3f": (((32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)), (512, 512), 28),

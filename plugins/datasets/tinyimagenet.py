@@ -127,7 +127,7 @@ class TinyImageNet(Dataset):
             splits = Splits(saved["train_images"], saved["train_labels"], saved["test_images"], saved["test_labels"])
         # A cache is only a copy: whatever is wrong with it (missing, truncated, not a dict,
         # tensors of the wrong kind) means decode the zip again, never fail the load.
-        except Exception:
+        except Exception:  # noqa: BLE001
             return None
         images_ok = all(x.shape[1:] == self.info.shape for x in (splits.train_images, splits.test_images))
         labels_ok = all(

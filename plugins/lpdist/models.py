@@ -23,7 +23,6 @@ from harness_plugins.lib import citations
 from harness_plugins.lib.lpdist import LpDistLinear
 
 
-
 @dataclass(frozen=True)
 class LinfDistNetOptions:
     depth: int = doc_field(5, "number of dist layers, the output layer included (MNIST 5, CIFAR-10 6)")

@@ -5,8 +5,7 @@ import torch
 
 from harness_plugins.crm.model import crm_net
 from harness_plugins.lib.lirpa import bounds as lirpa_bounds
-from harness_plugins.lib.lirpa.bounds import LiRPABounds
-from harness_plugins.lib.lirpa.bounds import auto_lirpa_installed
+from harness_plugins.lib.lirpa.bounds import LiRPABounds, auto_lirpa_installed
 
 pytestmark = pytest.mark.skipif(not auto_lirpa_installed(), reason="auto_LiRPA is not installed")
 

@@ -29,7 +29,9 @@ def test_robust_term_matches_the_definition():
     for kind in ("softmax", "max"):
         for misclassified in (False, True):
             for scale in (1.0, 2.0):
-                term, penalised = robust_term(logits, labels, lip, r0=1.0, temperature=3.0, kind=kind, misclassified=misclassified, radius_scale=scale)
+                term, penalised = robust_term(
+                    logits, labels, lip, r0=1.0, temperature=3.0, kind=kind, misclassified=misclassified, radius_scale=scale
+                )
                 expected = direct(logits, labels, lip.tolist(), 1.0, 3.0, kind, misclassified, scale)
                 assert math.isclose(term.item(), expected, rel_tol=1e-9, abs_tol=1e-12)
                 assert 0 < penalised.sum() < 64

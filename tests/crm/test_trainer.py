@@ -7,10 +7,10 @@ import torch
 from torch.utils.data import random_split
 
 from harness import DatasetInfo, ThreatModel
+from harness.scaffold import Step
 from harness.train import TrainContext, TrainData
 from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.model import crm_net
-from harness.scaffold import Step
 from harness_plugins.crm.trainer import CRMOptions, CRMTrainer, holdout_split
 from harness_plugins.lib.liplt.chain import Chain
 from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise

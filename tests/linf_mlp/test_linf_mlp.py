@@ -6,9 +6,9 @@ import torch
 from harness import FeatureHead, ThreatModel
 from harness.data import DatasetInfo
 from harness.train import TrainContext, TrainData
+from harness_plugins.lib.lpdist import LpDistConv2d, lp_layers, set_p
 from harness_plugins.linf_mlp.model import LinfDistNetMLP, LinfDistNetMLPOptions
 from harness_plugins.linf_mlp.trainer import LinfMLPOptions, LinfMLPTrainer
-from harness_plugins.lib.lpdist import LpDistConv2d, lp_layers, set_p
 
 TINY = DatasetInfo(name="tiny", num_classes=3, shape=(1, 6, 6), mean=(0.5,), std=0.25)
 TINY_RGB = DatasetInfo(name="tiny-rgb", num_classes=4, shape=(3, 8, 8), mean=(0.4, 0.5, 0.6), std=0.2)

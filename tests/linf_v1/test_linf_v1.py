@@ -7,7 +7,7 @@ from harness import ThreatModel
 from harness.data import DatasetInfo
 from harness.scaffold import Step
 from harness.train import TrainContext, TrainData
-from harness_plugins.linf_v1.trainer import LinfV1Options, LinfV1Trainer
+from harness_plugins.lib.lpdist import lp_layers, set_p
 from harness_plugins.lib.v1_recipe import (
     V1State,
     decoupled_weight_decay_,
@@ -15,8 +15,8 @@ from harness_plugins.lib.v1_recipe import (
     lp_decay_direction,
     margins_to_label,
 )
+from harness_plugins.linf_v1.trainer import LinfV1Options, LinfV1Trainer
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
-from harness_plugins.lib.lpdist import lp_layers, set_p
 
 TINY = DatasetInfo(name="tiny", num_classes=3, shape=(1, 2, 2), mean=(0.5,), std=0.25)
 

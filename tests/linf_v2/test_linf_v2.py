@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from harness.data import DatasetInfo
-from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 from harness.scaffold import Step
-from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer, clipped_hinge
 from harness_plugins.lib.lpdist import set_p
+from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer, clipped_hinge
+from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
 
 MNIST = DatasetInfo(name="mnist", num_classes=10, shape=(1, 28, 28), mean=(0.1307,), std=0.3081)
 CIFAR = DatasetInfo(name="cifar10", num_classes=10, shape=(3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=0.2009)
@@ -107,8 +107,8 @@ def test_interval_bounds_contain_sampled_points_and_clip_to_the_image_range(smal
 def test_fit_uses_the_papers_optimiser_and_a_separate_scale_lr(monkeypatch):
     from harness import ThreatModel
     from harness.train import TrainContext, TrainData
-    from harness_plugins.linf_v2.trainer import LinfV2Trainer
     from harness_plugins.lib.lpdist import lp_layers
+    from harness_plugins.linf_v2.trainer import LinfV2Trainer
 
     made = []
     real_adam = torch.optim.Adam

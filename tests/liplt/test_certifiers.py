@@ -17,13 +17,13 @@ from torch import nn
 
 from harness import Certificate, DatasetInfo, ThreatModel
 from harness.evaluation import evaluate
-from harness_plugins.torchattacks.pgd import PGDL2, PGDL2Options
 from harness_plugins.crm.model import crm_net
 from harness_plugins.lib import citations
 from harness_plugins.lib.liplt import constants as certifiers
 from harness_plugins.lib.liplt.constants import constants_for, pairwise_radius, sequential_chain
 from harness_plugins.liplt.certifiers import LipLTCertifier, NaiveLipschitzCertifier, PairwiseOptions
 from harness_plugins.lpdist.models import LinfDistNet, LinfDistNetOptions
+from harness_plugins.torchattacks.pgd import PGDL2, PGDL2Options
 
 BOTH = [LipLTCertifier, NaiveLipschitzCertifier]
 

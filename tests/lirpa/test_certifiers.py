@@ -18,10 +18,10 @@ from torch import nn
 from harness import FeatureHead, ThreatModel
 from harness.errors import HarnessError
 from harness.evaluation import evaluate
-from harness_plugins.torchattacks.pgd import PGD, PGDOptions
 from harness_plugins.lib.lirpa import bounds as lirpa_certifiers
 from harness_plugins.lib.lirpa.bounds import EVAL_LAYERS, LAYERS, bounds_for, conventional
 from harness_plugins.lirpa.certifiers import CROWNCertifier, CROWNIBPCertifier, IBPCertifier
+from harness_plugins.torchattacks.pgd import PGD, PGDOptions
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("auto_LiRPA") is None, reason="auto_LiRPA is not installed")
 
@@ -227,7 +227,7 @@ def test_every_listed_layer_is_bounded_soundly_by_each_method():
     x, y = torch.rand(32, *SHAPE, generator=g), torch.randint(0, 3, (32,), generator=g)
     for threat in (ThreatModel("inf", EPS), ThreatModel("2", L2_EPS)):
         worst = None
-        for i in range(100):
+        for _ in range(100):
             if threat.norm == "inf":
                 point = (x + EPS * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1)
             else:

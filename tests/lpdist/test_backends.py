@@ -12,9 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness_plugins.lib.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_conv
-from harness_plugins.lib.lpdist import ops
-
+from harness_plugins.lib.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_conv, ops
 
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 FAST = [

@@ -7,9 +7,8 @@ import math
 import pytest
 import torch
 
-from harness_plugins.lib.lpdist import LpDistLinear, inf_dist_bounds, lp_dist
+from harness_plugins.lib.lpdist import LpDistLinear, inf_dist_bounds, lp_dist, ops
 from harness_plugins.lib.lpdist import _reference as ref_backend
-from harness_plugins.lib.lpdist import ops
 
 FINITE_P = [1.0, 1.5, 2.0, 8.0, 8.7, 64.0, 1000.0]
 ALL_P = FINITE_P + [math.inf]
@@ -332,14 +331,14 @@ def test_bounds_contain_sampled_points(seed):
 def test_bounds_are_attained(seed):
     lower, upper, w = boxes(seed)
     low, high = inf_dist_bounds(lower, upper, w)
-    l, u, ww = lower[:, None, :], upper[:, None, :], w[None]  # B × O × I
-    corner = torch.where((l - ww).abs() >= (u - ww).abs(), l, u)  # the farthest corner per (b, o)
+    lo, up, ww = lower[:, None, :], upper[:, None, :], w[None]  # B × O × I
+    corner = torch.where((lo - ww).abs() >= (up - ww).abs(), lo, up)  # the farthest corner per (b, o)
     assert torch.equal((corner - ww).abs().amax(-1), high)
     # Per coordinate, the nearest distance from w_i to [l_i, u_i] is 0 inside, else to the closer end.
-    inside = (l <= ww) & (ww <= u)
-    per_coordinate = torch.where(inside, torch.zeros(()), torch.minimum((l - ww).abs(), (u - ww).abs()))
+    inside = (lo <= ww) & (ww <= up)
+    per_coordinate = torch.where(inside, torch.zeros(()), torch.minimum((lo - ww).abs(), (up - ww).abs()))
     assert torch.equal(per_coordinate.amax(-1), low)
-    nearest = torch.minimum(torch.maximum(ww, l), u)  # the point of the box closest to w
+    nearest = torch.minimum(torch.maximum(ww, lo), up)  # the point of the box closest to w
     assert torch.equal((nearest - ww).abs().amax(-1), low)
 
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from dataclasses import replace
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError, UsageError
 from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats
-from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, RunInfo, SampleResult, open_store
-from harness.store import _sql
+from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, RunInfo, SampleResult, _sql, open_store
 from harness.store._sql import SqlStore
 
 EPS = 8 / 255
@@ -114,7 +113,7 @@ def test_a_new_run_is_running_and_its_info_round_trips(store):
     assert record.id == run_id
     assert record.info == info
     assert record.status == RUNNING
-    assert record.created_at.tzinfo == timezone.utc
+    assert record.created_at.tzinfo == UTC
     assert (record.finished_at, record.train_seconds, record.eval_seconds, record.error) == (None, None, None, None)
     assert record.result is None
     assert store.samples(run_id) == []
@@ -134,7 +133,7 @@ def test_record_results_finishes_the_run_with_the_exact_result_config_and_sample
     assert record.result.errors == ["attack 'fgsm': raised ValueError: boom"]
     assert record.info.config == final
     assert (record.train_seconds, record.eval_seconds, record.error) == (61.125, 0.1, None)
-    assert record.finished_at.tzinfo == timezone.utc
+    assert record.finished_at.tzinfo == UTC
     assert record.finished_at >= record.created_at
     assert store.samples(run_id) == samples
     # both kinds of radius come back as they went in
@@ -201,7 +200,7 @@ def test_mark_ended_sets_status_and_error_and_keeps_earlier_runs(store):
     failed, interrupted = store.get_run(second), store.get_run(third)
     assert (failed.status, failed.error, failed.train_seconds) == (FAILED, "RuntimeError: CUDA out of memory", 42.5)
     assert (interrupted.status, interrupted.train_seconds) == (INTERRUPTED, None)
-    assert failed.finished_at is not None and failed.finished_at.tzinfo == timezone.utc
+    assert failed.finished_at is not None and failed.finished_at.tzinfo == UTC
     assert failed.result is None and store.samples(second) == []
     assert failed.info == make_info(seed=2)
     assert (store.get_run(first), store.samples(first)) == first_before

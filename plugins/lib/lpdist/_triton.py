@@ -51,7 +51,7 @@ def _pow(r, p, MODE: tl.constexpr):
 
 @triton.jit
 def _forward_kernel(
-    X, W, Y, IDX, B, O, K, stride_x, stride_w, p,
+    X, W, Y, IDX, B, O, K, stride_x, stride_w, p,  # noqa: E741 (the matrix dimensions' names)
     MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_b = tl.program_id(0)
@@ -95,7 +95,7 @@ def _forward_kernel(
 
 @triton.jit
 def _grad_kernel(
-    X, W, Y, G, OUT, B, O, K, stride_x, stride_w, p,
+    X, W, Y, G, OUT, B, O, K, stride_x, stride_w, p,  # noqa: E741 (the matrix dimensions' names)
     MODE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # OUT[b, k] = Σ_o G[b, o]·sign(X[b, k] − W[o, k])·(|X[b, k] − W[o, k]| / Y[b, o])^(p−1)
