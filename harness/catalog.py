@@ -70,6 +70,8 @@ class Problem:
     subject: str
     message: str
     fix: str
+    #: The plugin itself could not be loaded (it registered nothing).
+    load_failure: bool = False
 
     def __str__(self) -> str:
         where = f" (plugin {self.plugin!r})" if self.plugin else ""
@@ -99,7 +101,7 @@ class Catalog:
         catalog = cls(disabled=list(plugins.disabled))
         for failure in plugins.failures:
             catalog.problems.append(Problem(failure.plugin, f"plugin {failure.plugin!r}", failure.reason,
-                                            f"fix or uninstall it, or disable it with {DISABLE_ENV}={failure.plugin}"))
+                                            f"fix or uninstall it, or disable it with {DISABLE_ENV}={failure.plugin}", load_failure=True))
         pm = plugins.manager
         found: list[tuple[str, str, type[Component]]] = []
         for kind, hook in HOOK_OF_KIND.items():
@@ -189,7 +191,8 @@ class Catalog:
                                   self._enable_hint())
 
     def _why_missing(self, kind: str, name: str, exc: HarnessError) -> str:
-        if isinstance(exc, UsageError) and "ambiguous" in str(exc):
+        """The end of "trains model 'x', which ...": missing, or ambiguous between plugins."""
+        if len([e for e in self.entries[kind] if e.name == name]) > 1:
             return f"is ambiguous: {one_line(exc)}"
         return "no loaded plugin registers"
 
@@ -308,7 +311,7 @@ class Catalog:
         error = unknown_name(label, name, self.names(kind))
         if self.disabled:
             error = UsageError(f"{error} (plugins left out: {', '.join(self.disabled)})")
-        failed = sorted({p.plugin for p in self.problems if p.subject.startswith("plugin ") and p.plugin})
+        failed = sorted({p.plugin for p in self.problems if p.load_failure and p.plugin})
         if failed:
             error = UsageError(f"{error} (plugins that failed to load: {', '.join(failed)}; harness plugins --check)")
         raise error

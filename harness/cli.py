@@ -155,7 +155,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-save", is_flag=True, help="Do not save the trained weights.")
 @with_store
 def run(store: Store, no_save: bool, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
-    """Train a method, evaluate it uniformly and record the run.
+    """Train with a trainer (--plugin), evaluate the model uniformly and record the run.
 
     Components from two plugins with the same name are addressed as
     PLUGIN:NAME (--attack toy:fgsm, --set attacker.toy:fgsm.steps=3).
@@ -197,7 +197,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def _warn_about_problems(catalog: Catalog) -> None:
     # Plugins that failed to load were already named, one line each, at start-up.
-    others = [p for p in catalog.problems if not p.subject.startswith("plugin ")]
+    others = [p for p in catalog.problems if not p.load_failure]
     if others:
         click.echo(f"warning: {len(others)} problem(s) in the installed plugins left components out (harness plugins --check lists them)", err=True)
 

@@ -4,9 +4,12 @@ A plugin is a module (or object) with functions marked ``@harness.hookimpl``
 whose names are the hooks below. Built-in plugins and third-party packages
 reach the host the same way: through the ``harness`` entry-point group.
 
-Every ``register_*`` hook is called once, when the registry is built, and
-returns a list; the results of all plugins are merged and names must be unique
-per kind across plugins.
+Every ``register_*`` hook is called once, when the catalog is built
+(:mod:`harness.catalog`), and returns a list; the results of all plugins are
+merged and checked. Names are unique per kind within a plugin; two plugins may
+share one, each then addressed as ``plugin:name``. A hook that raises, or
+returns something that is not a component, is that plugin's problem
+(``harness plugins --check``), never the other plugins'.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ hookimpl = pluggy.HookimplMarker("harness")
 
 @hookspec
 def register_datasets() -> list[type[Dataset]]:
-    """Called when the registry is built, to collect dataset components.
+    """Called when the catalog is built, to collect dataset components.
 
     :returns: the :class:`harness.Dataset` subclasses this plugin provides.
     """
@@ -37,7 +40,7 @@ def register_datasets() -> list[type[Dataset]]:
 
 @hookspec
 def register_models() -> list[type[Model]]:
-    """Called when the registry is built, to collect model components.
+    """Called when the catalog is built, to collect model components.
 
     :returns: the :class:`harness.Model` subclasses this plugin provides.
     """
@@ -45,7 +48,7 @@ def register_models() -> list[type[Model]]:
 
 @hookspec
 def register_trainers() -> list[type[Trainer]]:
-    """Called when the registry is built, to collect training methods.
+    """Called when the catalog is built, to collect trainers (training methods).
 
     A trainer is what ``harness run --plugin NAME`` selects.
 
@@ -55,7 +58,7 @@ def register_trainers() -> list[type[Trainer]]:
 
 @hookspec
 def register_certifiers() -> list[type[Certifier]]:
-    """Called when the registry is built, to collect certifiers.
+    """Called when the catalog is built, to collect certifiers.
 
     The uniform evaluation runs every registered certifier that applies to the
     model and threat model.
@@ -66,7 +69,7 @@ def register_certifiers() -> list[type[Certifier]]:
 
 @hookspec
 def register_attackers() -> list[type[Attacker]]:
-    """Called when the registry is built, to collect attacks.
+    """Called when the catalog is built, to collect attacks.
 
     :returns: the :class:`harness.Attacker` subclasses this plugin provides.
     """
@@ -74,7 +77,7 @@ def register_attackers() -> list[type[Attacker]]:
 
 @hookspec
 def register_presets() -> list[Path | Traversable]:
-    """Called when the registry is built, to collect training presets.
+    """Called when the catalog is built, to collect training presets.
 
     :returns: paths of TOML files, each with a top-level ``trainer`` name and
         ``[[presets]]`` tables (see ``registry/presets/`` for the format).
@@ -83,7 +86,7 @@ def register_presets() -> list[Path | Traversable]:
 
 @hookspec
 def register_reported_results() -> list[Path | Traversable]:
-    """Called when the registry is built, to collect numbers reported in papers.
+    """Called when the catalog is built, to collect numbers reported in papers.
 
     They are shown on the leaderboard beside measured runs, marked as reported.
 
