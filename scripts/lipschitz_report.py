@@ -19,10 +19,10 @@ import torch
 
 from harness.catalog import Catalog
 from harness.options import parse_options
-from harness.plugins import make_plugin_manager
+from harness.plugins import load_plugins
 from harness_plugins.lib.liplt.chain import Chain, pair_index
+from harness_plugins.lib.liplt.constants import constants_for
 from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
-from harness_plugins.liplt.certifiers import constants_for
 
 
 def main() -> None:
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--norm", action="append", choices=["2", "inf"])
     args = parser.parse_args()
     config = json.loads((args.run_dir / "config.json").read_text())
-    registry = Catalog.from_plugin_manager(make_plugin_manager())
-    model_cls = registry.get("model", config["model"]["name"])
-    info = registry.get("dataset", config["dataset"]).info
+    catalog = Catalog.build(load_plugins())
+    model_cls = catalog.get("model", config["model"]["name"])
+    info = catalog.get("dataset", config["dataset"]).info
     model = model_cls(parse_options(model_cls.Options, config["model"]["options"], "model")).build(info)
     model.load_state_dict(torch.load(args.run_dir / "model.pt", map_location="cpu")["state_dict"])
     model.eval()

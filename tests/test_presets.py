@@ -146,3 +146,13 @@ def test_no_preset_or_reported_radius_is_a_rounded_k_over_255(catalog):
             problems.append(f"reported {r.trainer}/{r.dataset}/{r.label}: eps {r.eps!r} is {k}/255 rounded")
     assert problems == [], "\n".join(problems)
     assert len(catalog.presets) > 20 and len(catalog.reported) > 10  # the check saw the built-in files
+
+
+def test_the_reported_key_method_still_loads_with_a_deprecation_warning(tmp_path):
+    from harness.reported import load_reported
+
+    path = tmp_path / "old.toml"
+    path.write_text('[[results]]\nmethod = "linf_v2"\nlabel = "old"\ndataset = "mnist"\neps = 0.3\ncertified = 93.2\nsource = "s"\n')
+    with pytest.warns(DeprecationWarning, match="the key 'method' is deprecated; write trainer = 'linf_v2'"):
+        (result,) = load_reported(path, "old-plugin")
+    assert result.trainer == "linf_v2" and result.certified == pytest.approx(0.932)
