@@ -73,8 +73,8 @@ class Component:
                 raise PluginError(f"{where} must set a non-empty string {attr!r}")
         if cls.kind not in KINDS:
             raise PluginError(f"{where}: unknown kind {cls.kind!r}; kinds: {', '.join(KINDS)}")
-        if cls.name != cls.name.lower() or " " in cls.name:
-            raise PluginError(f"{where}: name {cls.name!r} must be lowercase without spaces")
+        if cls.name != cls.name.lower() or " " in cls.name or ":" in cls.name:
+            raise PluginError(f"{where}: name {cls.name!r} must be lowercase, without spaces or ':' (it separates plugin:name)")
         norms = getattr(cls, "norms", None)
         if norms is not None and not set(norms) <= set(NORMS):
             raise PluginError(f"{where}: norms {norms!r} must be among {NORMS}")

@@ -257,9 +257,9 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     certifiers = []
     for entry in _choose(catalog, "certifier", request.certifiers, "--certifier"):
         cls = entry.component
-        if norm not in cls.norms:
-            if request.certifiers is None:
-                continue
+        # Every registered certifier is a candidate (the evaluation records why each one that does not apply
+        # does not, the other norm included); one asked for by name must be able to apply.
+        if norm not in cls.norms and request.certifiers is not None:
             raise UsageError(f"certifier {entry.key!r} certifies {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
         certifier = cls(parse_options(cls.Options, overrides.pop(f"certifier.{entry.key}", {}), f"certifier {entry.key!r}"))
         keys[id(certifier)], plugins[id(certifier)] = entry.key, entry.plugin
