@@ -131,10 +131,9 @@ class Catalog:
                           f"return subclasses of harness.{kind.capitalize()} from {hook}")
             return False
         where = f"{kind} {getattr(component, 'name', component.__qualname__)!r}"
-        try:
-            component.validate_class()
-        except PluginError as exc:
-            self._problem(plugin, where, str(exc), "set the class attributes the component kind requires")
+        wrong = component.class_problem()
+        if wrong is not None:
+            self._problem(plugin, where, *wrong)
             return False
         if component.kind != kind:
             self._problem(plugin, where, f"{component.__qualname__} is a {component.kind}, returned by {hook}",
@@ -206,7 +205,20 @@ class Catalog:
         self.unavailable[(entry.kind, entry.key)] = problem
         self.unavailable[(entry.kind, entry.qualified)] = problem
 
+    def _not_installed(self, path: Any, plugin: str, what: str, hook: str) -> bool:
+        """Record a data file the plugin names but did not install (package data left out of its wheel, say)."""
+        try:
+            present = bool(path.is_file())
+        except OSError:
+            present = False
+        if not present:
+            self._problem(plugin, f"{what} {getattr(path, 'name', path)}", f"{hook} returned {path}, which is not a file",
+                          "ship it with the package (setuptools: [tool.setuptools.package-data]) or correct the path")
+        return not present
+
     def _add_presets(self, path: Any, plugin: str) -> None:
+        if self._not_installed(path, plugin, "presets", "register_presets"):
+            return
         try:
             presets = load_presets(path, plugin)
         except PluginError as exc:
@@ -271,6 +283,8 @@ class Catalog:
         return any(name in (model.name, model.key, model.qualified) for name in trainer_cls.models)
 
     def _add_reported(self, path: Any, plugin: str) -> None:
+        if self._not_installed(path, plugin, "reported results", "register_reported_results"):
+            return
         try:
             results = load_reported(path, plugin)
         except PluginError as exc:

@@ -14,9 +14,10 @@ apply.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import nn
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from harness.train import TrainContext, TrainData
 
 KINDS = ("model", "trainer", "certifier", "attacker", "dataset")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -65,19 +68,52 @@ class Component:
         return option_docs(cls.Options)
 
     @classmethod
-    def validate_class(cls) -> None:
-        """Check the declarative metadata; raise PluginError naming what is wrong."""
+    def class_problem(cls) -> tuple[str, str] | None:
+        """What is wrong with the class's metadata or methods, and the fix; ``None`` if nothing.
+
+        Checked when the catalog is built, so a plugin's mistake is reported at
+        start-up (``harness plugins --check``), not halfway through a run.
+        """
         where = f"{cls.__module__}.{cls.__qualname__}"
-        for attr in ("kind", "name", "description"):
+        for attr, what in (("kind", "the component kind"), ("name", "its unique lowercase name"), ("description", "a one-line description")):
             if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
-                raise PluginError(f"{where} must set a non-empty string {attr!r}")
+                return f"{where} sets no {attr!r}", f"set the class attribute {attr} to {what} (a non-empty string)"
         if cls.kind not in KINDS:
-            raise PluginError(f"{where}: unknown kind {cls.kind!r}; kinds: {', '.join(KINDS)}")
+            return f"{where}: unknown kind {cls.kind!r}", f"subclass one of harness.{', harness.'.join(k.capitalize() for k in KINDS)}"
         if cls.name != cls.name.lower() or " " in cls.name or ":" in cls.name:
-            raise PluginError(f"{where}: name {cls.name!r} must be lowercase, without spaces or ':' (it separates plugin:name)")
+            return (
+                f"{where}: name {cls.name!r} is not lowercase without spaces or ':' (':' separates plugin:name)",
+                f"rename it, e.g. {_suggest(cls.name)!r}",
+            )
         norms = getattr(cls, "norms", None)
-        if norms is not None and not set(norms) <= set(NORMS):
-            raise PluginError(f"{where}: norms {norms!r} must be among {NORMS}")
+        if norms is None and cls.kind in ("certifier", "attacker"):
+            return f"{where} declares no norms", "set norms = ('inf',), ('2',) or ('inf', '2'): the threat models it handles"
+        if norms is not None and (isinstance(norms, str) or not norms or not set(norms) <= set(NORMS)):
+            return f"{where}: norms {norms!r} are not a tuple of {', '.join(map(repr, NORMS))}", "set norms = ('inf',), ('2',) or ('inf', '2')"
+        missing = [name for name in dir(cls) if getattr(getattr(cls, name, None), "harness_required", False)]
+        if missing:
+            calls = [f"{name}()" for name in missing]
+            methods = " and ".join([", ".join(calls[:-1]), calls[-1]] if len(calls) > 1 else calls)
+            base = next(b for b in cls.__mro__ if any(name in vars(b) for name in missing))
+            return f"{where} does not implement {methods}", f"define {methods} as {base.__module__}.{base.__qualname__} describes"
+        return None
+
+    @classmethod
+    def validate_class(cls) -> None:
+        """Check the declarative metadata and required methods; raise PluginError naming what is wrong and the fix."""
+        problem = cls.class_problem()
+        if problem is not None:
+            raise PluginError(f"{problem[0]}; {problem[1]}")
+
+
+def required(method: F) -> F:
+    """Mark a method that every concrete component of the kind overrides (:meth:`Component.class_problem` checks it)."""
+    setattr(method, "harness_required", True)  # noqa: B010  (mypy knows no such attribute of a callable)
+    return method
+
+
+def _suggest(name: str) -> str:
+    return "-".join(name.lower().replace(":", " ").split())
 
 
 class Dataset(Component):
@@ -86,6 +122,7 @@ class Dataset(Component):
     kind = "dataset"
     info: ClassVar[DatasetInfo]
 
+    @required
     def load(self, root: Path, *, download: bool = True) -> Splits:
         """Load both splits from ``root``, verifying checksums.
 
@@ -101,6 +138,7 @@ class Model(Component):
 
     kind = "model"
 
+    @required
     def build(self, data: DatasetInfo) -> nn.Module:
         """Return a fresh network mapping ``[0,1]`` images ``N×C×H×W`` to logits ``N×K``."""
         raise NotImplementedError(f"model {self.name!r} does not implement build()")
@@ -123,6 +161,7 @@ class Trainer(Component):
     models: ClassVar[tuple[str, ...] | None] = None
     norms: ClassVar[tuple[str, ...]] = ("inf",)
 
+    @required
     def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
         """Train ``model`` in place on ``data`` for ``ctx.threat``.
 
@@ -180,6 +219,7 @@ class Certifier(Component):
         """
         return None
 
+    @required
     def certify(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> Certificate:
         """Certify a batch (the model is in eval mode, on the images' device)."""
         raise NotImplementedError(f"certifier {self.name!r} does not implement certify()")
@@ -195,6 +235,7 @@ class Attacker(Component):
         """How tables name this attack with its settings (e.g. ``PGD-100``)."""
         return self.name
 
+    @required
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
         """Return adversarial images inside the threat model's ball and ``[0,1]``."""
         raise NotImplementedError(f"attacker {self.name!r} does not implement perturb()")

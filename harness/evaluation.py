@@ -71,7 +71,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _check_in_ball(adv: object, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
+def check_in_ball(adv: object, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
     """An attack must return points inside the threat model; anything else would inflate robustness gaps."""
     if not isinstance(adv, torch.Tensor) or adv.shape != x.shape:
         shape = tuple(adv.shape) if isinstance(adv, torch.Tensor) else type(adv).__name__
@@ -286,7 +286,7 @@ def _attack(
             for s in _batches(len(attack_rows), batch_size):
                 rows = attack_rows[s]
                 x, y = images[rows].to(device).float().div_(255), labels[rows].to(device)
-                adv = _check_in_ball(attacker.perturb(model, x, y, threat), x, threat)
+                adv = check_in_ball(attacker.perturb(model, x, y, threat), x, threat)
                 with torch.no_grad():
                     alive[rows] = (model(adv).argmax(1) == y).cpu()
                 # Robust accuracy so far over every evaluated sample up to the last one attacked (misclassified

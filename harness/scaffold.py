@@ -88,7 +88,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.components import Trainer
+from harness.components import Trainer, required
 from harness.data.augment import Augmentation
 from harness.errors import TrainingDiverged
 from harness.train import TrainContext, TrainData
@@ -135,14 +135,17 @@ class EpochTrainer(Trainer):
 
     # -- what every method supplies ---------------------------------------------------------
 
+    @required
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """Called once per run, after :meth:`start`: the optimiser (groups may set ``lr_scale``)."""
         raise NotImplementedError(f"trainer {self.name!r} does not implement optimizer()")
 
+    @required
     def schedule(self, step: Step) -> dict[str, float]:
         """Called before every mini-batch: the scheduled values at ``step``, with at least ``"lr"``."""
         raise NotImplementedError(f"trainer {self.name!r} does not implement schedule()")
 
+    @required
     def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
         """Called for every mini-batch (the model in training mode): its loss, clean logits and metrics.
 

@@ -10,8 +10,8 @@ plugin package's tests get these fixtures without importing anything:
 ``harness_store``
     a temporary results database (SQLite in ``tmp_path``), closed afterwards;
 ``harness_tiny_data``
-    :class:`TinyData`, a three-class 4×4 dataset small enough to train on in
-    seconds, as a registered-able :class:`harness.Dataset` (``tiny``);
+    :class:`TinyData`, a plugin object registering ``tiny``, a three-class 4×4
+    dataset small enough to train on in seconds; pass it to the other two;
 ``harness_cli``
     runs ``harness ARGS`` in-process in a temporary directory with only the
     built-in plugins and the plugin modules you pass, and returns the exit
@@ -21,7 +21,9 @@ plugin package's tests get these fixtures without importing anything:
 pass: each certified sample is classified correctly, survives the given
 attacks, keeps its label at random points and corners of the ball, and its
 radius, if any, is consistent with its verdict. Parametrise it over your
-certifier and a model it applies to.
+certifier and a model it applies to; :func:`train_tiny` trains one in seconds.
+:func:`check_attacker_in_ball` is the attackers' contract: the check the
+evaluation applies to every adversarial batch.
 
 Imports of torch and of the host's internals happen inside the fixtures, so
 loading this plugin costs a pytest session nothing.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from harness.catalog import Catalog
-    from harness.components import Attacker, Certifier
+    from harness.components import Attacker, Certifier, Model, Trainer
     from harness.data.types import DatasetInfo, Splits
     from harness.store import Store
     from harness.threat import ThreatModel
@@ -52,11 +54,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CliResult",
     "TinyData",
+    "TinyRun",
     "builtin_plugins",
+    "check_attacker_in_ball",
     "check_certifier_sound",
     "make_catalog",
     "run_cli",
+    "tiny_info",
     "tiny_splits",
+    "train_tiny",
 ]
 
 
@@ -108,7 +114,8 @@ def tiny_splits(n_train: int = 600, n_test: int = 120, seed: int = 0) -> Splits:
     return Splits(*make(n_train), *make(n_test))
 
 
-def _tiny_info() -> DatasetInfo:
+def tiny_info() -> DatasetInfo:
+    """The :class:`~harness.DatasetInfo` of ``tiny`` (what ``Model.build`` gets for it)."""
     from harness.data.types import DatasetInfo
 
     return DatasetInfo(name="tiny", num_classes=3, shape=(1, 4, 4), mean=(0.5,), std=0.3)
@@ -120,7 +127,7 @@ def _tiny_class() -> type:
     class TinyDataset(Dataset):
         name = "tiny"
         description = "three 4×4 patterns plus noise, 600 training and 120 test images (tests)"
-        info = _tiny_info()
+        info = tiny_info()
 
         def load(self, root: Path, *, download: bool = True) -> Splits:
             return tiny_splits()
@@ -136,7 +143,35 @@ class TinyData:
         return [_tiny_class()]
 
 
-# -- the contract test for certifiers ---------------------------------------------------------------------------
+@dataclass
+class TinyRun:
+    """A model trained on ``tiny``, and ``tiny``'s test split as float images in ``[0, 1]`` with their labels."""
+
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def train_tiny(trainer: Trainer, model: Model, threat: ThreatModel, *, seed: int = 0) -> TinyRun:
+    """Build ``model`` for ``tiny``, train it with ``trainer`` for ``threat`` on the CPU, as ``harness run`` would.
+
+    Seeded like a run (the same seed, the same weights); the model comes back as
+    ``fit`` leaves it (in eval mode for a :class:`harness.scaffold.EpochTrainer`).
+    Pass the components with their options: ``train_tiny(MyTrainer(MyOptions(epochs=5)), MyModel(), threat)``.
+    """
+    import torch
+
+    from harness.train import TrainContext, TrainData
+
+    splits = tiny_splits()
+    torch.manual_seed(seed)
+    network = model.build(tiny_info())
+    context = TrainContext(threat=threat, device=torch.device("cpu"), seed=seed, generator=torch.Generator().manual_seed(seed))
+    trainer.fit(network, TrainData(tiny_info(), splits.train_images, splits.train_labels), context)
+    return TinyRun(network, splits.test_images.float() / 255, splits.test_labels)
+
+
+# -- the contract tests for certifiers and attackers ---------------------------------------------------------------------------
 
 
 def check_certifier_sound(
@@ -204,6 +239,34 @@ def check_certifier_sound(
         if not bool((certified == (radius > threat.eps)).all()):
             raise AssertionError(f"{certifier.name}: certified must be exactly radius > eps")
     return certified
+
+
+def check_attacker_in_ball(
+    attacker: Attacker, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel
+) -> torch.Tensor:
+    """Check that ``attacker`` keeps to the threat model on a batch; return its adversarial images.
+
+    The check is the evaluation's own: a finite tensor of the images' shape,
+    inside ``[0, 1]`` and within ``threat.eps`` of the clean images in its norm
+    (up to a rounding slack of ``1e-5·max(eps, 1)``). The evaluation records an
+    attack that fails it as an error and discards its outcome. The clean images
+    must come back unchanged.
+
+    :raises AssertionError: saying what is wrong.
+    """
+    import torch
+
+    from harness.evaluation import ComponentFailed, check_in_ball
+
+    model.eval()
+    clean = images.clone()
+    adversarial = attacker.perturb(model, images, labels, threat)
+    if not torch.equal(images, clean):
+        raise AssertionError(f"{attacker.name} changed the clean images in place")
+    try:
+        return check_in_ball(adversarial, images, threat)
+    except ComponentFailed as exc:
+        raise AssertionError(f"{attacker.name}: {exc}") from None
 
 
 # -- the CLI in-process -----------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import Attacker, Model, Trainer, hookimpl
+from harness import Attacker, EpochTrainer, Model, Trainer, hookimpl
 from harness.errors import PluginError, UsageError
 from harness.plugins import load_plugins
 from harness.testing import make_catalog
@@ -15,6 +15,9 @@ class Twin(Trainer):
     description = "a second trainer with a taken name"
     model = "linf_dist_net"
 
+    def fit(self, model, data, ctx):
+        pass
+
 
 class Impostor:
     name = "impostor"
@@ -24,17 +27,26 @@ class WrongKind(Model):
     name = "wrong"
     description = "a model offered as a trainer"
 
+    def build(self, data):
+        return None
+
 
 class Orphan(Trainer):
     name = "orphan"
     description = "trains a model nobody registers"
     model = "no_such_model"
 
+    def fit(self, model, data, ctx):
+        pass
+
 
 class FGSM(Attacker):
     name = "fgsm"
     description = "a one-step attack (test)"
     norms = ("inf",)
+
+    def perturb(self, model, images, labels, threat):
+        return images
 
 
 class OtherFGSM(FGSM):
@@ -166,6 +178,9 @@ class NoDefaults(Model):
     description = "options without defaults (test)"
     Options = NeedsValue
 
+    def build(self, data):
+        return None
+
 
 def test_options_that_cannot_be_built_from_their_defaults_are_a_problem():
     class P:
@@ -175,3 +190,61 @@ def test_options_that_cannot_be_built_from_their_defaults_are_a_problem():
 
     (problem,) = make_catalog(P(), builtins=False).problems
     assert "its Options cannot be built from their defaults" in str(problem)
+
+
+# -- what a plugin author forgets, found at start-up rather than halfway through a run --------------------------
+
+
+class NoNorms(Attacker):
+    name = "no_norms"
+    description = "an attack that does not say which threat models it handles (test)"
+
+    def perturb(self, model, images, labels, threat):
+        return images
+
+
+class NoPerturb(Attacker):
+    name = "no_perturb"
+    description = "an attack without perturb() (test)"
+    norms = ("inf",)
+
+
+class HalfScaffold(EpochTrainer):
+    name = "half"
+    description = "a scaffold trainer with its loss only (test)"
+    model = "linf_dist_net"
+
+    def loss(self, model, images, labels, values):
+        raise AssertionError("never called")
+
+
+@pytest.mark.parametrize(
+    ("component", "expected"),
+    [
+        (NoNorms, f"attacker 'no_norms' (plugin 'Plugin'): {__name__}.NoNorms declares no norms; "
+                  "set norms = ('inf',), ('2',) or ('inf', '2'): the threat models it handles"),
+        (NoPerturb, f"attacker 'no_perturb' (plugin 'Plugin'): {__name__}.NoPerturb does not implement perturb(); "
+                    "define perturb() as harness.components.Attacker describes"),
+        (HalfScaffold, f"trainer 'half' (plugin 'Plugin'): {__name__}.HalfScaffold does not implement optimizer() and schedule(); "
+                       "define optimizer() and schedule() as harness.scaffold.EpochTrainer describes"),
+    ],
+)
+def test_a_component_without_norms_or_a_required_method_is_a_problem_naming_the_fix(component, expected):
+    kind = "trainers" if issubclass(component, Trainer) else "attackers"
+    catalog = make_catalog(Plugin(**{kind: [component]}))
+    (problem,) = catalog.problems
+    assert str(problem) == expected
+    assert component.name not in catalog.names(component.kind)
+
+
+def test_a_data_file_the_plugin_did_not_install_is_a_problem_naming_package_data(tmp_path):
+    class Presets:
+        @hookimpl
+        def register_presets(self):
+            return [tmp_path / "presets.toml"]
+
+    (problem,) = make_catalog(Presets(), builtins=False).problems
+    assert str(problem) == (
+        f"presets presets.toml (plugin 'Presets'): register_presets returned {tmp_path / 'presets.toml'}, which is not a file; "
+        "ship it with the package (setuptools: [tool.setuptools.package-data]) or correct the path"
+    )

@@ -6,8 +6,8 @@
   modules; never another plugin, never a private ``harness`` module;
 * a library module imports the public API and the library only, and registers
   nothing (no hook implementations);
-* the example plugin in ``examples/`` imports the public API only, as any
-  third-party plugin should.
+* the example plugin in ``examples/`` (its tests included) imports the public
+  API only, as any third-party plugin should.
 
 Imports inside functions count: a lazy import is still an edge.
 """
@@ -49,7 +49,7 @@ def plugin_sources() -> list[Source]:
 
 def example_sources() -> list[Source]:
     root = REPO / "examples"
-    return [Source("example", p.read_text(), str(p.relative_to(REPO))) for p in sorted(root.rglob("*.py")) if "tests" not in p.parts]
+    return [Source("example", p.read_text(), str(p.relative_to(REPO))) for p in sorted(root.rglob("*.py"))]
 
 
 def imported_modules(source: Source) -> list[tuple[int, str]]:
@@ -128,6 +128,13 @@ def test_the_library_registers_nothing():
     library = [s for s in plugin_sources() if owner(s.module) == "lib"]
     assert library, "no library modules found"
     problems = [p for source in library for p in registrations(source)]
+    assert problems == [], "\n".join(problems)
+
+
+def test_the_example_plugin_imports_only_the_public_api():
+    sources = example_sources()
+    assert any(s.path.endswith("__init__.py") for s in sources), "no example plugin under examples/"
+    problems = [p for source in sources for p in violations(source)]
     assert problems == [], "\n".join(problems)
 
 
