@@ -74,7 +74,7 @@ class Problem:
     load_failure: bool = False
 
     def __str__(self) -> str:
-        where = f" (plugin {self.plugin!r})" if self.plugin else ""
+        where = f" (plugin {self.plugin!r})" if self.plugin and not self.load_failure else ""
         return f"{self.subject}{where}: {self.message}; {self.fix}"
 
 

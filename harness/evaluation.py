@@ -286,7 +286,8 @@ def _attack(
             for s in _batches(len(attack_rows), batch_size):
                 rows = attack_rows[s]
                 x, y = images[rows].to(device).float().div_(255), labels[rows].to(device)
-                adv = check_in_ball(attacker.perturb(model, x, y, threat), x, threat)
+                # A copy: an attack that wrote into the clean batch would otherwise pass the check against itself.
+                adv = check_in_ball(attacker.perturb(model, x.clone(), y, threat), x, threat)
                 with torch.no_grad():
                     alive[rows] = (model(adv).argmax(1) == y).cpu()
                 # Robust accuracy so far over every evaluated sample up to the last one attacked (misclassified

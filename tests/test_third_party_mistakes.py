@@ -90,7 +90,7 @@ def test_disabling_the_broken_plugins_silences_them_and_check_lists_them(broken_
     assert quiet.returncode == 0 and quiet.stderr == ""
     check = harness_process(["plugins", "--check"], pythonpath=broken_site, cwd=tmp_path)
     assert check.returncode == 1
-    assert "plugin 'broken' (plugin 'broken'): importing broken_plugin raised ImportError" in check.stdout
+    assert "plugin 'broken': importing broken_plugin raised ImportError" in check.stdout
     assert len(check.stdout.strip().splitlines()) == 2
 
 
@@ -339,3 +339,21 @@ def test_a_preset_naming_a_model_the_trainer_cannot_train_is_a_problem(tmp_path)
 
     (problem,) = make_catalog(P()).problems
     assert "names model 'tiny_net', which trainer 'linf_mlp' cannot train (it trains: linf_dist_net_mlp)" in str(problem)
+
+
+class InPlace(Attacker):
+    name = "in-place"
+    description = "writes its adversarial points into the clean batch (test)"
+    norms = ("inf",)
+
+    def perturb(self, model, images, labels, threat):
+        images.add_(2 * threat.eps).clamp_(0, 1)
+        return images
+
+
+def test_an_attack_that_writes_into_the_clean_batch_cannot_hide_its_points_outside_the_ball():
+    model, images, labels = linear_problem()
+    result = evaluate(model, images, labels, ThreatModel("inf", 0.01), attackers=[InPlace()], certifiers=[], device=torch.device("cpu")).result
+    assert result.errors == [
+        "attack 'in-place': perturb() returned points outside the l_inf eps=0.01 ball or [0,1] (largest perturbation 0.02)"
+    ]
