@@ -13,6 +13,7 @@ import functools
 import json
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from harness.commands import DEVICES, format_option
-from harness.errors import HarnessError, PluginError, UsageError, one_line
+from harness.errors import HarnessDeprecationWarning, HarnessError, PluginError, UsageError, one_line
 from harness.plugins import DISABLE_ENV, LoadedPlugins, load_plugins
 from harness.store import STATUSES
 from harness.threat import NORMS, parse_eps, parse_norm
@@ -225,8 +226,20 @@ def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float 
     from harness import render
 
     runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps)
-    groups = lb.build(runs, state().catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
+    catalog = state().catalog
+    if dataset is not None and not runs:
+        _check_dataset(dataset, store, catalog.names("dataset"))
+    groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
     click.echo(render.leaderboard(groups, fmt))
+
+
+def _check_dataset(dataset: str, store: Store, registered: list[str]) -> None:
+    """A ``--dataset`` filter that matches nothing: a UsageError if no run and no plugin knows the name (a typo)."""
+    from harness.errors import unknown_name
+
+    known = {r.info.dataset for r in store.list_runs()} | set(registered)
+    if dataset not in known:
+        raise unknown_name("dataset", dataset, known)
 
 
 @cli.command()
@@ -268,7 +281,9 @@ def runs(store: Store, status: str | None, dataset: str | None) -> None:
 
     records = store.list_runs(status=status, dataset=dataset)
     if not records:
-        click.echo("no runs recorded")
+        if dataset is not None:
+            _check_dataset(dataset, store, state().catalog.names("dataset"))
+        click.echo("no runs recorded" if status is None and dataset is None else "no runs match")
         return
     click.echo(render.run_list(records, stale=_stale))
 
@@ -321,7 +336,7 @@ def plugins(verbose: bool, check: bool, fmt: str) -> None:
     catalog = s.catalog
     if check:
         if fmt == "json":
-            click.echo(json.dumps([str(p) for p in catalog.problems], indent=2))
+            click.echo(json.dumps([p.as_json() for p in catalog.problems], indent=2))
         else:
             click.echo(plugin_report.check(s.plugins, catalog))
         if catalog.problems:
@@ -334,7 +349,10 @@ def plugins(verbose: bool, check: bool, fmt: str) -> None:
 
 
 def _register_plugin_commands(loaded: LoadedPlugins) -> None:
-    """Let each plugin add its commands; one that raises is named in a warning and left out."""
+    """Let each plugin add its commands (to the built-in ones only: no earlier call's plugins linger); one that raises
+    is named in a warning and left out."""
+    cli.commands = dict(_CORE_COMMANDS)
+    bench.commands = dict(_CORE_BENCH)
     for impl in loaded.manager.hook.register_commands.get_hookimpls():
         try:
             impl.function(cli=cli)
@@ -346,14 +364,38 @@ def _register_plugin_commands(loaded: LoadedPlugins) -> None:
             )
 
 
+def _show_deprecations_on_one_line() -> None:
+    """Print a plugin's use of an old form as one ``warning:`` line (Python's default is two, with a source line)."""
+    original = warnings.showwarning
+    if getattr(original, "harness_one_line", False):
+        return
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, HarnessDeprecationWarning):
+            click.echo(f"warning: {' '.join(str(message).split())}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show.harness_one_line = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
+
+
+#: The commands the host defines; plugins add theirs to copies of these on every start.
+_CORE_COMMANDS = dict(cli.commands)
+_CORE_BENCH = dict(bench.commands)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit status 2 for user mistakes."""
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args
+    _show_deprecations_on_one_line()
     try:
         s = state()
         for failure in s.plugins.failures:
             click.echo(f"warning: {failure}", err=True)
+        for line in s.plugins.unknown_names:
+            click.echo(f"warning: {line}", err=True)
         _register_plugin_commands(s.plugins)
         code = cli.main(args=args, prog_name="harness", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -1,13 +1,21 @@
-"""Reading the TOML data files plugins register (presets, reported results)."""
+"""Reading the TOML data files plugins register (presets, reported results).
+
+A file that cannot be read, or is not TOML, is the plugin's bug as a whole
+(:class:`~harness.errors.PluginError`). Within a readable file each table
+(one preset, one reported row) is checked on its own with :class:`Table`, so
+one bad row is reported and left out while the others load.
+"""
 
 from __future__ import annotations
 
+import math
 import tomllib
 from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from harness.errors import PluginError
+from harness.errors import PluginError, UsageError, closest
+from harness.threat import ThreatModel, parse_eps, parse_norm
 
 
 def read_data_file(path: Path | Traversable, plugin: str, what: str) -> tuple[str, dict[str, Any]]:
@@ -15,12 +23,83 @@ def read_data_file(path: Path | Traversable, plugin: str, what: str) -> tuple[st
     origin = f"{getattr(path, 'name', path)} (plugin {plugin!r})"
     try:
         return origin, tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise PluginError(f"cannot read {what} {origin}: {exc}") from None
 
 
-def check_keys(raw: dict[str, Any], allowed: set[str], required: set[str], where: str) -> None:
-    """A table has only ``allowed`` keys and all ``required`` ones; else the plugin's bug."""
-    unknown, missing = set(raw) - allowed, required - set(raw)
-    if unknown or missing:
-        raise PluginError(f"{where}: unknown keys {sorted(unknown)}, missing keys {sorted(missing)}")
+def tables(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """The array of tables ``key`` (``[[presets]]``, ``[[results]]``); PluginError if it is something else."""
+    value = data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise PluginError(f"{where}: '{key}' must be an array of tables ([[{key}]])")
+    return value
+
+
+class RowError(ValueError):
+    """One table of a data file is malformed: the message says which key and why."""
+
+
+class Table:
+    """Typed access to one TOML table: each getter checks the value's type and raises :class:`RowError`."""
+
+    def __init__(self, raw: dict[str, Any], allowed: set[str], required: set[str]) -> None:
+        unknown = sorted(set(raw) - allowed)
+        if unknown:
+            hint = closest(unknown[0], allowed)
+            did_you_mean = f"; did you mean {hint!r}?" if hint else ""
+            raise RowError(f"unknown key {unknown[0]!r}{did_you_mean} (keys: {', '.join(sorted(allowed))})")
+        missing = sorted(required - set(raw))
+        if missing:
+            raise RowError(f"missing key {missing[0]!r}")
+        self.raw = raw
+
+    def _get(self, key: str, default: Any) -> Any:
+        return self.raw.get(key, default)
+
+    def text(self, key: str) -> str:
+        """A required, non-empty string."""
+        value = self.raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise RowError(f"{key!r} must be a non-empty string, got {value!r}")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        return None if key not in self.raw else self.text(key)
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise RowError(f"{key!r} must be true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str) -> int | None:
+        value = self._get(key, None)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RowError(f"{key!r} must be an integer, got {value!r}")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self._get(key, None)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise RowError(f"{key!r} must be a finite number, got {value!r}")
+        return float(value)
+
+    def mapping(self, key: str) -> dict[str, Any]:
+        value = self._get(key, {})
+        if not isinstance(value, dict):
+            raise RowError(f"{key!r} must be a table ([...{key}]), got {value!r}")
+        return dict(value)
+
+    def threat(self) -> ThreatModel:
+        """``norm`` (default ``inf``) and ``eps`` (a number or ``"k/255"``), checked as a threat model."""
+        norm, eps = self._get("norm", "inf"), self._get("eps", None)
+        if isinstance(eps, bool) or not isinstance(eps, int | float | str):
+            raise RowError(f"'eps' must be a number or a fraction such as \"8/255\", got {eps!r}")
+        try:
+            return ThreatModel(parse_norm(norm), parse_eps(eps))
+        except UsageError as exc:
+            raise RowError(str(exc)) from None

@@ -27,6 +27,10 @@ class PluginError(HarnessError):
     """A plugin broke the host's contract (duplicate names, bad metadata)."""
 
 
+class HarnessDeprecationWarning(FutureWarning):
+    """An old form that still works, with what to write instead (a FutureWarning: shown by default)."""
+
+
 class SoundnessError(HarnessError):
     """A certifier certified a sample that an attack broke: a critical bug."""
 

@@ -114,10 +114,67 @@ def _check_certificate(result: object, n: int, threat: ThreatModel) -> tuple[tor
     return certified, radius
 
 
+def attack_label(attacker: Attacker) -> str:
+    """How tables name ``attacker``: its ``label()``; ComponentFailed if that raises or is not a string."""
+    try:
+        label = attacker.label()
+    except Exception as exc:  # a third party's label() must not stop a run  # noqa: BLE001
+        raise ComponentFailed(f"label() {_fail_message(exc)}") from exc
+    if not isinstance(label, str) or not label:
+        raise ComponentFailed(f"label() returned {label!r}; expected a non-empty string")
+    return label
+
+
 def _fail_message(exc: Exception) -> str:
     if isinstance(exc, ComponentFailed):
         return str(exc)
     return f"raised {type(exc).__name__}: {one_line(exc)}"
+
+
+class _ModelGuard:
+    """Notices a component that changed the model (weights, buffers, modes, attributes such as p) and undoes it.
+
+    Certifiers and attacks get the evaluated model itself; one that leaves it
+    in training mode, zeroes a weight or sets another p would corrupt every
+    result after it. The guard keeps a copy of the state dict on the CPU and
+    a fingerprint (sums per tensor, in float64; every module's plain
+    attributes; ``requires_grad`` flags) and compares after each component.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        self.attributes = self._attributes()
+        self.grads = [p.requires_grad for p in model.parameters()]
+        self.fingerprint = self._fingerprint()
+
+    def _attributes(self) -> list[tuple[nn.Module, str, object]]:
+        return [(m, k, v) for m in self.model.modules() for k, v in vars(m).items() if isinstance(v, bool | int | float | str)]
+
+    def _fingerprint(self) -> list[tuple[float, float, float]]:
+        out = []
+        with torch.no_grad():
+            for t in self.model.state_dict().values():
+                d = t.detach().double() if t.is_floating_point() else t.detach().to(torch.float64)
+                out.append((d.sum().item(), d.abs().sum().item(), (d * d).sum().item()))
+        return out
+
+    def changed(self) -> str | None:
+        """What changed since the guard was made (then restored), or None."""
+        what = []
+        if self._attributes() != self.attributes or [p.requires_grad for p in self.model.parameters()] != self.grads:
+            what.append("its modes or attributes")
+        if self._fingerprint() != self.fingerprint:
+            what.append("its weights")
+        if not what:
+            return None
+        with torch.no_grad():
+            self.model.load_state_dict(self.saved)
+        for module, key, value in self.attributes:
+            setattr(module, key, value)
+        for p, flag in zip(self.model.parameters(), self.grads):
+            p.requires_grad_(flag)
+        return f"it changed the model ({' and '.join(what)}); the model was restored and this component's results discarded"
 
 
 @dataclass
@@ -135,6 +192,7 @@ class _Certified:
 class _Attacked:
     attacker: Attacker
     name: str
+    label: str = ""
     survived: torch.Tensor | None = None
     seconds: float | None = None
     error: str | None = None
@@ -187,22 +245,33 @@ def evaluate(
             task.advance(s.stop - s.start)
     correct = predictions == labels
 
+    guard = _ModelGuard(model)
     not_applicable: dict[str, str] = {}
     certified_runs: list[_Certified] = []
     for certifier in certifiers:
         name = name_of(certifier)
         reason = _applicability(certifier, model, threat)
-        if reason is not None:
+        if reason is None:
+            outcome = _certify(certifier, name, model, images, labels, threat, batch_size, device, progress)
+            certified_runs.append(outcome)
+        changed = guard.changed()
+        if changed is not None and reason is None:
+            outcome.error, outcome.verdicts, outcome.radius, outcome.attempted = changed, None, None, None
+        elif changed is not None:
+            not_applicable[name] = f"deciding whether it applies {changed}"
+        elif reason is not None:
             not_applicable[name] = reason
-            continue
-        certified_runs.append(_certify(certifier, name, model, images, labels, threat, batch_size, device, progress))
 
     attack_rows = torch.nonzero(correct).flatten()
-    attacked_runs = [
-        _attack(attacker, name_of(attacker), model, images, labels, attack_rows, threat, batch_size, device, progress)
-        for attacker in attackers
-        if threat.norm in attacker.norms
-    ]
+    attacked_runs: list[_Attacked] = []
+    for attacker in attackers:
+        if threat.norm not in attacker.norms:
+            continue
+        attacked = _attack(attacker, name_of(attacker), model, images, labels, attack_rows, threat, batch_size, device, progress)
+        changed = guard.changed()
+        if changed is not None:
+            attacked.error, attacked.survived = changed, None
+        attacked_runs.append(attacked)
 
     _check_soundness(indices, correct, certified_runs, attacked_runs)
     return _collect(n, indices, labels, predictions, correct, certified_runs, attacked_runs, not_applicable)
@@ -235,6 +304,8 @@ def _certify(
     start = time.perf_counter()
     try:
         limit = certifier.sample_limit(model, threat)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ComponentFailed(f"sample_limit() returned {limit!r}; expected None (all samples) or a positive integer")
         rows = eval_indices(n, limit, seed=SUBSET_SEED + 1)  # a subset of the evaluated rows, fixed per n
         certified = torch.zeros(n, dtype=torch.bool)
         radius: torch.Tensor | None = None
@@ -278,10 +349,11 @@ def _attack(
     progress: Progress,
 ) -> _Attacked:
     n = images.shape[0]
-    outcome = _Attacked(attacker, name)
+    outcome = _Attacked(attacker, name, label=name)
     start = time.perf_counter()
     alive = torch.zeros(n, dtype=torch.bool)
     try:
+        outcome.label = attack_label(attacker)
         with progress.task(f"attack: {name}", total=len(attack_rows)) as task:
             for s in _batches(len(attack_rows), batch_size):
                 rows = attack_rows[s]
@@ -354,7 +426,7 @@ def _collect(
     attack_results = tuple(
         AttackResult(
             name=a.name,
-            label=a.attacker.label(),
+            label=a.label,
             options=options_dict(a.attacker.options),
             accuracy=None if a.survived is None else a.survived.float().mean().item(),
             attacked=int(correct.sum()),

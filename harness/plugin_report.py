@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.catalog import Catalog, Entry
-from harness.plugins import DISABLE_ENV, LoadedPlugins, plugin_infos
+from harness.plugins import DISABLE_ENV, ONLY_ENV, LoadedPlugins, plugin_infos
 
 
 def _describe(entry: Entry) -> dict[str, Any]:
@@ -53,7 +53,8 @@ def as_json(plugins: LoadedPlugins, catalog: Catalog) -> dict[str, Any]:
     return {
         "plugins": listed,
         "disabled": plugins.disabled,
-        "problems": [str(p) for p in catalog.problems],
+        "not_selected": plugins.not_selected,
+        "problems": [p.as_json() for p in catalog.problems],
     }
 
 
@@ -79,7 +80,9 @@ def table(plugins: LoadedPlugins, catalog: Catalog, *, verbose: bool = False) ->
             else:
                 lines.append(f"  presets: {', '.join(sorted({f'{p.dataset}/{p.name}' for p in presets}))}")
     if plugins.disabled:
-        lines.append(f"left out ({DISABLE_ENV} / HARNESS_ONLY_PLUGINS): {', '.join(plugins.disabled)}")
+        lines.append(f"disabled ({DISABLE_ENV}): {', '.join(plugins.disabled)}")
+    if plugins.not_selected:
+        lines.append(f"not selected ({ONLY_ENV}): {', '.join(plugins.not_selected)}")
     if catalog.problems:
         lines.append(f"{len(catalog.problems)} problem(s): harness plugins --check lists them")
     return "\n".join(lines)

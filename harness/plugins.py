@@ -61,8 +61,12 @@ class LoadedPlugins:
 
     manager: pluggy.PluginManager
     failures: list[PluginFailure] = field(default_factory=list)
-    #: Plugins left out on purpose (HARNESS_DISABLE_PLUGINS, HARNESS_ONLY_PLUGINS).
+    #: Installed plugins disabled by name (HARNESS_DISABLE_PLUGINS).
     disabled: list[str] = field(default_factory=list)
+    #: Installed plugins left out because a selection did not name them (HARNESS_ONLY_PLUGINS, ``only=``).
+    not_selected: list[str] = field(default_factory=list)
+    #: What the environment variables name that is not installed, one line each (a typo, usually).
+    unknown_names: list[str] = field(default_factory=list)
     #: Entry-point plugins by name: their distribution and its version.
     distributions: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
@@ -74,10 +78,10 @@ class LoadedPlugins:
 
 
 def _names(variable: str) -> set[str] | None:
-    value = os.environ.get(variable)
-    if value is None:
-        return None
-    return {n.strip() for n in value.split(",") if n.strip()}
+    """The comma-separated names in ``variable``; ``None`` when it is unset or empty."""
+    value = os.environ.get(variable, "")
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    return names or None
 
 
 def _entry_points() -> list[metadata.EntryPoint]:
@@ -136,6 +140,7 @@ def load_plugins(
     entry_points: bool = True,
     extra: Iterable[Any] = (),
     only: Iterable[str] | None = None,
+    environment: bool = True,
 ) -> LoadedPlugins:
     """A plugin manager with the harness hooks and every plugin that loads.
 
@@ -145,19 +150,33 @@ def load_plugins(
         methods) to register, named after the module or class.
     :param only: load only the entry-point plugins of these names (as
         ``HARNESS_ONLY_PLUGINS``, which also applies).
+    :param environment: obey ``HARNESS_DISABLE_PLUGINS`` and ``HARNESS_ONLY_PLUGINS``
+        (tests that must see a fixed set of plugins pass False).
     """
     pm = pluggy.PluginManager("harness")
     pm.add_hookspecs(hookspecs)
     loaded = LoadedPlugins(pm)
-    blocked = _names(DISABLE_ENV) or set()
-    allowed = _names(ONLY_ENV)
+    blocked = (_names(DISABLE_ENV) if environment else None) or set()
+    wanted = _names(ONLY_ENV) if environment else None
+    allowed = wanted
     if only is not None:
         allowed = set(only) if allowed is None else allowed & set(only)
     if entry_points:
-        for ep in _entry_points():
+        eps = _entry_points()
+        installed = [ep.name for ep in eps]
+        for variable, names in ((DISABLE_ENV, blocked), (ONLY_ENV, wanted or set())):
+            for name in sorted(set(names) - set(installed)):
+                hint = closest(name, installed)
+                did_you_mean = f"did you mean {hint!r}? " if hint else ""
+                loaded.unknown_names.append(f"{variable} names {name!r}, which is not an installed plugin; {did_you_mean}"
+                                            f"installed: {', '.join(installed)}")
+        for ep in eps:
             dist = ep.dist.name if ep.dist else None
-            if ep.name in blocked or (allowed is not None and ep.name not in allowed):
+            if ep.name in blocked:
                 loaded.disabled.append(ep.name)
+                continue
+            if allowed is not None and ep.name not in allowed:
+                loaded.not_selected.append(ep.name)
                 continue
             if ep.name in loaded.distributions:
                 first = loaded.distributions[ep.name][0]

@@ -29,9 +29,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from harness.datafile import check_keys, read_data_file
+from harness.datafile import RowError, Table, read_data_file, tables
 from harness.errors import PluginError, UsageError, unknown_name
-from harness.threat import format_eps, parse_eps, parse_norm, same_eps
+from harness.threat import format_eps, same_eps
 
 _PRESET_KEYS = {"name", "dataset", "norm", "eps", "paper", "default", "seed", "source", "model", "model_options", "trainer_options"}
 
@@ -63,38 +63,59 @@ class Preset:
         return f"{self.name} ({self.dataset}, l_{self.norm} eps {format_eps(self.eps)})"
 
 
-def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
-    """Parse one preset file; a malformed file is the plugin's bug (PluginError)."""
+@dataclass
+class PresetFile:
+    """What one preset file holds: its valid presets, and a message for each malformed one."""
+
+    presets: list[Preset]
+    problems: list[tuple[str, str]]  # (preset name as written, what is wrong)
+
+
+def read_presets(path: Path | Traversable, plugin: str) -> PresetFile:
+    """Parse one preset file, checking every table on its own.
+
+    :raises PluginError: the file cannot be read, is not TOML, or names no trainer.
+    """
     origin, data = read_data_file(path, plugin, "presets")
     trainer = data.get("trainer")
-    if not isinstance(trainer, str):
+    if not isinstance(trainer, str) or not trainer:
         raise PluginError(f"presets {origin} must name a top-level 'trainer'")
     file = str(getattr(path, "name", path))
-    presets = []
-    for raw in data.get("presets", []):
-        check_keys(raw, _PRESET_KEYS, {"name", "dataset", "eps", "source"}, f"preset {raw.get('name')!r} in {origin}")
+    found = PresetFile([], [])
+    for raw in tables(data, "presets", f"presets {origin}"):
         try:
-            presets.append(
+            row = Table(raw, _PRESET_KEYS, {"name", "dataset", "eps", "source"})
+            threat = row.threat()
+            found.presets.append(
                 Preset(
                     trainer=trainer,
-                    name=raw["name"],
-                    dataset=raw["dataset"],
-                    norm=parse_norm(raw.get("norm", "inf")),
-                    eps=parse_eps(raw["eps"]),
-                    source=raw["source"],
+                    name=row.text("name"),
+                    dataset=row.text("dataset"),
+                    norm=threat.norm,
+                    eps=threat.eps,
+                    source=row.text("source"),
                     file=file,
                     plugin=plugin,
-                    paper=bool(raw.get("paper", False)),
-                    default=bool(raw.get("default", False)),
-                    seed=raw.get("seed"),
-                    model=raw.get("model"),
-                    model_options=dict(raw.get("model_options", {})),
-                    trainer_options=dict(raw.get("trainer_options", {})),
+                    paper=row.flag("paper"),
+                    default=row.flag("default"),
+                    seed=row.integer("seed"),
+                    model=row.optional_text("model"),
+                    model_options=row.mapping("model_options"),
+                    trainer_options=row.mapping("trainer_options"),
                 )
             )
-        except UsageError as exc:
-            raise PluginError(f"preset {raw.get('name')!r} in {origin}: {exc}") from None
-    return presets
+        except RowError as exc:
+            found.problems.append((str(raw.get("name")), str(exc)))
+    return found
+
+
+def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
+    """Parse one preset file; any malformed preset is the plugin's bug (PluginError naming the first)."""
+    found = read_presets(path, plugin)
+    if found.problems:
+        name, message = found.problems[0]
+        raise PluginError(f"preset {name!r} in {getattr(path, 'name', path)} (plugin {plugin!r}): {message}")
+    return found.presets
 
 
 def select_preset(

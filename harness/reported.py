@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from harness.datafile import check_keys, read_data_file
-from harness.errors import PluginError, UsageError
-from harness.threat import parse_eps, parse_norm
+from harness.datafile import RowError, Table, read_data_file, tables
+from harness.errors import HarnessDeprecationWarning, PluginError
 
 _KEYS = {"trainer", "method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source"}
 
@@ -52,43 +51,77 @@ class ReportedResult:
     epochs: int | None = None
 
 
-def _fraction(value: float | None, where: str) -> float | None:
+@dataclass
+class ReportedFile:
+    """What one reported-results file holds: its valid rows, and a message for each malformed one."""
+
+    results: list[ReportedResult]
+    problems: list[tuple[str, str]]  # (label as written, what is wrong)
+
+
+def _percent(row: Table, key: str) -> float | None:
+    value = row.number(key)
     if value is None:
         return None
     if not 0 <= value <= 100:
-        raise PluginError(f"{where}: accuracy {value} is not a percentage")
+        raise RowError(f"{key!r} is {value}, not a percentage")
     return value / 100
 
 
-def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]:
+def _read_row(row: Table, file: str, plugin: str) -> ReportedResult:
+    threat = row.threat()
+    clean, pgd, certified = _percent(row, "clean"), _percent(row, "pgd"), _percent(row, "certified")
+    # Certified accuracy can exceed neither the attacked nor the clean one: a row that says so is mistyped.
+    for low, high, what in ((certified, pgd, "certified > pgd"), (certified, clean, "certified > clean"), (pgd, clean, "pgd > clean")):
+        if low is not None and high is not None and low > high:
+            raise RowError(f"{what} ({100 * low:g} > {100 * high:g})")
+    epochs = row.integer("epochs")
+    if epochs is not None and epochs < 1:
+        raise RowError(f"'epochs' must be >= 1, got {epochs}")
+    trainer = row.optional_text("trainer")
+    if "method" in row.raw:
+        if trainer is not None:
+            raise RowError("give 'trainer' only ('method' is its deprecated name)")
+        trainer = row.text("method")
+        warnings.warn(f"reported result {row.raw.get('label')!r} in {file} (plugin {plugin!r}): the key 'method' is deprecated; "
+                      f"write trainer = {trainer!r}", HarnessDeprecationWarning, stacklevel=4)
+    return ReportedResult(
+        label=row.text("label"),
+        dataset=row.text("dataset"),
+        norm=threat.norm,
+        eps=threat.eps,
+        clean=clean,
+        pgd=pgd,
+        certified=certified,
+        source=row.text("source"),
+        file=file,
+        plugin=plugin,
+        trainer=trainer,
+        attack=row.optional_text("attack"),
+        epochs=epochs,
+    )
+
+
+def read_reported(path: Path | Traversable, plugin: str) -> ReportedFile:
+    """Parse one reported-results file, checking every row on its own.
+
+    :raises PluginError: the file cannot be read or is not TOML.
+    """
     origin, data = read_data_file(path, plugin, "reported results")
     file = str(getattr(path, "name", path))
-    results = []
-    for raw in data.get("results", []):
-        where = f"reported result {raw.get('label')!r} in {origin}"
-        check_keys(raw, _KEYS, {"label", "dataset", "eps", "source"}, where)
-        if "method" in raw:
-            warnings.warn(f"{where}: the key 'method' is deprecated; write trainer = {raw['method']!r}", DeprecationWarning, stacklevel=2)
-            if "trainer" in raw:
-                raise PluginError(f"{where}: give 'trainer' only ('method' is its deprecated name)")
+    found = ReportedFile([], [])
+    for raw in tables(data, "results", f"reported results {origin}"):
         try:
-            results.append(
-                ReportedResult(
-                    label=raw["label"],
-                    dataset=raw["dataset"],
-                    norm=parse_norm(raw.get("norm", "inf")),
-                    eps=parse_eps(raw["eps"]),
-                    clean=_fraction(raw.get("clean"), where),
-                    pgd=_fraction(raw.get("pgd"), where),
-                    certified=_fraction(raw.get("certified"), where),
-                    source=raw["source"],
-                    file=file,
-                    plugin=plugin,
-                    trainer=raw.get("trainer", raw.get("method")),
-                    attack=raw.get("attack"),
-                    epochs=raw.get("epochs"),
-                )
-            )
-        except UsageError as exc:
-            raise PluginError(f"{where}: {exc}") from None
-    return results
+            found.results.append(_read_row(Table(raw, _KEYS, {"label", "dataset", "eps", "source"}), file, plugin))
+        except RowError as exc:
+            found.problems.append((str(raw.get("label")), str(exc)))
+    return found
+
+
+def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]:
+    """Parse one reported-results file; any malformed row is the plugin's bug (PluginError naming the first)."""
+    found = read_reported(path, plugin)
+    if found.problems:
+        label, message = found.problems[0]
+        raise PluginError(f"reported result {label!r} in {getattr(path, 'name', path)} (plugin {plugin!r}): {message}")
+    return found.results

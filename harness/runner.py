@@ -24,8 +24,8 @@ from harness.catalog import Catalog, Entry
 from harness.components import Attacker, Certifier, Dataset, Model, Trainer
 from harness.data.files import default_data_dir
 from harness.env import device_name, environment, resolve_device
-from harness.errors import PluginError, UsageError, one_line
-from harness.evaluation import SUBSET_SEED, eval_indices, evaluate
+from harness.errors import HarnessError, PluginError, UsageError, one_line
+from harness.evaluation import SUBSET_SEED, attack_label, eval_indices, evaluate
 from harness.options import has_field, options_dict, parse_options, scale_epochs
 from harness.presets import Preset, select_preset
 from harness.progress import Progress, SilentProgress
@@ -101,7 +101,7 @@ class Plan:
             "samples": r.eval_samples,
             "subset_seed": SUBSET_SEED,
             "batch_size": r.eval_batch_size,
-            "attackers": [self._component(a, label=a.label()) for a in self.attackers],
+            "attackers": [self._component(a, label=_label(a)) for a in self.attackers],
         }
         if result is None:
             evaluation["certifiers"] = [self.key(c) for c in self.certifiers] if r.certifiers is not None else None
@@ -124,6 +124,14 @@ class Plan:
                 "overrides": list(r.overrides),
             }
         )
+
+
+def _label(attacker: Attacker) -> str:
+    """The attack's label for the configuration; its name if ``label()`` fails (the evaluation records that failure)."""
+    try:
+        return attack_label(attacker)
+    except HarnessError:
+        return attacker.name
 
 
 def _jsonable(value: Any) -> Any:
@@ -174,8 +182,21 @@ def _choose(catalog: Catalog, kind: str, requested: Sequence[str] | None, flag: 
     return chosen
 
 
+def _check_names(request: RunRequest) -> None:
+    """Every name given is a name: an empty one (``--model ''``) is refused, not ignored."""
+    single = {"--plugin": request.trainer, "--dataset": request.dataset, "--model": request.model, "--preset": request.preset}
+    for flag, name in single.items():
+        if name is not None and not name.strip():
+            raise UsageError(f"{flag} {name!r} is empty; give a name (see harness plugins)")
+    for flag, names in (("--attack", request.attacks), ("--certifier", request.certifiers)):
+        for name in names or ():
+            if not name.strip():
+                raise UsageError(f"{flag} {name!r} is empty; give a name (see harness plugins)")
+
+
 def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, str | None] | None = None) -> Plan:
     """Resolve names, preset and options; raise UsageError for anything wrong."""
+    _check_names(request)
     trainer_entry = catalog.entry("trainer", request.trainer)
     dataset_entry = catalog.entry("dataset", request.dataset)
     trainer_cls: Any = trainer_entry.component
@@ -214,7 +235,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
         raise UsageError(f"trainer {trainer_entry.key!r} trains for norms {', '.join(trainer_cls.norms)}, not {norm!r}")
 
     preset_model = catalog.entry("model", preset.model) if preset and preset.model else catalog.model_entry(trainer_entry)
-    model_entry = catalog.entry("model", request.model) if request.model else preset_model
+    model_entry = catalog.entry("model", request.model) if request.model is not None else preset_model
     if not catalog.compatible(trainer_cls, model_entry):
         raise UsageError(
             f"trainer {trainer_entry.key!r} cannot train model {model_entry.key!r}; it trains: {', '.join(trainer_cls.models)}"

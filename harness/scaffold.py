@@ -80,6 +80,7 @@ A minimal trainer (a third party's, in its own package)::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -90,7 +91,7 @@ from torch import Tensor, nn
 
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
-from harness.errors import TrainingDiverged
+from harness.errors import PluginError, TrainingDiverged
 from harness.train import TrainContext, TrainData
 
 
@@ -132,6 +133,20 @@ class EpochTrainer(Trainer):
 
     #: The per-run state made by :meth:`start` (``None`` before the first run).
     state: Any = None
+
+    @classmethod
+    def class_problem(cls) -> tuple[str, str] | None:
+        """Besides a trainer's checks: the loop needs integer ``epochs`` and ``batch_size`` options."""
+        problem = super().class_problem()
+        if problem is not None:
+            return problem
+        names = {f.name: f.type for f in dataclasses.fields(cls.Options)} if dataclasses.is_dataclass(cls.Options) else {}
+        missing = [name for name in ("epochs", "batch_size") if name not in names]
+        if missing:
+            where = f"{cls.__module__}.{cls.__qualname__}"
+            return (f"{where}'s Options has no {' or '.join(repr(m) for m in missing)}",
+                    "add integer fields epochs and batch_size: the scaffold's loop reads them")
+        return None
 
     # -- what every method supplies ---------------------------------------------------------
 
@@ -199,7 +214,9 @@ class EpochTrainer(Trainer):
                     images, labels = images.to(ctx.device), labels.to(ctx.device)
                     step = Step(epoch, index, steps, epochs)
                     values = self.schedule(step)
-                    lr = values["lr"]
+                    lr = values.get("lr") if isinstance(values, Mapping) else None
+                    if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr):
+                        raise PluginError(f"trainer {self.name!r}: schedule() returned {values!r}; it must be a dict with a finite 'lr'")
                     for group in optimizer.param_groups:
                         group["lr"] = lr * group.get("lr_scale", 1.0)
                     self.apply_schedule(model, values)

@@ -90,7 +90,7 @@ def make_catalog(*plugins: Any, builtins: bool | Iterable[str] = True) -> Catalo
         only = []
     else:
         only = list(builtins)
-    return Catalog.build(load_plugins(entry_points=bool(only), only=only, extra=plugins))
+    return Catalog.build(load_plugins(entry_points=bool(only), only=only, extra=plugins, environment=False))
 
 
 # -- a tiny dataset ---------------------------------------------------------------------------------------------

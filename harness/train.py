@@ -11,6 +11,7 @@ import torch
 
 from harness.data.augment import Augmentation
 from harness.data.types import DatasetInfo
+from harness.errors import HarnessDeprecationWarning
 from harness.progress import Progress, SilentProgress
 from harness.schedules import cosine_annealing
 from harness.threat import ThreatModel
@@ -70,7 +71,7 @@ def cosine_lr(base: float, progress: float) -> float:
     """
     warnings.warn(
         "harness.train.cosine_lr is deprecated; use harness.schedules.cosine_annealing(t, base, epochs)",
-        DeprecationWarning,
+        HarnessDeprecationWarning,
         stacklevel=2,
     )
     return cosine_annealing(progress, base, 1.0)

@@ -9,7 +9,7 @@
 # project depends on. auto-lirpa 0.3, the only release on PyPI, declares
 # torch<1.13; it goes in with --no-deps too (its real needs, numpy, packaging,
 # appdirs and pyyaml, are the project's dependencies) and runs on current torch
-# through the patches in plugins/lirpa/compat.py.
+# through the patches in plugins/lib/lirpa/compat.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

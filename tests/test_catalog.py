@@ -79,12 +79,34 @@ def test_the_same_name_from_two_plugins_is_addressed_by_plugin_and_name():
     assert "ambiguous" in str(exc.value) and "Plugin:fgsm, Second:fgsm" in str(exc.value)
 
 
-def test_a_trainer_named_like_a_builtin_makes_the_short_name_ambiguous_not_broken():
+def test_a_trainer_named_like_a_builtin_leaves_the_builtin_its_name_and_is_qualified():
     catalog = make_catalog(Plugin(trainers=[Twin]))
-    assert catalog.get("trainer", "linf_v2:linf_v2").__module__.startswith("harness_plugins")
+    builtin = catalog.get("trainer", "linf_v2")
+    assert builtin.__module__.startswith("harness_plugins") and catalog.get("trainer", "linf_v2:linf_v2") is builtin
     assert catalog.get("trainer", "Plugin:linf_v2") is Twin
-    with pytest.raises(UsageError, match="ambiguous"):
-        catalog.get("trainer", "linf_v2")
+    assert "Plugin:linf_v2" in catalog.names("trainer") and catalog.problems == []
+    # Its presets (from linf_v2's own file) still belong to the built-in trainer.
+    assert {p.name for p in catalog.presets_for("linf_v2", "mnist")} >= {"quick", "paper-0.3"}
+
+
+def test_a_third_partys_model_named_like_a_builtin_displaces_nothing():
+    class Impersonator(Model):
+        name = "linf_dist_net"
+        description = "a third party's model with a built-in's name (test)"
+
+        def build(self, data):
+            raise NotImplementedError
+
+    class P:
+        @hookimpl
+        def register_models(self):
+            return [Impersonator]
+
+    catalog = make_catalog(P())
+    assert catalog.problems == [] and catalog.get("model", "linf_dist_net") is not Impersonator
+    assert catalog.get("model", "P:linf_dist_net") is Impersonator
+    assert {"linf_v1", "linf_v2"} <= set(catalog.names("trainer"))
+    assert catalog.model_entry(catalog.entry("trainer", "linf_v2")).plugin == "lpdist"
 
 
 def test_the_same_name_twice_in_one_plugin_is_a_problem():
@@ -107,8 +129,11 @@ def test_non_components_and_wrong_kinds_are_left_out_with_a_problem(bad, expecte
 def test_a_trainer_whose_model_is_missing_is_unavailable_and_says_why():
     catalog = make_catalog(Plugin(trainers=[Orphan]))
     (problem,) = catalog.problems
-    assert str(problem).startswith("trainer 'orphan' (plugin 'Plugin'): trains model 'no_such_model', which no loaded plugin registers")
-    with pytest.raises(PluginError, match="trainer 'orphan' is unavailable: .*no_such_model"):
+    assert str(problem) == (
+        "model 'no_such_model' (plugin 'Plugin'): no loaded plugin registers it, but trainer 'orphan' names it; "
+        "correct the name, or install or enable the plugin that registers it"
+    )
+    with pytest.raises(PluginError, match="trainer 'orphan' is unavailable: model 'no_such_model'"):
         catalog.get("trainer", "orphan")
 
 

@@ -129,3 +129,23 @@ def test_unwritable_save_dir_is_caught_before_training(harness_cli, shared_data,
                     "--save-dir", str(blocker / "runs"))
     assert_one_line_error(r, "--save-dir", "a-file")
     assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+@pytest.mark.parametrize("flag", ["--model", "--preset", "--attack", "--certifier"])
+def test_an_empty_name_is_refused_not_ignored(harness_cli, flag):
+    assert_one_line_error(harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", flag, ""), f"{flag} '' is empty")
+
+
+def test_a_dataset_filter_with_a_typo_names_the_datasets(harness_cli):
+    for command in ("leaderboard", "runs"):
+        assert_one_line_error(harness_cli(command, "--dataset", "mnsit"), "unknown dataset 'mnsit'; did you mean 'mnist'?")
+    assert harness_cli("leaderboard", "--dataset", "cifar10").out.startswith("no finished runs")
+    assert harness_cli("runs", "--dataset", "cifar10").out.strip() == "no runs match"
+
+
+def test_a_misspelt_plugin_name_in_the_environment_is_named(harness_cli, monkeypatch):
+    monkeypatch.setenv("HARNESS_DISABLE_PLUGINS", "lpidst")
+    r = harness_cli("leaderboard")
+    (line,) = r.err.strip().splitlines()
+    assert r.code == 0 and line.startswith(
+        "warning: HARNESS_DISABLE_PLUGINS names 'lpidst', which is not an installed plugin; did you mean 'lpdist'? installed: ")

@@ -53,5 +53,20 @@ def test_disabling_lpdist_names_the_model_in_one_line(harness_cli, monkeypatch):
     monkeypatch.setenv("HARNESS_DISABLE_PLUGINS", "lpdist")
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick")
     assert r.code == 1 and len(r.err.strip().splitlines()) == 1
-    assert r.err.startswith("plugin error: trainer 'linf_v2' is unavailable: trainer 'linf_v2' (plugin 'linf_v2'): trains model 'linf_dist_net', "
-                            "which no loaded plugin registers; install or enable the plugin that registers it (left out now: lpdist")
+    assert r.err == (
+        "plugin error: trainer 'linf_v2' is unavailable: model 'linf_dist_net': no loaded plugin registers it, but trainer 'linf_v1' "
+        "and trainer 'linf_v2' name it; correct the name, or install or enable the plugin that registers it "
+        "(disabled by HARNESS_DISABLE_PLUGINS: lpdist)\n"
+    )
+
+
+@pytest.mark.parametrize(("disabled", "lines"), [("lpdist", 1), ("datasets", 4), ("linf_v2", 0), ("torchattacks", 0)])
+def test_disabling_a_builtin_is_one_problem_per_missing_name(disabled, lines, monkeypatch):
+    monkeypatch.setenv("HARNESS_DISABLE_PLUGINS", disabled)
+    catalog = Catalog.build(load_plugins(only=builtin_plugins()))
+    problems = [str(p) for p in catalog.problems]
+    assert len(problems) == lines, problems
+    for line in problems:
+        assert "no loaded plugin registers it" in line and f"disabled by HARNESS_DISABLE_PLUGINS: {disabled}" in line
+    if disabled == "datasets":  # the papers' numbers go with the datasets they are for; the trainers stay
+        assert catalog.reported == [] and {"linf_v2", "crm"} <= set(catalog.names("trainer"))

@@ -68,10 +68,20 @@ def imported_modules(source: Source) -> list[tuple[int, str]]:
             else:
                 module = node.module or ""
             found.append((node.lineno, module))
-            # ``from harness_plugins import linf_v1`` imports a plugin too.
-            if module in ("harness_plugins", "harness_plugins.lib"):
-                found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names]
+            # ``from harness_plugins import linf_v1`` imports a plugin, ``from harness import runner`` a host module.
+            if module in ("harness_plugins", "harness_plugins.lib") or (module == "harness" and node.level == 0):
+                found += [(node.lineno, f"{module}.{alias.name}") for alias in node.names if submodule(module, alias.name)]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] in ("import_module", "__import__"):
+            # importlib.import_module("harness_plugins.liplt.certifiers") is an import as well
+            found += [(node.lineno, arg.value) for arg in node.args[:1] if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
     return found
+
+
+def submodule(package: str, name: str) -> bool:
+    """Whether ``package.name`` is a module (not a name the package exports)."""
+    if package.startswith("harness_plugins"):
+        return True
+    return (REPO / "harness" / f"{name}.py").exists() or (REPO / "harness" / name / "__init__.py").exists()
 
 
 def owner(module: str) -> str | None:
@@ -162,6 +172,8 @@ def test_every_public_module_exists():
         ("harness_plugins.crm.model", "def f():\n    import harness_plugins.liplt.chain", "imports plugin 'liplt'"),
         # a private host module, and the library reaching up into a plugin
         ("harness_plugins.lpdist.bench", "from harness.render import text_table", "a private harness module"),
+        ("harness_plugins.lpdist.bench", "from harness import runner", "a private harness module"),
+        ("harness_plugins.crm.trainer", "import importlib\nimportlib.import_module('harness_plugins.liplt.certifiers')", "imports plugin 'liplt'"),
         ("harness_plugins.lib.margins", "from harness_plugins.certifiers.margins import runner_up", "the library imports no plugin"),
         ("example", "from harness_plugins.lib.margins import runner_up", "only the public harness API"),
     ],

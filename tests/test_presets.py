@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from harness.errors import PluginError, UsageError
+from harness.errors import HarnessDeprecationWarning, PluginError, UsageError
 from harness.presets import Preset, load_presets, select_preset
 
 
@@ -69,7 +69,7 @@ def test_trainer_without_presets_runs_with_defaults():
 def test_malformed_file_is_a_plugin_error(tmp_path):
     bad = tmp_path / "p.toml"
     bad.write_text('trainer = "m"\n[[presets]]\nname = "x"\ndataset = "mnist"\neps = 0.3\nsource = "s"\nepochs = 3\n')
-    with pytest.raises(PluginError, match="unknown keys \\['epochs'\\]"):
+    with pytest.raises(PluginError, match="preset 'x' in p.toml \\(plugin 'p'\\): unknown key 'epochs'; did you mean 'eps'\\?"):
         load_presets(bad, "p")
 
 
@@ -153,6 +153,27 @@ def test_the_reported_key_method_still_loads_with_a_deprecation_warning(tmp_path
 
     path = tmp_path / "old.toml"
     path.write_text('[[results]]\nmethod = "linf_v2"\nlabel = "old"\ndataset = "mnist"\neps = 0.3\ncertified = 93.2\nsource = "s"\n')
-    with pytest.warns(DeprecationWarning, match="the key 'method' is deprecated; write trainer = 'linf_v2'"):
+    with pytest.warns(HarnessDeprecationWarning, match="the key 'method' is deprecated; write trainer = 'linf_v2'"):
         (result,) = load_reported(path, "old-plugin")
     assert result.trainer == "linf_v2" and result.certified == pytest.approx(0.932)
+
+
+def test_the_cli_shows_the_deprecation_on_one_line(tmp_path, harness_cli):
+    from harness import hookimpl
+
+    path = tmp_path / "old.toml"
+    path.write_text('[[results]]\nmethod = "linf_v2"\nlabel = "old"\ndataset = "mnist"\neps = 0.3\ncertified = 93.2\nsource = "s"\n')
+
+    class Old:
+        @hookimpl
+        def register_reported_results(self):
+            return [path]
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        r = harness_cli("plugins", "--check", plugins=[Old()])
+    assert r.code == 0
+    assert r.err.strip().splitlines() == [
+        "warning: reported result 'old' in old.toml (plugin 'Old'): the key 'method' is deprecated; write trainer = 'linf_v2'"]

@@ -295,3 +295,37 @@ def test_a_diverged_run_fails_in_training_and_is_recorded(harness_cli):
     assert "evaluate" not in r.err and "certify" not in r.err  # it stopped in training, not at the evaluation
     runs = harness_cli("runs").out
     assert "failed" in runs
+
+
+@dataclass(frozen=True)
+class NoBatchSize:
+    epochs: int = 1
+
+
+class Unbatched(CETrainer):
+    name = "unbatched"
+    Options = NoBatchSize
+
+
+def test_a_scaffold_trainer_without_batch_size_is_a_startup_problem():
+    from harness.testing import make_catalog
+
+    class P:
+        @hookimpl
+        def register_trainers(self):
+            return [Unbatched]
+
+    (problem,) = make_catalog(P(), builtins=False).problems
+    assert "Options has no 'batch_size'" in str(problem) and "add integer fields epochs and batch_size" in str(problem)
+
+
+class NoLr(CETrainer):
+    def schedule(self, step):
+        return {"rate": 0.1}
+
+
+def test_a_schedule_without_lr_is_the_plugins_error():
+    from harness.errors import PluginError
+
+    with pytest.raises(PluginError, match="schedule\\(\\) returned \\{'rate': 0.1\\}; it must be a dict with a finite 'lr'"):
+        NoLr(CEOptions(epochs=1)).fit(Linear(), blobs(64), context())

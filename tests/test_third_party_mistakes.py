@@ -357,3 +357,95 @@ def test_an_attack_that_writes_into_the_clean_batch_cannot_hide_its_points_outsi
     assert result.errors == [
         "attack 'in-place': perturb() returned points outside the l_inf eps=0.01 ball or [0,1] (largest perturbation 0.02)"
     ]
+
+
+class BadLabel(Attacker):
+    name = "bad-label"
+    description = "its label() raises (test)"
+    norms = ("inf",)
+
+    def label(self):
+        raise KeyError("steps")
+
+    def perturb(self, model, images, labels, threat):
+        return images
+
+
+@pytest.mark.parametrize("limit", [0, -5, 2.5, "10"])
+def test_a_malformed_sample_limit_is_that_certifiers_error(limit):
+    class Limited(Certifier):
+        name = "limited"
+        description = "a malformed sample_limit() (test)"
+        norms = ("inf",)
+
+        def sample_limit(self, model, threat):
+            return limit
+
+        def certify(self, model, images, labels, threat):
+            return Certificate(certified=torch.zeros(len(labels), dtype=torch.bool))
+
+    model, images, labels = linear_problem()
+    result = evaluate(model, images, labels, ThreatModel("inf", 0.01), attackers=[], certifiers=[Limited()], device=torch.device("cpu")).result
+    assert result.errors == [f"certifier 'limited': sample_limit() returned {limit!r}; expected None (all samples) or a positive integer"]
+
+
+def test_a_raising_label_is_that_attacks_error_and_the_run_is_recorded(harness_cli, shared_data):
+    class P:
+        @hookimpl
+        def register_attackers(self):
+            return [BadLabel]
+
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--epochs", "1", "--train-samples", "300",
+                    "--eval-samples", "10", "--set", "model.width=16", "--set", "model.depth=3", "--set", "attacker.pgd.steps=2",
+                    "--data-dir", str(shared_data), "--no-save", plugins=[P()])
+    assert r.code == 1 and "Traceback" not in r.err
+    assert r.err.strip().splitlines()[-1].endswith("attack 'bad-label': label() raised KeyError: 'steps'")
+    shown = json.loads(harness_cli("show", "1", "--format", "json").out)
+    assert [a["name"] for a in shown["result"]["attacks"]] == ["bad-label", "pgd"] and shown["result"]["robust_accuracy"] is not None
+
+
+class TrainsTheModel(Certifier):
+    name = "a-meddler"  # sorts first: every certifier and attack after it would see its damage
+    description = "leaves the model in training mode and zeroes a weight (test)"
+    norms = ("inf",)
+
+    def certify(self, model, images, labels, threat):
+        model.train()
+        with torch.no_grad():
+            next(model.parameters()).zero_()
+        return Certificate(certified=torch.zeros(len(labels), dtype=torch.bool))
+
+
+def test_a_certifier_that_changes_the_model_is_an_error_and_the_model_is_restored():
+    from harness_plugins.lirpa.certifiers import IBPCertifier
+
+    model, images, labels = linear_problem()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    threat = ThreatModel("inf", 0.01)
+    clean = evaluate(model, images, labels, threat, attackers=[PGD(PGDOptions(steps=5))], certifiers=[IBPCertifier()],
+                     device=torch.device("cpu")).result
+    torch.manual_seed(0)
+    result = evaluate(model, images, labels, threat, attackers=[PGD(PGDOptions(steps=5))], certifiers=[TrainsTheModel(), IBPCertifier()],
+                      device=torch.device("cpu")).result
+    assert result.errors == [
+        "certifier 'a-meddler': it changed the model (its modes or attributes and its weights); the model was restored and this "
+        "component's results discarded"
+    ]
+    assert not model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert result.certifier("ibp").accuracy == clean.certifier("ibp").accuracy and result.not_applicable == {}
+
+
+def test_a_plugins_command_does_not_outlive_the_plugin(harness_cli):
+    import click
+
+    class Greeter:
+        @hookimpl
+        def register_commands(self, cli):
+            @cli.command("greet")
+            def greet():
+                """Say hello (test). Example: harness greet"""
+                click.echo("hello")
+
+    assert harness_cli("greet", plugins=[Greeter()]).out == "hello\n"
+    assert harness_cli("greet").code == 2  # the next start without the plugin has no such command
+    assert "bench" in harness_cli("--help").out and "dist" in harness_cli("bench", "--help").out

@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from harness import DatasetInfo
+from harness.errors import HarnessDeprecationWarning
 from harness.schedules import cosine_annealing
 from harness.train import TrainData, cosine_lr
 
 
 def test_cosine_lr_still_works_with_a_one_line_deprecation_warning():
-    with pytest.warns(DeprecationWarning) as caught:
+    with pytest.warns(HarnessDeprecationWarning) as caught:
         value = cosine_lr(0.03, 0.25)
     (warning,) = caught
     message = str(warning.message)

@@ -118,7 +118,7 @@ class RunRow(_Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    trainer: Mapped[str] = mapped_column(String(200))
+    trainer: Mapped[str] = mapped_column(String(100))
     dataset: Mapped[str] = mapped_column(String(100))
     norm: Mapped[str] = mapped_column(String(16))
     eps: Mapped[float] = mapped_column(Double)
@@ -154,7 +154,7 @@ class AttackResultRow(_Base):
     __tablename__ = "attack_results"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    attacker: Mapped[str] = mapped_column(String(200), primary_key=True)
+    attack: Mapped[str] = mapped_column(String(100), primary_key=True)
     label: Mapped[str] = mapped_column(String(200))
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
     accuracy: Mapped[float | None] = mapped_column(Double)
@@ -167,7 +167,7 @@ class CertifierResultRow(_Base):
     __tablename__ = "certifier_results"
 
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    certifier: Mapped[str] = mapped_column(String(200), primary_key=True)
+    certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
     options: Mapped[dict[str, Any]] = mapped_column(JSON)
     accuracy: Mapped[float | None] = mapped_column(Double)
     samples: Mapped[int] = mapped_column(Integer)
@@ -192,7 +192,7 @@ class AttackRow(_Base):
 
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    attack: Mapped[str] = mapped_column(String(200), primary_key=True)
+    attack: Mapped[str] = mapped_column(String(100), primary_key=True)
     survived: Mapped[bool] = mapped_column(Boolean)
 
 
@@ -202,7 +202,7 @@ class CertificateRow(_Base):
 
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    certifier: Mapped[str] = mapped_column(String(200), primary_key=True)
+    certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
     certified: Mapped[bool] = mapped_column(Boolean)
     radius: Mapped[float | None] = mapped_column(Double)
 
@@ -235,12 +235,12 @@ def _migrate_1_to_2(conn: Connection) -> None:
         conn.execute(insert(_table(ResultRow)).values(
             run_id=run_id, eval_samples=n, clean_accuracy=m.get("clean_accuracy", 0.0),
             robust_accuracy=m.get("robust_accuracy"), certified_accuracy=m.get("certified_accuracy"),
-            not_applicable={name: "did not apply (schema 1 did not record why)" for name in certifiers if name not in per["certified_accuracy"]},
+            not_applicable={name: "not recorded (a schema-1 run)" for name in certifiers if name not in per["certified_accuracy"]},
         ))
         for name, accuracy in sorted(per["robust_accuracy"].items()):
             spec = attackers.get(name, {})
             conn.execute(insert(_table(AttackResultRow)).values(
-                run_id=run_id, attacker=name, label=spec.get("label", name), options=spec.get("options", {}),
+                run_id=run_id, attack=name, label=spec.get("label", name), options=spec.get("options", {}),
                 accuracy=accuracy, attacked=correct, seconds=None, error=None,
             ))
         for name, accuracy in sorted(per["certified_accuracy"].items()):
@@ -258,6 +258,21 @@ def _migrate_1_to_2(conn: Connection) -> None:
                 samples=int(per["certified_samples"].get(name, n)), mean_radius=mean,
                 median_radius=median if mean is not None else None, seconds=None, error=None,
             ))
+    # The configuration as schema 2 writes it: the trainer named once (schema 1 kept "plugin" beside "trainer"),
+    # and only the certifiers that ran, with why the others did not.
+    for run_id, config in conn.execute(select(RunRow.id, RunRow.config)).all():
+        if not isinstance(config, dict):
+            continue
+        config = dict(config)
+        config.pop("plugin", None)
+        evaluation = config.get("evaluation")
+        ran = {k.split("/", 1)[1] for k in metrics.get(run_id, {}) if k.startswith("certified_accuracy/")}
+        if isinstance(evaluation, dict) and run_id in metrics and isinstance(evaluation.get("certifiers"), list):
+            listed = [c for c in evaluation["certifiers"] if isinstance(c, dict)]
+            evaluation = {**evaluation, "certifiers": [c for c in listed if c.get("name") in ran]}
+            evaluation["not_applicable"] = {c.get("name"): "not recorded (a schema-1 run)" for c in listed if c.get("name") not in ran}
+            config["evaluation"] = evaluation
+        conn.execute(update(_table(RunRow)).where(RunRow.id == run_id).values(config=config))
     conn.execute(text("DROP TABLE metrics"))
 
 
@@ -354,7 +369,7 @@ class SqlStore(Store):
             "not_applicable": dict(result.not_applicable),
         }
         attack_rows = [
-            {"run_id": run_id, "attacker": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
+            {"run_id": run_id, "attack": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
              "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": a.error}
             for a in result.attacks
         ]
@@ -616,9 +631,9 @@ def _results(session: Session, run_ids: list[int]) -> dict[int, EvaluationResult
     attacks: dict[int, list[AttackResult]] = {}
     certifiers: dict[int, list[CertifierResult]] = {}
     for chunk in (run_ids[i : i + 500] for i in range(0, len(run_ids), 500)):
-        for a in session.scalars(select(AttackResultRow).where(AttackResultRow.run_id.in_(chunk)).order_by(AttackResultRow.attacker)):
+        for a in session.scalars(select(AttackResultRow).where(AttackResultRow.run_id.in_(chunk)).order_by(AttackResultRow.attack)):
             attacks.setdefault(a.run_id, []).append(
-                AttackResult(name=a.attacker, label=a.label, options=a.options or {}, accuracy=a.accuracy, attacked=a.attacked,
+                AttackResult(name=a.attack, label=a.label, options=a.options or {}, accuracy=a.accuracy, attacked=a.attacked,
                              seconds=a.seconds, error=a.error)
             )
         for c in session.scalars(select(CertifierResultRow).where(CertifierResultRow.run_id.in_(chunk)).order_by(CertifierResultRow.certifier)):

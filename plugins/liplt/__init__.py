@@ -5,11 +5,10 @@ Registers the ``liplt`` and ``lipschitz-naive`` certifiers
 Lipschitz constants ``L_pq`` of ``z_p − z_q``. They apply to feed-forward
 networks built from plain ``nn.Sequential`` containers (linear and
 convolutional layers, average pooling, eval-mode batch norm, element-wise
-activations), such as the ``crm_net`` models. The network is read as a chain
-of linear stages (:mod:`.chain`, which also holds the LipLT recursion); the
-norms the recursion needs are sound upper bounds (:mod:`.sound`). Training
-uses power-iteration estimates instead (:mod:`.power`, for the ``crm``
-trainer).
+activations), such as the ``crm_net`` models. The reading of the network, the
+LipLT recursion and its sound norms are library code
+(:mod:`harness_plugins.lib.liplt`), which the ``crm`` trainer shares (its
+training uses the library's power-iteration estimates instead).
 """
 
 from __future__ import annotations

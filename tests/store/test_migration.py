@@ -110,3 +110,41 @@ def test_the_upgraded_database_takes_new_runs(old):
         assert run_id == max(r["id"] for r in before["runs"]) + 1 and store.get_run(run_id).status == "finished"
     finally:
         store.close()
+
+
+def test_the_upgraded_schema_is_the_fresh_schema(old, tmp_path):
+    from sqlalchemy import create_engine, inspect
+
+    path, _ = old
+    SqlStore.open(str(path)).close()
+    SqlStore.open(str(tmp_path / "fresh.db")).close()
+
+    def schema(db):
+        engine = create_engine(f"sqlite:///{db}")
+        try:
+            inspector = inspect(engine)
+            return {
+                table: sorted((c["name"], str(c["type"]), c["nullable"], c["primary_key"]) for c in inspector.get_columns(table))
+                for table in inspector.get_table_names()
+            }
+        finally:
+            engine.dispose()
+
+    upgraded, fresh = schema(path), schema(tmp_path / "fresh.db")
+    assert upgraded.keys() == fresh.keys()
+    for table in fresh:
+        assert upgraded[table] == fresh[table], table
+
+
+def test_the_upgraded_configuration_names_the_trainer_once_and_lists_what_ran(old):
+    path, _ = old
+    store = SqlStore.open(str(path))
+    try:
+        for record in store.list_runs():
+            assert "plugin" not in record.info.config and record.info.config["trainer"]["name"] == record.info.trainer
+            if record.result is not None:
+                listed = [c["name"] for c in record.info.config["evaluation"]["certifiers"]]
+                assert sorted(listed) == sorted(c.name for c in record.result.certifiers)
+                assert set(record.info.config["evaluation"]["not_applicable"]) == set(record.result.not_applicable)
+    finally:
+        store.close()
