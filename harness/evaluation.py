@@ -111,6 +111,8 @@ def _check_certificate(result: object, n: int, threat: ThreatModel) -> tuple[tor
         raise ComponentFailed("certify() returned NaN or negative radii")
     if bool((certified & (radius < threat.eps)).any()):
         raise ComponentFailed(f"certify() certified samples at radii below eps {threat.eps:g}")
+    if bool((~certified & (radius > threat.eps)).any()):
+        raise ComponentFailed(f"certify() returned radii above eps {threat.eps:g} for samples it did not certify")
     return certified, radius
 
 
@@ -421,14 +423,15 @@ def _collect(
     # The outcomes that stand: (name, verdicts or survivals, rows attempted, radii).
     survived = {a.name: a.survived for a in attacked if a.survived is not None}
     verdicts = {c.name: (c.verdicts, c.attempted, c.radius) for c in certified if c.verdicts is not None and c.attempted is not None}
-    robust = torch.stack(list(survived.values())).all(0).float().mean().item() if survived else None
-    any_certified = torch.stack([v for v, _, _ in verdicts.values()]).any(0).float().mean().item() if verdicts else None
+    # Accuracies are counts over totals, in Python floats (a float32 mean would store 0.15000000596).
+    robust = int(torch.stack(list(survived.values())).all(0).sum()) / n if survived else None
+    any_certified = int(torch.stack([v for v, _, _ in verdicts.values()]).any(0).sum()) / n if verdicts else None
     attack_results = tuple(
         AttackResult(
             name=a.name,
             label=a.label,
             options=options_dict(a.attacker.options),
-            accuracy=None if a.survived is None else a.survived.float().mean().item(),
+            accuracy=None if a.survived is None else int(a.survived.sum()) / n,
             attacked=int(correct.sum()),
             seconds=a.seconds,
             error=a.error,
@@ -442,7 +445,7 @@ def _collect(
             CertifierResult(
                 name=c.name,
                 options=options_dict(c.certifier.options),
-                accuracy=None if outcome is None else outcome[0][outcome[1]].float().mean().item(),
+                accuracy=None if outcome is None else int(outcome[0][outcome[1]].sum()) / int(outcome[1].sum()),
                 samples=0 if outcome is None else int(outcome[1].sum()),
                 radius=None if outcome is None else _radius_stats(outcome[2], outcome[1]),
                 seconds=c.seconds,
@@ -451,7 +454,7 @@ def _collect(
         )
     result = EvaluationResult(
         samples=n,
-        clean_accuracy=correct.float().mean().item(),
+        clean_accuracy=int(correct.sum()) / n,
         robust_accuracy=robust,
         certified_accuracy=any_certified,
         attacks=attack_results,

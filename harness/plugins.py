@@ -110,6 +110,11 @@ def hook_problems(plugin: object) -> list[str]:
             problems.append(f"it implements {attr!r}, which is not a harness hook ({did_you_mean}hooks: {', '.join(HOOKS)})")
         elif not marked and attr in HOOKS and (inspect.isfunction(value) or inspect.ismethod(value)):
             problems.append(f"its function {attr!r} lacks the @harness.hookimpl mark, so it would never be called")
+        elif not marked and attr.startswith("register_") and (inspect.isfunction(value) or inspect.ismethod(value)):
+            hint = closest(attr, HOOKS)
+            own = getattr(value, "__module__", None) == getattr(plugin, "__name__", getattr(type(plugin), "__module__", None))
+            if hint and own:
+                problems.append(f"its function {attr!r} looks like the hook {hint!r} misspelt, and lacks the @harness.hookimpl mark")
     return problems
 
 

@@ -242,7 +242,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
         )
     if preset is not None and model_entry is not preset_model:
         raise UsageError(
-            f"--model {request.model} differs from preset {preset.name!r}'s model {preset_model.key!r}; "
+            f"--model {request.model} differs from the model of preset {preset.name!r} ({preset_model.key!r}); "
             f"add --no-preset to train it with {trainer_entry.key!r}'s default options (and --set to change them)"
         )
 
@@ -384,6 +384,9 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
         )
         _sync(plan.device)
         eval_seconds = time.perf_counter() - start
+        if plan.request.certifiers is not None:
+            for name, reason in sorted(evaluation.result.not_applicable.items()):
+                progress.log(f"warning: certifier {name!r}, asked for with --certifier, did not apply: {reason}")
         final = plan.config(evaluation.result)
         store.record_results(
             run_id,

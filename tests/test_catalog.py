@@ -273,3 +273,12 @@ def test_a_data_file_the_plugin_did_not_install_is_a_problem_naming_package_data
         f"presets presets.toml (plugin 'Presets'): register_presets returned {tmp_path / 'presets.toml'}, which is not a file; "
         "ship it with the package (setuptools: [tool.setuptools.package-data]) or correct the path"
     )
+
+
+def test_an_unmarked_misspelt_hook_is_named_too():
+    import types
+
+    module = types.ModuleType("sloppy")
+    exec("def register_trainer():\n    return []\n", module.__dict__)  # noqa: S102 - a module as a plugin author writes it
+    (failure,) = load_plugins(entry_points=False, extra=[module]).failures
+    assert "its function 'register_trainer' looks like the hook 'register_trainers' misspelt" in failure.reason

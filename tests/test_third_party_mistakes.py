@@ -124,11 +124,12 @@ def test_another_installed_attacker_changes_nothing_the_suite_sees(tmp_path, mon
     monkeypatch.syspath_prepend(str(site))
     from harness.plugins import load_plugins
 
-    assert "extra" in load_plugins().names()  # it is installed, and a plain harness would load it
+    assert "extra" in load_plugins(only=[*builtin_plugins(), "extra"]).names()  # it is installed; a plain harness would load it
     assert "extra" not in builtin_plugins()
     assert make_catalog().names("attacker") == ["pgd", "pgd-l2"]
     listed = harness_cli("plugins").out
-    assert "fgsm" not in listed and listed.strip().endswith("left out (HARNESS_DISABLE_PLUGINS / HARNESS_ONLY_PLUGINS): extra")
+    last = listed.strip().splitlines()[-1]
+    assert "fgsm" not in listed and last.startswith("not selected (HARNESS_ONLY_PLUGINS): ") and "extra" in last
 
 
 def test_two_plugins_attackers_of_one_name_are_addressed_by_plugin(tmp_path, monkeypatch):
@@ -137,10 +138,12 @@ def test_two_plugins_attackers_of_one_name_are_addressed_by_plugin(tmp_path, mon
     from harness.catalog import Catalog
     from harness.plugins import load_plugins
 
-    catalog = Catalog.build(load_plugins())
+    catalog = Catalog.build(load_plugins(only=[*builtin_plugins(), "extra"], environment=False))
     assert catalog.problems == []
-    assert catalog.names("attacker") == ["extra:pgd", "fgsm", "pgd-l2", "torchattacks:pgd"]
-    assert catalog.get("attacker", "torchattacks:pgd") is PGD
+    # The built-in keeps its name (runs record it as before); the third party's is addressed by plugin.
+    assert catalog.names("attacker") == ["extra:pgd", "fgsm", "pgd", "pgd-l2"]
+    assert catalog.get("attacker", "pgd") is PGD and catalog.get("attacker", "torchattacks:pgd") is PGD
+    assert catalog.get("attacker", "extra:pgd").__module__ == "extra_attacks"
 
 
 # -- a certifier or attack that fails is isolated -------------------------------------------------------------
@@ -260,7 +263,7 @@ def test_a_dataset_without_a_preset_runs_on_the_default_options(harness_cli, sha
 
 def test_no_preset_and_model_choose_what_a_preset_would(harness_cli, shared_data):
     r = harness_cli("run", "--plugin", "linf_v1", "--dataset", "mnist", "--model", "crm_net", "--preset", "quick", "--data-dir", str(shared_data))
-    assert r.code == 2 and "--model crm_net differs from preset 'quick''s model 'linf_dist_net'; add --no-preset" in r.err
+    assert r.code == 2 and "--model crm_net differs from the model of preset 'quick' ('linf_dist_net'); add --no-preset" in r.err
     r = harness_cli("run", "--plugin", "linf_mlp", "--dataset", "mnist", "--model", "crm_net", "--no-preset", "--eps", "0.1")
     assert r.code == 2 and "trainer 'linf_mlp' cannot train model 'crm_net'; it trains: linf_dist_net_mlp" in r.err
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--no-preset", "--model", "crm_net", "--eps", "0.1",

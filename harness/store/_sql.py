@@ -701,7 +701,8 @@ def _check_finite(run_id: int, result: EvaluationResult) -> None:
             values[f"certifier {c.name!r} radius"] = c.radius.mean
     bad = sorted(name for name, value in values.items() if value is not None and not math.isfinite(value))
     if bad:
-        raise HarnessError(f"run {run_id}: {', '.join(bad)} are not finite numbers; nothing was stored")
+        verb = "is not a finite number" if len(bad) == 1 else "are not finite numbers"
+        raise HarnessError(f"run {run_id}: {', '.join(bad)} {verb}; nothing was stored")
 
 
 def _plain_json(what: str, value: dict[str, Any]) -> dict[str, Any]:
