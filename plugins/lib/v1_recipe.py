@@ -40,6 +40,7 @@ from harness.scaffold import EpochTrainer, Step
 from harness.schedules import cosine_annealing, p_relaxation, ramp
 from harness.train import TrainContext, TrainData
 from harness_plugins.lib.lpdist import lp_layers, set_p
+from harness_plugins.lib.relaxation_options import check_adam_and_batches, check_positive, check_relaxation
 
 
 def lp_decay_direction(rows: Tensor, p: float) -> Tensor:
@@ -112,30 +113,15 @@ class V1Options:
     flip: bool = doc_field(False, "random horizontal flip (CIFAR-10, TinyImageNet)")
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 <= self.p_start_epoch <= self.p_end_epoch <= self.epochs:
-            raise ValueError(
-                f"need 0 <= p_start_epoch <= p_end_epoch <= epochs, got {self.p_start_epoch}, {self.p_end_epoch}, {self.epochs}"
-            )
+        check_relaxation(self)
         if not 0 <= self.eps_warmup_epochs <= self.epochs:
             raise ValueError(f"need 0 <= eps_warmup_epochs <= epochs, got {self.eps_warmup_epochs}")
-        if not 1 <= self.p_start <= self.p_end < math.inf:
-            raise ValueError(f"need 1 <= p_start <= p_end < inf, got {self.p_start}, {self.p_end}")
-        for name, value in (("eps_train_ratio", self.eps_train_ratio), ("lr", self.lr), ("adam_eps", self.adam_eps)):
-            if not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {value}")
+        check_positive(self, "eps_train_ratio", "lr", "adam_eps")
         if not 0 <= self.kappa <= 1:
             raise ValueError(f"kappa must be in [0, 1], got {self.kappa}")
         if not 0 <= self.weight_decay < math.inf:
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay}")
-        for name, value in (("beta1", self.beta1), ("beta2", self.beta2)):
-            if not 0 <= value < 1:
-                raise ValueError(f"Adam {name} must be in [0, 1), got {value}")
-        if self.batch_size < 1 or self.crop_padding < 0 or self.crop_size < 0:
-            raise ValueError(
-                f"need batch_size >= 1, crop_padding >= 0, crop_size >= 0; got {self.batch_size}, {self.crop_padding}, {self.crop_size}"
-            )
+        check_adam_and_batches(self)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from harness.schedules import cosine_annealing, geometric, p_relaxation, ramp
 from harness.train import TrainContext, TrainData
 from harness_plugins.lib import citations
 from harness_plugins.lib.lpdist import set_p
+from harness_plugins.lib.relaxation_options import check_adam_and_batches, check_positive, check_relaxation
 
 
 @dataclass(frozen=True)
@@ -60,24 +61,9 @@ class LinfV2Options:
     flip: bool = doc_field(False, "random horizontal flip (CIFAR-10)")
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if not 0 <= self.p_start_epoch <= self.p_end_epoch <= self.epochs:
-            raise ValueError(
-                f"need 0 <= p_start_epoch <= p_end_epoch <= epochs, got {self.p_start_epoch}, {self.p_end_epoch}, {self.epochs}"
-            )
-        if not 1 <= self.p_start <= self.p_end < math.inf:
-            raise ValueError(f"need 1 <= p_start <= p_end < inf, got {self.p_start}, {self.p_end}")
-        positive = {"eps_train_ratio": self.eps_train_ratio, "lam0": self.lam0, "lam_end": self.lam_end, "lr": self.lr,
-                    "scale_lr_ratio": self.scale_lr_ratio, "adam_eps": self.adam_eps}
-        for name, value in positive.items():
-            if not 0 < value < math.inf:
-                raise ValueError(f"{name} must be a positive number, got {value}")
-        for name, value in (("beta1", self.beta1), ("beta2", self.beta2)):
-            if not 0 <= value < 1:
-                raise ValueError(f"Adam {name} must be in [0, 1), got {value}")
-        if self.batch_size < 1 or self.crop_padding < 0:
-            raise ValueError(f"need batch_size >= 1 and crop_padding >= 0, got {self.batch_size}, {self.crop_padding}")
+        check_relaxation(self)
+        check_positive(self, "eps_train_ratio", "lam0", "lam_end", "lr", "scale_lr_ratio", "adam_eps")
+        check_adam_and_batches(self)
 
 
 def clipped_hinge(logits: torch.Tensor, labels: torch.Tensor, theta: float) -> torch.Tensor:
