@@ -9,7 +9,7 @@ the final ``state_dict``, the float64 sum, sum of |x| and sum of squares and a
 few elements exactly; and the same sums of the clean logits on 100 test images.
 
 ``tests/test_golden_training.py`` retrains every case and compares it with
-``tests/data/golden_training.json``. This script writes such files and compares
+``tests/golden/training.json``. This script writes such files and compares
 two of them. It imports only API that the code before the training scaffold
 (commit 3655b16) already had, so this same file, run with that checkout's
 interpreter, gives the old code's numbers::

@@ -5,7 +5,7 @@ crm, 3 epochs on 1,000 MNIST images, every phase of each schedule crossed), trai
 them as ``harness run`` does on one CPU thread and fingerprints the result: per
 tensor of the final ``state_dict``, the float64 sum, sum of |x| and sum of squares
 and five elements exactly; the sums of the clean logits on 100 test images.
-``tests/data/golden_training.json`` holds the reference; each case's
+``tests/golden/training.json`` holds the reference; each case's
 ``provenance`` says which commit, command, torch, CPU and threads made it. The
 committed numbers were made by this branch's parent (a3b2592) and are identical,
 bit for bit, to those of the code before the training scaffold (3655b16), the
@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = REPO / "tests" / "data" / "golden_training.json"
+GOLDEN = REPO / "tests" / "golden" / "training.json"
 REGENERATE = os.environ.get("HARNESS_REGENERATE_GOLDEN", "") not in ("", "0")
 RTOL = 1e-6
 COMMAND = "HARNESS_REGENERATE_GOLDEN=1 pytest tests/test_golden_training.py"
