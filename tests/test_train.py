@@ -21,6 +21,7 @@ def test_cosine_lr_still_works_with_a_one_line_deprecation_warning():
     assert value == cosine_annealing(2.5, 0.03, 10)
 
 
+@pytest.mark.filterwarnings("ignore::harness.errors.HarnessDeprecationWarning")
 def test_cosine_lr_keeps_its_values_bit_for_bit():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
