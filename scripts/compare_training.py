@@ -33,7 +33,8 @@ import torch
 
 def load(run_dir: Path) -> dict[str, torch.Tensor]:
     path = run_dir / "model.pt" if run_dir.is_dir() else run_dir
-    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    # weights_only: a weights file must never run code when it is read (model.pt holds tensors and plain JSON).
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
 def compare(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> list[str]:

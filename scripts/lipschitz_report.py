@@ -35,7 +35,7 @@ def main() -> None:
     model_cls = catalog.get("model", config["model"]["name"])
     info = catalog.get("dataset", config["dataset"]).info
     model = model_cls(parse_options(model_cls.Options, config["model"]["options"], "model")).build(info)
-    model.load_state_dict(torch.load(args.run_dir / "model.pt", map_location="cpu")["state_dict"])
+    model.load_state_dict(torch.load(args.run_dir / "model.pt", map_location="cpu", weights_only=True)["state_dict"])
     model.eval()
     example = torch.rand(16, *info.shape, generator=torch.Generator().manual_seed(0))  # checks the reading
     p, q = pair_index(info.num_classes)
