@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.catalog import LABEL, Catalog, Entry, Problem
 from harness.components import KINDS, Component
+from harness.datafile import DataFile
 from harness.errors import HarnessError, PluginError, UsageError, closest, one_line
 from harness.options import parse_options
 from harness.plugins import BUILTIN_DISTRIBUTION, DISABLE_ENV, LoadedPlugins
@@ -43,6 +44,8 @@ HOOK_OF_KIND = {
     "certifier": "register_certifiers",
     "attacker": "register_attackers",
 }
+
+T = TypeVar("T")
 
 #: A name nothing registers, (kind, name): its one problem is made once every reference to it is known.
 Missing = tuple[str, str]
@@ -183,58 +186,56 @@ class _Builder:
 
     # -- presets -------------------------------------------------------------------------------------------
 
-    def presets(self) -> None:
-        candidates: list[tuple[Preset, Entry, Entry]] = []
-        for plugin, paths in self.call_each("register_presets"):
-            for path in self.as_list(paths, plugin, "register_presets"):
-                if self.not_installed(path, plugin, "presets", "register_presets"):
+    def read_files(self, hook: str, what: str, row: str, reader: Callable[[Any, str], DataFile[T]]) -> Iterator[T]:
+        """Every well-formed row of every file the plugins return from ``hook``; the others become problems."""
+        for plugin, paths in self.call_each(hook):
+            for path in self.as_list(paths, plugin, hook):
+                if self.not_installed(path, plugin, what, hook):
                     continue
                 try:
-                    found = read_presets(path, plugin)
+                    found = reader(path, plugin)
                 except PluginError as exc:
-                    self.problem(plugin, f"presets {getattr(path, 'name', path)}", str(exc), "correct the file")
+                    self.problem(plugin, f"{what} {getattr(path, 'name', path)}", str(exc), "correct the file")
                     continue
                 for name, message in found.problems:
-                    file = getattr(path, "name", path)
-                    self.problem(plugin, f"preset {name!r} in {file}", message, f"correct {file}")
-                for preset in found.presets:
-                    checked = self.check_preset(preset)
-                    if checked is not None:
-                        candidates.append(checked)
+                    self.problem(plugin, f"{row} {name!r} in {found.file}", message, f"correct {found.file}")
+                yield from found.rows
+
+    def presets(self) -> None:
+        candidates = [checked for preset in self.read_files("register_presets", "presets", "preset", read_presets)
+                      if (checked := self.check_preset(preset)) is not None]
         self.keep_one_of_each(candidates)
 
-    def check_preset(self, preset: Preset) -> tuple[Preset, Entry, Entry] | None:
-        """``(preset with names resolved to keys, its trainer, its model)``, or None with the reason recorded."""
+    def check_preset(self, preset: Preset) -> tuple[Preset, Entry] | None:
+        """``(preset with names resolved to keys, its trainer)``, or None with the reason recorded."""
         subject = f"preset {preset.name!r} of {preset.trainer!r} for {preset.dataset!r} in {preset.file}"
 
-        def reject(ref: _Ref | None = None, message: str | None = None) -> None:
-            if ref is not None and ref.cause is not None:
-                self.rejected.append((preset, ref.cause))  # its cause is already a problem (or will be one)
-                return
-            problem = self.problem(preset.plugin, subject, message or f"{ref.error if ref else ''}", f"correct {preset.file}")
-            self.rejected.append((preset, problem))
+        def reject(message: str, ref: _Ref | None = None) -> None:
+            """Leave the preset out: because of what it names (its cause is a problem already), or with a problem of its own."""
+            cause = ref.cause if ref is not None and ref.cause is not None else None
+            self.rejected.append((preset, cause or self.problem(preset.plugin, subject, message, f"correct {preset.file}")))
 
         trainer = self.ref("trainer", preset.trainer, (preset.plugin,), preset.plugin, subject)
         if trainer.entry is None:
-            reject(trainer, f"names trainer {preset.trainer!r}: {trainer.error}")
+            reject(f"names trainer {preset.trainer!r}: {trainer.error}", trainer)
             return None
         near = (preset.plugin, trainer.entry.plugin)
         dataset = self.ref("dataset", preset.dataset, near, preset.plugin, subject)
         if dataset.entry is None:
-            reject(dataset, f"names dataset {preset.dataset!r}: {dataset.error}")
+            reject(f"names dataset {preset.dataset!r}: {dataset.error}", dataset)
             return None
         trainer_cls: Any = trainer.entry.component
         model = self.ref("model", preset.model, near, preset.plugin, subject) if preset.model else _Ref(
             entry=self.catalog.model_entry(trainer.entry))
         if model.entry is None:
-            reject(model, f"names model {preset.model!r}: {model.error}")
+            reject(f"names model {preset.model!r}: {model.error}", model)
             return None
         if not self.catalog.compatible(trainer_cls, model.entry):
-            reject(message=f"names model {model.entry.key!r}, which trainer {trainer.entry.key!r} cannot train "
+            reject(f"names model {model.entry.key!r}, which trainer {trainer.entry.key!r} cannot train "
                            f"(it trains: {', '.join(trainer_cls.models)})")
             return None
         if preset.norm not in trainer_cls.norms:
-            reject(message=f"is for l_{preset.norm}, but trainer {trainer.entry.key!r} trains for {', '.join(trainer_cls.norms)}")
+            reject(f"is for l_{preset.norm}, but trainer {trainer.entry.key!r} trains for {', '.join(trainer_cls.norms)}")
             return None
         for options_cls, values, what in (
             (model.entry.component.Options, preset.model_options, f"model {model.entry.key!r}"),
@@ -243,22 +244,22 @@ class _Builder:
             try:
                 parse_options(options_cls, values, what)
             except UsageError as exc:
-                reject(message=str(exc))
+                reject(str(exc))
                 return None
         resolved = dataclasses.replace(
             preset, trainer=trainer.entry.key, dataset=dataset.entry.key, model=model.entry.key if preset.model else None
         )
-        return resolved, trainer.entry, model.entry
+        return resolved, trainer.entry
 
-    def keep_one_of_each(self, candidates: list[tuple[Preset, Entry, Entry]]) -> None:
+    def keep_one_of_each(self, candidates: list[tuple[Preset, Entry]]) -> None:
         """One preset per (trainer, dataset, name) and one default per (trainer, dataset): the trainer's own plugin's wins."""
 
-        def owner_first(item: tuple[Preset, Entry, Entry]) -> bool:
+        def owner_first(item: tuple[Preset, Entry]) -> bool:
             return item[0].plugin != item[1].plugin  # False (the trainer's own plugin) sorts first
 
         kept: dict[tuple[str, str, str], Preset] = {}
         defaults: dict[tuple[str, str], Preset] = {}
-        for preset, _, _ in sorted(candidates, key=owner_first):
+        for preset, _ in sorted(candidates, key=owner_first):
             key = (preset.trainer, preset.dataset, preset.name)
             subject = f"preset {preset.name!r} of {preset.trainer!r} for {preset.dataset!r} in {preset.file}"
             if key in kept:
@@ -276,28 +277,14 @@ class _Builder:
             kept[key] = preset
             if preset.default:
                 defaults[key[:2]] = preset
-        order = {id(p): i for i, (p, _, _) in enumerate(candidates)}
+        order = {id(p): i for i, (p, _) in enumerate(candidates)}
         self.catalog.presets = sorted(kept.values(), key=lambda p: order.get(id(p), 0))
 
     # -- reported results ---------------------------------------------------------------------------------
 
     def reported(self) -> None:
-        for plugin, paths in self.call_each("register_reported_results"):
-            for path in self.as_list(paths, plugin, "register_reported_results"):
-                if self.not_installed(path, plugin, "reported results", "register_reported_results"):
-                    continue
-                try:
-                    found = read_reported(path, plugin)
-                except PluginError as exc:
-                    self.problem(plugin, f"reported results {getattr(path, 'name', path)}", str(exc), "correct the file")
-                    continue
-                for label, message in found.problems:
-                    file = getattr(path, "name", path)
-                    self.problem(plugin, f"reported result {label!r} in {file}", message, f"correct {file}")
-                for result in found.results:
-                    checked = self.check_reported(result)
-                    if checked is not None:
-                        self.catalog.reported.append(checked)
+        results = self.read_files("register_reported_results", "reported results", "reported result", read_reported)
+        self.catalog.reported = [checked for result in results if (checked := self.check_reported(result)) is not None]
 
     def check_reported(self, result: ReportedResult) -> ReportedResult | None:
         subject = f"reported result {result.label!r} ({result.dataset}) in {result.file}"

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import math
 import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from harness.errors import PluginError, UsageError, closest
 from harness.threat import ThreatModel, parse_eps, parse_norm
@@ -37,6 +39,43 @@ def tables(data: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
 
 class RowError(ValueError):
     """One table of a data file is malformed: the message says which key and why."""
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class DataFile(Generic[T]):
+    """What one data file holds: its valid rows, and ``(name as written, what is wrong)`` for each malformed one."""
+
+    file: str
+    rows: list[T]
+    problems: list[tuple[str, str]]
+
+
+def read_rows(
+    path: Path | Traversable,
+    plugin: str,
+    what: str,
+    array: str,
+    parse: Callable[[Table, dict[str, Any]], T],
+    *,
+    name_key: str,
+    allowed: set[str],
+    required: set[str],
+) -> DataFile[T]:
+    """Read the ``[[array]]`` tables of one file, each checked on its own by ``parse(table, whole file)``.
+
+    :raises PluginError: the file cannot be read, is not TOML, or ``parse`` finds the file itself wrong.
+    """
+    origin, data = read_data_file(path, plugin, what)
+    found: DataFile[T] = DataFile(str(getattr(path, "name", path)), [], [])
+    for raw in tables(data, array, f"{what} {origin}"):
+        try:
+            found.rows.append(parse(Table(raw, allowed, required), data))
+        except RowError as exc:
+            found.problems.append((str(raw.get(name_key)), str(exc)))
+    return found
 
 
 class Table:

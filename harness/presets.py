@@ -29,7 +29,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from harness.datafile import RowError, Table, read_data_file, tables
+from harness.datafile import DataFile, Table, read_rows
 from harness.errors import PluginError, UsageError, unknown_name
 from harness.threat import format_eps, same_eps
 
@@ -63,59 +63,37 @@ class Preset:
         return f"{self.name} ({self.dataset}, l_{self.norm} eps {format_eps(self.eps)})"
 
 
-@dataclass
-class PresetFile:
-    """What one preset file holds: its valid presets, and a message for each malformed one."""
-
-    presets: list[Preset]
-    problems: list[tuple[str, str]]  # (preset name as written, what is wrong)
-
-
-def read_presets(path: Path | Traversable, plugin: str) -> PresetFile:
-    """Parse one preset file, checking every table on its own.
+def read_presets(path: Path | Traversable, plugin: str) -> DataFile[Preset]:
+    """Parse one preset file, checking every preset on its own.
 
     :raises PluginError: the file cannot be read, is not TOML, or names no trainer.
     """
-    origin, data = read_data_file(path, plugin, "presets")
-    trainer = data.get("trainer")
-    if not isinstance(trainer, str) or not trainer:
-        raise PluginError(f"presets {origin} must name a top-level 'trainer'")
     file = str(getattr(path, "name", path))
-    found = PresetFile([], [])
-    for raw in tables(data, "presets", f"presets {origin}"):
-        try:
-            row = Table(raw, _PRESET_KEYS, {"name", "dataset", "eps", "source"})
-            threat = row.threat()
-            found.presets.append(
-                Preset(
-                    trainer=trainer,
-                    name=row.text("name"),
-                    dataset=row.text("dataset"),
-                    norm=threat.norm,
-                    eps=threat.eps,
-                    source=row.text("source"),
-                    file=file,
-                    plugin=plugin,
-                    paper=row.flag("paper"),
-                    default=row.flag("default"),
-                    seed=row.integer("seed"),
-                    model=row.optional_text("model"),
-                    model_options=row.mapping("model_options"),
-                    trainer_options=row.mapping("trainer_options"),
-                )
-            )
-        except RowError as exc:
-            found.problems.append((str(raw.get("name")), str(exc)))
-    return found
 
+    def parse(row: Table, data: dict[str, Any]) -> Preset:
+        trainer = data.get("trainer")
+        if not isinstance(trainer, str) or not trainer:
+            raise PluginError(f"presets {file} (plugin {plugin!r}) must name a top-level 'trainer'")
+        threat = row.threat()
+        return Preset(
+            trainer=trainer,
+            name=row.text("name"),
+            dataset=row.text("dataset"),
+            norm=threat.norm,
+            eps=threat.eps,
+            source=row.text("source"),
+            file=file,
+            plugin=plugin,
+            paper=row.flag("paper"),
+            default=row.flag("default"),
+            seed=row.integer("seed"),
+            model=row.optional_text("model"),
+            model_options=row.mapping("model_options"),
+            trainer_options=row.mapping("trainer_options"),
+        )
 
-def load_presets(path: Path | Traversable, plugin: str) -> list[Preset]:
-    """Parse one preset file; any malformed preset is the plugin's bug (PluginError naming the first)."""
-    found = read_presets(path, plugin)
-    if found.problems:
-        name, message = found.problems[0]
-        raise PluginError(f"preset {name!r} in {getattr(path, 'name', path)} (plugin {plugin!r}): {message}")
-    return found.presets
+    return read_rows(path, plugin, "presets", "presets", parse, name_key="name", allowed=_PRESET_KEYS,
+                     required={"name", "dataset", "eps", "source"})
 
 
 def select_preset(

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from harness.datafile import RowError, Table, read_data_file, tables
-from harness.errors import HarnessDeprecationWarning, PluginError
+from harness.datafile import DataFile, RowError, Table, read_rows
+from harness.errors import HarnessDeprecationWarning
 
 _KEYS = {"trainer", "method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source"}
 
@@ -49,14 +49,6 @@ class ReportedResult:
     trainer: str | None = None
     attack: str | None = None
     epochs: int | None = None
-
-
-@dataclass
-class ReportedFile:
-    """What one reported-results file holds: its valid rows, and a message for each malformed one."""
-
-    results: list[ReportedResult]
-    problems: list[tuple[str, str]]  # (label as written, what is wrong)
 
 
 def _percent(row: Table, key: str) -> float | None:
@@ -102,26 +94,11 @@ def _read_row(row: Table, file: str, plugin: str) -> ReportedResult:
     )
 
 
-def read_reported(path: Path | Traversable, plugin: str) -> ReportedFile:
+def read_reported(path: Path | Traversable, plugin: str) -> DataFile[ReportedResult]:
     """Parse one reported-results file, checking every row on its own.
 
     :raises PluginError: the file cannot be read or is not TOML.
     """
-    origin, data = read_data_file(path, plugin, "reported results")
     file = str(getattr(path, "name", path))
-    found = ReportedFile([], [])
-    for raw in tables(data, "results", f"reported results {origin}"):
-        try:
-            found.results.append(_read_row(Table(raw, _KEYS, {"label", "dataset", "eps", "source"}), file, plugin))
-        except RowError as exc:
-            found.problems.append((str(raw.get("label")), str(exc)))
-    return found
-
-
-def load_reported(path: Path | Traversable, plugin: str) -> list[ReportedResult]:
-    """Parse one reported-results file; any malformed row is the plugin's bug (PluginError naming the first)."""
-    found = read_reported(path, plugin)
-    if found.problems:
-        label, message = found.problems[0]
-        raise PluginError(f"reported result {label!r} in {getattr(path, 'name', path)} (plugin {plugin!r}): {message}")
-    return found.results
+    return read_rows(path, plugin, "reported results", "results", lambda row, _: _read_row(row, file, plugin), name_key="label",
+                     allowed=_KEYS, required={"label", "dataset", "eps", "source"})

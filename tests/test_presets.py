@@ -3,7 +3,7 @@ import math
 import pytest
 
 from harness.errors import HarnessDeprecationWarning, PluginError, UsageError
-from harness.presets import Preset, load_presets, select_preset
+from harness.presets import Preset, read_presets, select_preset
 
 
 def preset(name, dataset="mnist", eps=0.3, paper=False, default=False):
@@ -66,11 +66,17 @@ def test_trainer_without_presets_runs_with_defaults():
     assert select_preset([], trainer="m", dataset="mnist", name=None, norm="inf", eps=0.3) is None
 
 
-def test_malformed_file_is_a_plugin_error(tmp_path):
+def test_a_malformed_preset_is_reported_and_the_file_without_a_trainer_refused(tmp_path):
     bad = tmp_path / "p.toml"
-    bad.write_text('trainer = "m"\n[[presets]]\nname = "x"\ndataset = "mnist"\neps = 0.3\nsource = "s"\nepochs = 3\n')
-    with pytest.raises(PluginError, match="preset 'x' in p.toml \\(plugin 'p'\\): unknown key 'epochs'; did you mean 'eps'\\?"):
-        load_presets(bad, "p")
+    bad.write_text('trainer = "m"\n[[presets]]\nname = "x"\ndataset = "mnist"\neps = 0.3\nsource = "s"\nepochs = 3\n'
+                   '[[presets]]\nname = "y"\ndataset = "mnist"\neps = 0.3\nsource = "s"\n')
+    found = read_presets(bad, "p")
+    assert [p.name for p in found.rows] == ["y"] and found.file == "p.toml"
+    assert found.problems == [("x", "unknown key 'epochs'; did you mean 'eps'? (keys: dataset, default, eps, model, model_options, "
+                                    "name, norm, paper, seed, source, trainer_options)")]
+    bad.write_text('[[presets]]\nname = "x"\ndataset = "mnist"\neps = 0.3\nsource = "s"\n')
+    with pytest.raises(PluginError, match="must name a top-level 'trainer'"):
+        read_presets(bad, "p")
 
 
 # Zhang et al., ICLR 2022, Appendix B Table 3, and the commands' "--epochs 0,0,e1,e1+e2,T".
@@ -149,12 +155,12 @@ def test_no_preset_or_reported_radius_is_a_rounded_k_over_255(catalog):
 
 
 def test_the_reported_key_method_still_loads_with_a_deprecation_warning(tmp_path):
-    from harness.reported import load_reported
+    from harness.reported import read_reported
 
     path = tmp_path / "old.toml"
     path.write_text('[[results]]\nmethod = "linf_v2"\nlabel = "old"\ndataset = "mnist"\neps = 0.3\ncertified = 93.2\nsource = "s"\n')
     with pytest.warns(HarnessDeprecationWarning, match="the key 'method' is deprecated; write trainer = 'linf_v2'"):
-        (result,) = load_reported(path, "old-plugin")
+        (result,) = read_reported(path, "old-plugin").rows
     assert result.trainer == "linf_v2" and result.certified == pytest.approx(0.932)
 
 
