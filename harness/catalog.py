@@ -145,14 +145,6 @@ class Catalog:
     def sorted_entries(self, kind: str) -> list[Entry]:
         return sorted(self.entries[kind], key=lambda e: e.key)
 
-    def key_of(self, component: type[Component] | Component) -> str:
-        """The key a component class (or instance) is recorded under."""
-        cls = component if isinstance(component, type) else type(component)
-        for entry in self.entries[cls.kind]:
-            if entry.component is cls:
-                return entry.key
-        return cls.name
-
     def entries_of(self, plugin: str) -> list[Entry]:
         return [e for kind in KINDS for e in self.entries[kind] if e.plugin == plugin]
 

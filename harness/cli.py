@@ -36,8 +36,8 @@ DEFAULT_DB = "results.db"
 class _State:
     """Built once per process: the loaded plugins, and the catalog when a command needs it."""
 
-    def __init__(self) -> None:
-        self.plugins: LoadedPlugins = load_plugins()
+    def __init__(self, plugins: LoadedPlugins | None = None) -> None:
+        self.plugins: LoadedPlugins = plugins if plugins is not None else load_plugins()
         self._catalog: Catalog | None = None
 
     @property

@@ -87,7 +87,7 @@ def check_in_ball(adv: object, x: torch.Tensor, threat: ThreatModel) -> torch.Te
     return adv
 
 
-def _check_certificate(result: object, n: int, threat: ThreatModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+def check_certificate(result: object, n: int, threat: ThreatModel) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(certified, radius)`` of a batch of ``n`` on the CPU, or ComponentFailed saying what is malformed."""
     if not isinstance(result, Certificate):
         raise ComponentFailed(f"certify() returned {type(result).__name__}; expected a harness.Certificate")
@@ -316,7 +316,7 @@ def _certify(
             for s in _batches(len(rows), batch_size):
                 part = rows[s]
                 x, y = images[part].to(device).float().div_(255), labels[part].to(device)
-                verdicts, radii = _check_certificate(certifier.certify(model, x, y, threat), len(part), threat)
+                verdicts, radii = check_certificate(certifier.certify(model, x, y, threat), len(part), threat)
                 certified[part] = verdicts
                 if radii is not None:
                     if radius is None:

@@ -74,8 +74,7 @@ class Plan:
     seed: int
     device: torch.device
     data_dir: Path
-    keys: dict[int, str] = field(default_factory=dict)  # id(component) → its catalog key
-    plugins: dict[int, str] = field(default_factory=dict)  # id(component) → the plugin that registered it
+    entries: dict[int, Entry] = field(default_factory=dict)  # id(component) → its catalog entry (key, plugin)
     plugin_versions: dict[str, str | None] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # what the plan chose on the user's behalf
 
@@ -84,10 +83,12 @@ class Plan:
         return getattr(self.trainer.options, "epochs", None)
 
     def key(self, component: Any) -> str:
-        return self.keys.get(id(component), component.name)
+        entry = self.entries.get(id(component))
+        return entry.key if entry else component.name
 
     def _component(self, component: Any, **extra: Any) -> dict[str, Any]:
-        return {"name": self.key(component), "plugin": self.plugins.get(id(component)), **extra, "options": options_dict(component.options)}
+        entry = self.entries.get(id(component))
+        return {"name": self.key(component), "plugin": entry.plugin if entry else None, **extra, "options": options_dict(component.options)}
 
     def config(self, result: EvaluationResult | None = None) -> dict[str, Any]:
         """The full resolved configuration, as stored with the run.
@@ -263,8 +264,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     trainer = trainer_cls(trainer_options)
     dataset: Dataset = dataset_entry.component()  # type: ignore[assignment]  # the catalog checked its kind
 
-    keys: dict[int, str] = {id(trainer): trainer_entry.key, id(model): model_entry.key, id(dataset): dataset_entry.key}
-    plugins: dict[int, str] = {id(trainer): trainer_entry.plugin, id(model): model_entry.plugin, id(dataset): dataset_entry.plugin}
+    entries: dict[int, Entry] = {id(trainer): trainer_entry, id(model): model_entry, id(dataset): dataset_entry}
     attackers = []
     for entry in _choose(catalog, "attacker", request.attacks, "--attack"):
         cls: Any = entry.component
@@ -273,7 +273,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
                 continue
             raise UsageError(f"attack {entry.key!r} is for {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
         attacker = cls(parse_options(cls.Options, overrides.pop(f"attacker.{entry.key}", {}), f"attacker {entry.key!r}"))
-        keys[id(attacker)], plugins[id(attacker)] = entry.key, entry.plugin
+        entries[id(attacker)] = entry
         attackers.append(attacker)
     certifiers = []
     for entry in _choose(catalog, "certifier", request.certifiers, "--certifier"):
@@ -283,7 +283,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
         if norm not in cls.norms and request.certifiers is not None:
             raise UsageError(f"certifier {entry.key!r} certifies {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
         certifier = cls(parse_options(cls.Options, overrides.pop(f"certifier.{entry.key}", {}), f"certifier {entry.key!r}"))
-        keys[id(certifier)], plugins[id(certifier)] = entry.key, entry.plugin
+        entries[id(certifier)] = entry
         certifiers.append(certifier)
     unused = sorted(k for k in overrides if k not in ("model", "trainer"))
     if unused:
@@ -302,8 +302,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
         seed=seed,
         device=resolve_device(request.device),
         data_dir=Path(request.data_dir) if request.data_dir else default_data_dir(),
-        keys=keys,
-        plugins=plugins,
+        entries=entries,
         plugin_versions=plugin_versions or {},
         notes=notes,
     )
