@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -130,8 +129,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command()
-@click.option("--plugin", "trainer", required=True, metavar="NAME", help="The trainer (training method) to run; see `harness plugins`.")
-@click.option("--dataset", required=True, metavar="NAME", help="Dataset (mnist, fashion-mnist, cifar10, ...).")
+@click.option("--plugin", "trainer", default=None, metavar="NAME", help="The trainer (training method) to run; see `harness plugins`.")
+@click.option("--dataset", default=None, metavar="NAME", help="Dataset (mnist, fashion-mnist, cifar10, ...).")
 @click.option("--eps", type=EpsType(), default=None, help="Radius in [0,1] pixel units (0.3, 8/255). Default: the preset's.")
 @click.option("--norm", type=NormType(), default=None, help="Threat-model norm. Default: the preset's (inf).")
 @click.option("--preset", default=None, metavar="NAME",
@@ -153,10 +152,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
 @click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
               help="Where the trained weights and config go (run-ID/).")
-@click.option("--no-save", is_flag=True, help="Do not save the trained weights.")
+@click.option("--no-save", is_flag=True, help="Save neither checkpoints nor the trained weights (the run cannot be resumed).")
+@click.option("--resume", "resume_id", type=click.IntRange(1, 2**63 - 1), default=None, metavar="RUN_ID",
+              help="Continue an interrupted, failed or stale run from its last checkpoint, with its stored configuration.")
 @with_store
-def run(store: Store, no_save: bool, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
+def run(store: Store, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
     """Train with a trainer (--plugin), evaluate the model uniformly and record the run.
+
+    Training writes a checkpoint to the run's directory every epoch (and at
+    least every 30 minutes); SIGTERM, SIGINT and SIGHUP finish the current
+    step, write one and record the run interrupted. --resume RUN_ID continues
+    it (only --db, --data-dir and --device may be given with it).
 
     Components from two plugins with the same name are addressed as
     PLUGIN:NAME (--attack toy:fgsm, --set attacker.toy:fgsm.steps=3).
@@ -167,21 +173,32 @@ def run(store: Store, no_save: bool, attacks: tuple[str, ...], certifiers: tuple
       harness run --plugin linf_v2 --dataset mnist --eps 0.3        # the paper's preset
       harness run --plugin linf_v2 --dataset cifar10 --epochs 20 --set model.width=1024
       harness run --plugin crm --dataset fashion-mnist --no-preset --norm 2 --eps 1.0 --certifier liplt
+      harness run --resume 7                                         # continue run 7
     """
+    from harness.execution import execute
     from harness.progress import ConsoleProgress
-    from harness.runner import RunRequest, execute, plan_run
+    from harness.runner import RunRequest, plan_resume, plan_run
 
     s = state()
-    request = RunRequest(
-        attacks=list(attacks) or None,
-        certifiers=list(certifiers) or None,
-        save_dir=None if no_save else options.pop("save_dir"),
-        **{k: v for k, v in options.items() if k != "save_dir"},
-    )
-    plan = plan_run(s.catalog, request, s.plugins.versions())
+    resume = None
+    if resume_id is not None:
+        _refuse_with_resume(click.get_current_context(), resume_id, allowed=("resume_id", "device", "data_dir"))
+        resume = store.get_run(resume_id)
+        plan = plan_resume(s.catalog, resume, s.plugins.versions(), device=_given(click.get_current_context(), "device"),
+                           data_dir=options["data_dir"])
+    else:
+        for flag, value in (("--plugin", options["trainer"]), ("--dataset", options["dataset"])):
+            if value is None:
+                raise click.UsageError(f"Missing option '{flag}' (or --resume RUN_ID).")
+        request = RunRequest(
+            attacks=list(attacks) or None,
+            certifiers=list(certifiers) or None,
+            save_dir=None if no_save else options.pop("save_dir"),
+            **{k: v for k, v in options.items() if k != "save_dir"},
+        )
+        plan = plan_run(s.catalog, request, s.plugins.versions())
     _warn_about_problems(s.catalog)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    run_id = execute(plan, store, progress=ConsoleProgress())
+    run_id = execute(plan, store, progress=ConsoleProgress(), resume=resume)
     record = store.get_run(run_id)
     from harness import render
 
@@ -192,8 +209,107 @@ def run(store: Store, no_save: bool, attacks: tuple[str, ...], certifiers: tuple
         raise RunFailed(f"run {run_id} finished, but {len(errors)} of its components failed: " + "; ".join(errors))
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+@cli.command("eval")
+@click.argument("run_id", type=click.IntRange(1, 2**63 - 1), required=False)
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate a model trained elsewhere: a state dict (or a harness model.pt) for --model.")
+@click.option("--model", default=None, metavar="NAME", help="With --weights: the registered model the state dict is for.")
+@click.option("--dataset", default=None, metavar="NAME", help="With --weights: the dataset.")
+@click.option("--eps", type=EpsType(), default=None, help="With --weights: the radius in [0,1] pixel units.")
+@click.option("--norm", type=NormType(), default="inf", show_default=True, help="With --weights: the threat-model norm.")
+@click.option("--attack", "attacks", multiple=True, metavar="NAME", help="Run only these attacks (repeatable). Default: every attack for the norm.")
+@click.option("--certifier", "certifiers", multiple=True, metavar="NAME",
+              help="Run only these certifiers (repeatable). Default: every certifier that applies.")
+@click.option("--eval-samples", type=int, default=None, help="Evaluate on the fixed, seeded subset of N test samples.")
+@click.option("--eval-batch-size", type=int, default=500, show_default=True, help="Batch size of the evaluation.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override an attack's or certifier's option (attacker.pgd.steps=20); with --weights also model.KEY.")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="Evaluation device.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_DATA", default=None,
+              help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
+@with_store
+def evaluate(store: Store, run_id: int | None, weights: Path | None, model: str | None, dataset: str | None, eps: float | None,
+             norm: str, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
+    """Evaluate a stored model again (a new evaluation of RUN_ID), or a model trained elsewhere (--weights).
+
+    The run's weights are checked against the sha256 recorded when they were
+    saved. Earlier evaluations stay; the leaderboard shows each model once,
+    with its most complete evaluation, and `harness show RUN_ID` lists them all.
+
+    \b
+    Examples:
+      harness eval 3                                   # every attack and certifier installed now
+      harness eval 3 --certifier crown --eval-samples 1000
+      harness eval --weights net.pt --model linf_dist_net --dataset mnist --eps 0.3 --set model.width=128
+    """
+    from harness import reevaluation, render
+    from harness.progress import ConsoleProgress
+    from harness.threat import ThreatModel
+
+    s = state()
+    request = reevaluation.EvaluationRequest(attacks=list(attacks) or None, certifiers=list(certifiers) or None, **options)
+    external = {"--weights": weights, "--model": model, "--dataset": dataset, "--eps": eps}
+    if run_id is not None:
+        given = [flag for flag, value in external.items() if value is not None]
+        if given:
+            raise UsageError(f"{given[0]} cannot be given with RUN_ID {run_id}: a stored model keeps its model, data and threat model")
+        plan = reevaluation.plan_stored(s.catalog, store.get_run(run_id), request, s.plugins.versions())
+    else:
+        missing = [flag for flag, value in external.items() if value is None]
+        if len(missing) == len(external):
+            raise click.UsageError("give RUN_ID (a stored model) or --weights FILE --model NAME --dataset NAME --eps EPS")
+        if missing:
+            raise click.UsageError(f"Missing option '{missing[0]}': --weights needs --model, --dataset and --eps.")
+        assert weights is not None and model is not None and dataset is not None and eps is not None
+        plan = reevaluation.plan_external(s.catalog, weights, model, dataset, ThreatModel(norm, eps), request, s.plugins.versions())
+    _warn_about_problems(s.catalog)
+    run_id, evaluation_id = reevaluation.execute_evaluation(plan, store, progress=ConsoleProgress())
+    record = store.get_run(run_id)
+    done = next(e for e in record.evaluations if e.id == evaluation_id)
+    click.echo(render.evaluation_summary(record, done))
+    click.echo(f"details: harness show {run_id}")
+    if done.result.errors:
+        raise RunFailed(f"evaluation {evaluation_id} of run {run_id} finished, but {len(done.result.errors)} of its components failed: "
+                        + "; ".join(done.result.errors))
+
+
+@cli.command("import")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@with_store
+def import_results(store: Store, path: Path) -> None:
+    """Record the results a run could not record (its results.json) in the database.
+
+    A run whose database was locked, full, deleted or replaced writes its
+    results beside its weights and says so; this records them, in the same
+    run if the database still has it running, else as a new run.
+
+    \b
+    Example:
+      harness import runs/run-7/results.json
+    """
+    from harness.importing import import_pending
+    from harness.results_file import read_pending
+
+    run_id, how = import_pending(store, read_pending(path))
+    click.echo(f"imported {path} as run {run_id} ({how}); harness show {run_id}")
+
+
+def _given(ctx: click.Context, name: str) -> Any:
+    """A parameter's value if the user gave it (command line or environment), else ``None``."""
+    source = ctx.get_parameter_source(name)
+    return ctx.params.get(name) if source not in (None, click.core.ParameterSource.DEFAULT) else None
+
+
+def _refuse_with_resume(ctx: click.Context, run_id: int, allowed: tuple[str, ...]) -> None:
+    """``--resume`` continues a run as it was configured: an option that would change it is a UsageError."""
+    for param in ctx.command.params:
+        if param.name in allowed or param.name == "db" or ctx.get_parameter_source(param.name or "") != click.core.ParameterSource.COMMANDLINE:
+            continue
+        flag = max(param.opts, key=len) if param.opts else param.name
+        raise UsageError(
+            f"{flag} cannot be given with --resume {run_id}: a resumed run keeps its stored configuration "
+            "(only --db, --data-dir and --device may be given)"
+        )
 
 
 def _warn_about_problems(catalog: Catalog) -> None:
@@ -298,23 +414,10 @@ def bench() -> None:
     """
 
 
-def _stale(record: RunRecord) -> bool:
-    """A ``running`` run whose process, on this host, no longer exists (killed with SIGKILL, OOM)."""
-    import os
-    import platform
+def _stale(record: RunRecord) -> str | None:
+    from harness.liveness import stale_reason
 
-    from harness.store import RUNNING
-
-    env = record.info.environment
-    if record.status != RUNNING or env.get("host") != platform.node() or not isinstance(env.get("pid"), int):
-        return False
-    try:
-        os.kill(env["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
+    return stale_reason(record)
 
 
 @cli.command()

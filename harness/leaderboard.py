@@ -48,6 +48,9 @@ class Row:
     eval_samples: int | None = None
     train_samples: int | None = None
     run_id: int | None = None
+    #: The evaluation shown (the run's most complete), and how many the run has.
+    evaluation_id: int | None = None
+    evaluations: int = 0
     rank: int | None = None
     source: str | None = None
     #: Components that failed in this run's evaluation, one line each.
@@ -69,10 +72,14 @@ def _row_from_run(run: RunRecord) -> Row:
         for c in result.certifiers:
             subset = c.samples if c.error is None and c.samples < result.samples else None
             by_certifier[c.name] = CertifierCell(accuracy=c.accuracy, samples=subset, error=c.error)
+    label = run.info.trainer
+    if run.info.origin == "external":
+        model = run.info.config.get("model") if isinstance(run.info.config, dict) else None
+        label = f"external {model.get('name') if isinstance(model, dict) else ''}".strip()
     train_samples = run.info.config.get("train_samples") if isinstance(run.info.config, dict) else None
     return Row(
         kind="measured",
-        label=run.info.trainer,
+        label=label,
         trainer=run.info.trainer,
         preset=run.info.preset,
         clean=result.clean_accuracy if result else None,
@@ -85,6 +92,8 @@ def _row_from_run(run: RunRecord) -> Row:
         eval_samples=result.samples if result else None,
         train_samples=train_samples,
         run_id=run.id,
+        evaluation_id=run.best.id if run.best else None,
+        evaluations=len(run.evaluations),
         errors=result.errors if result else [],
     )
 

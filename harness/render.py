@@ -7,12 +7,13 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from harness.commands import text_table
 from harness.leaderboard import CertifierCell, Group, Row
-from harness.results import CertifierResult, SampleResult
-from harness.store import RunRecord
+from harness.results import CertifierResult, EvaluationResult, SampleResult
+from harness.store import EvaluationRecord, RunRecord
 from harness.threat import format_eps
 
 FORMATS = ("table", "markdown", "csv", "json")
@@ -59,8 +60,15 @@ def _cells(row: Row) -> list[str]:
         "—" if row.epochs is None else str(row.epochs),
         duration(row.train_seconds),
         n,
-        "—" if row.run_id is None else str(row.run_id),
+        _run_cell(row),
     ]
+
+
+def _run_cell(row: Row) -> str:
+    """The run id; with several evaluations, also which one the row shows (``3 eval 5 of 2``)."""
+    if row.run_id is None:
+        return "—"
+    return str(row.run_id) + (f" eval {row.evaluation_id} of {row.evaluations}" if row.evaluations > 1 else "")
 
 
 def title(group: Group) -> str:
@@ -113,14 +121,23 @@ def _group_json(group: Group) -> dict[str, Any]:
 
 def run_summary(record: RunRecord) -> str:
     """One line: status, clean / attacked / certified accuracy, per certifier, times."""
-    r = record.result
     times = f"train {record.train_seconds or 0:.0f}s, eval {record.eval_seconds or 0:.0f}s"
-    if r is None:
+    if record.result is None:
         return f"run {record.id} {record.status}; {times}"
+    return f"run {record.id} {record.status}: {_result_line(record.result)}; {times}"
+
+
+def evaluation_summary(record: RunRecord, evaluation: EvaluationRecord) -> str:
+    """One line for one evaluation of a run (``harness eval``)."""
+    best = " (the leaderboard's)" if record.best is not None and record.best.id == evaluation.id else ""
+    return f"run {record.id}, evaluation {evaluation.id}{best}: {_result_line(evaluation.result)}; eval {evaluation.seconds or 0:.0f}s"
+
+
+def _result_line(r: EvaluationResult) -> str:
     per = ", ".join(certifier_cell(c.name, _cell(c, r.samples)) for c in r.certifiers)
     return (
-        f"run {record.id} {record.status}: clean {_pct(r.clean_accuracy)}  attack {_pct(r.robust_accuracy)}  "
-        f"certified {_pct(r.certified_accuracy)}" + (f" ({per})" if per else "") + f"  on {r.samples} test samples; {times}"
+        f"clean {_pct(r.clean_accuracy)}  attack {_pct(r.robust_accuracy)}  certified {_pct(r.certified_accuracy)}"
+        + (f" ({per})" if per else "") + f"  on {r.samples} test samples"
     )
 
 
@@ -132,12 +149,22 @@ def _cell(c: CertifierResult, samples: int) -> CertifierCell:
     return CertifierCell(accuracy=c.accuracy, samples=c.samples if c.samples < samples else None, error=c.error)
 
 
-def run_details(record: RunRecord, samples: list[SampleResult], *, stale: bool = False) -> str:
+def resumable(record: RunRecord, stale: str | None) -> bool:
+    """Whether ``harness run --resume`` can continue the run (interrupted, failed, or running but stale; trained here)."""
+    return record.info.origin != "external" and (record.status in ("interrupted", "failed") or stale is not None)
+
+
+def _status(record: RunRecord, stale: str | None) -> str:
+    text = record.status + (f" (stale: {stale})" if stale else "")
+    return text + (f", resumable: harness run --resume {record.id}" if resumable(record, stale) else "")
+
+
+def run_details(record: RunRecord, samples: list[SampleResult], *, stale: str | None = None) -> str:
     """What ``harness show`` prints: the run, its results per component, why others did not apply, its configuration."""
     info = record.info
     env = info.environment
     lines = [
-        f"run {record.id}: {record.status}" + (" (stale: its process is gone)" if stale else ""),
+        f"run {record.id}: {_status(record, stale)}",
         f"  trainer     {info.trainer} (preset {info.preset}, seed {info.seed}, {info.epochs} epochs)",
         f"  threat      {info.dataset}, l_{info.norm} eps={format_eps(info.eps)}",
         f"  created     {record.created_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -149,28 +176,24 @@ def run_details(record: RunRecord, samples: list[SampleResult], *, stale: bool =
     ]
     if record.error:
         lines.append(f"  error       {record.error}")
-    r = record.result
-    if r is not None:
-        lines.append(f"results on {r.samples} test samples:")
-        lines.append(f"  clean accuracy      {_pct(r.clean_accuracy)}")
-        lines.append(f"  robust accuracy     {_pct(r.robust_accuracy)}" + (f" ({r.attack_label()})" if r.attack_label() else ""))
-        lines.append(f"  certified accuracy  {_pct(r.certified_accuracy)} (certified by any certifier)")
-        rows = []
-        for a in r.attacks:
-            outcome = f"ERROR: {a.error}" if a.error else f"robust {_pct(a.accuracy)} (attacked {a.attacked})"
-            rows.append(["attack", a.name, a.label, outcome, duration(a.seconds)])
-        for c in r.certifiers:
-            if c.error:
-                outcome = f"ERROR: {c.error}"
-            else:
-                outcome = f"certified {_pct(c.accuracy)} of {c.samples}"
-                if c.radius is not None:
-                    outcome += f", radius mean {c.radius.mean:.4g} median {c.radius.median:.4g}"
-            rows.append(["certifier", c.name, "", outcome, duration(c.seconds)])
-        for name, reason in sorted(r.not_applicable.items()):
-            rows.append(["certifier", name, "", f"did not apply: {reason}", "—"])
-        if rows:
-            lines += ["  " + line for line in text_table(["kind", "name", "label", "outcome", "time"], rows).splitlines()]
+    if record.weights is not None:
+        lines.append(f"  weights     {record.weights.path} ({record.weights.bytes:,} bytes, sha256 {record.weights.sha256[:16]}…)")
+    if record.checkpoint:
+        c = record.checkpoint
+        lines.append(f"  checkpoint  {c.get('path')} (epoch {c.get('epoch')}, step {c.get('step')}, saved {c.get('saved_at')})")
+    if record.resumes:
+        lines.append(f"  resumed     {record.resumes} time(s)")
+    history = record.training.get("epochs") if isinstance(record.training, dict) else None
+    if history:
+        last = history[-1]
+        lines.append("  training    last epoch: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in last.items()))
+    for evaluation in record.evaluations:
+        best = ", the leaderboard's: the most complete" if record.best is not None and evaluation.id == record.best.id else ""
+        lines.append(
+            f"evaluation {evaluation.id} ({evaluation.created_at:%Y-%m-%d %H:%M:%S} UTC, {duration(evaluation.seconds)}, "
+            f"harness {evaluation.environment.get('harness')}{best}):"
+        )
+        lines += ["  " + line for line in _result_lines(evaluation.result)]
     lines.append("configuration:")
     lines += ["  " + line for line in json.dumps(info.config, indent=2).splitlines()]
     if samples:
@@ -193,25 +216,63 @@ def run_details(record: RunRecord, samples: list[SampleResult], *, stale: bool =
     return "\n".join(lines)
 
 
+def _result_lines(r: EvaluationResult) -> list[str]:
+    lines = [
+        f"results on {r.samples} test samples:",
+        f"  clean accuracy      {_pct(r.clean_accuracy)}",
+        f"  robust accuracy     {_pct(r.robust_accuracy)}" + (f" ({r.attack_label()})" if r.attack_label() else ""),
+        f"  certified accuracy  {_pct(r.certified_accuracy)} (certified by any certifier)",
+    ]
+    rows = []
+    for a in r.attacks:
+        outcome = f"ERROR: {a.error}" if a.error else f"robust {_pct(a.accuracy)} (attacked {a.attacked})"
+        rows.append(["attack", a.name, a.label, outcome, duration(a.seconds)])
+    for c in r.certifiers:
+        if c.error:
+            outcome = f"ERROR: {c.error}"
+        else:
+            outcome = f"certified {_pct(c.accuracy)} of {c.samples}"
+            if c.radius is not None:
+                outcome += f", radius mean {c.radius.mean:.4g} median {c.radius.median:.4g}"
+        rows.append(["certifier", c.name, "", outcome, duration(c.seconds)])
+    for name, reason in sorted(r.not_applicable.items()):
+        rows.append(["certifier", name, "", f"did not apply: {reason}", "—"])
+    if rows:
+        lines += ["  " + line for line in text_table(["kind", "name", "label", "outcome", "time"], rows).splitlines()]
+    return lines
+
+
 def run_json(record: RunRecord, samples: list[SampleResult]) -> dict[str, Any]:
-    """``harness show --format json``: the record as nested, typed JSON."""
+    """``harness show --format json``: the record as nested, typed JSON.
+
+    ``result`` is the leaderboard's evaluation (the most complete, ``best_evaluation``); ``evaluations`` lists them all.
+    """
     data = asdict(record)
-    data["created_at"] = record.created_at.isoformat()
-    data["finished_at"] = record.finished_at.isoformat() if record.finished_at else None
+    data.pop("best", None)
+    data["best_evaluation"] = record.best.id if record.best else None
+    data["result"] = asdict(record.result) if record.result is not None else None
+    data["eval_seconds"] = record.eval_seconds
     if record.result is not None:
         data["result"]["errors"] = record.result.errors
     data["samples"] = [asdict(s) for s in samples]
-    return data
+    return json.loads(json.dumps(data, default=_json_default))
 
 
-def run_list(records: list[RunRecord], *, stale: Callable[[RunRecord], bool]) -> str:
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def run_list(records: list[RunRecord], *, stale: Callable[[RunRecord], str | None]) -> str:
     """What ``harness runs`` prints: one line per run."""
     rows = []
     for r in records:
         result = r.result
         errors = result.errors if result else []
         error = r.error or (errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "") if errors else "")
-        status = r.status + (" (stale: its process is gone)" if stale(r) else "") + (" with errors" if errors else "")
+        why = stale(r)
+        status = r.status + (" (stale)" if why else "") + (" with errors" if errors else "") + (" (resumable)" if resumable(r, why) else "")
         rows.append([
             str(r.id), status, r.info.trainer, r.info.preset or "—", r.info.dataset, f"l_{r.info.norm} {format_eps(r.info.eps)}",
             percent(result.certified_accuracy if result else None), f"{r.created_at:%Y-%m-%d %H:%M}", error[:60],

@@ -1,19 +1,19 @@
-"""A run: resolve and validate the request, then train, evaluate and record.
+"""Planning a run: resolve and validate the request before any work starts.
 
 :func:`plan_run` turns a :class:`RunRequest` into a :class:`Plan`, checking
-every name and value before any work starts (all mistakes are UsageErrors).
-:func:`execute` loads the data, records the run as ``running``, trains,
-evaluates, and records the results in one transaction; a failure or an
-interruption is recorded as such, and nothing stored before is touched.
+every name and value (all mistakes are UsageErrors);
+:func:`evaluation_components` chooses and configures the attacks and
+certifiers of an evaluation (a run's, or ``harness eval``'s).
+:func:`harness.execution.execute` carries a plan out.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,14 @@ import torch
 from harness.catalog import Catalog, Entry
 from harness.components import Attacker, Certifier, Dataset, Model, Trainer
 from harness.data.files import default_data_dir
-from harness.env import device_name, environment, resolve_device
+from harness.env import resolve_device
 from harness.errors import HarnessError, PluginError, UsageError, one_line
-from harness.evaluation import SUBSET_SEED, attack_label, eval_indices, evaluate
+from harness.evaluation import SUBSET_SEED, attack_label
 from harness.options import has_field, options_dict, parse_options, scale_epochs
 from harness.presets import Preset, select_preset
-from harness.progress import Progress, SilentProgress
 from harness.results import EvaluationResult
-from harness.store import FAILED, INTERRUPTED, RunInfo, Store
+from harness.store import RunRecord
 from harness.threat import ThreatModel, parse_norm
-from harness.train import TrainContext, TrainData
 
 
 @dataclass
@@ -98,19 +96,11 @@ class Plan:
         and ``not_applicable`` says why each other one did not.
         """
         r = self.request
-        evaluation: dict[str, Any] = {
-            "samples": r.eval_samples,
-            "subset_seed": SUBSET_SEED,
-            "batch_size": r.eval_batch_size,
-            "attackers": [self._component(a, label=_label(a)) for a in self.attackers],
-        }
-        if result is None:
-            evaluation["certifiers"] = [self.key(c) for c in self.certifiers] if r.certifiers is not None else None
-        else:
-            ran = {c.name for c in result.certifiers}
-            evaluation["certifiers"] = [self._component(c) for c in self.certifiers if self.key(c) in ran]
-            evaluation["not_applicable"] = dict(result.not_applicable)
-        return _jsonable(
+        evaluation = evaluation_config(
+            self._component, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
+            requested=r.certifiers is not None, result=result,
+        )
+        return jsonable(
             {
                 "trainer": self._component(self.trainer),
                 "dataset": self.key(self.dataset),
@@ -123,8 +113,63 @@ class Plan:
                 "train_samples": r.train_samples,
                 "evaluation": evaluation,
                 "overrides": list(r.overrides),
+                "request": request_json(r),
             }
         )
+
+
+def evaluation_config(
+    component: Callable[..., dict[str, Any]],
+    attackers: Sequence[Attacker],
+    certifiers: Sequence[Certifier],
+    *,
+    samples: int | None,
+    batch_size: int,
+    requested: bool,
+    result: EvaluationResult | None = None,
+) -> dict[str, Any]:
+    """The evaluation section of a configuration: samples, subset, attackers and certifiers with their options.
+
+    Before evaluation the certifiers are those requested (``null``: every one
+    that applies to the model); after it, only those that ran, and
+    ``not_applicable`` says why each other one did not. ``component(c, **extra)``
+    describes one component (its key, plugin and options).
+    """
+    evaluation: dict[str, Any] = {
+        "samples": samples,
+        "subset_seed": SUBSET_SEED,
+        "batch_size": batch_size,
+        "attackers": [component(a, label=_label(a)) for a in attackers],
+    }
+    if result is None:
+        evaluation["certifiers"] = [component(c)["name"] for c in certifiers] if requested else None
+    else:
+        ran = {c.name for c in result.certifiers}
+        evaluation["certifiers"] = [d for d in (component(c) for c in certifiers) if d["name"] in ran]
+        evaluation["not_applicable"] = dict(result.not_applicable)
+    return jsonable(evaluation)
+
+
+def request_json(request: RunRequest) -> dict[str, Any]:
+    """The request as stored with the run (paths absolute): ``harness run --resume`` plans the run again from it."""
+    data = dataclasses.asdict(request)
+    for key in ("data_dir", "save_dir"):
+        data[key] = str(Path(data[key]).absolute()) if data[key] is not None else None
+    for key in ("attacks", "certifiers", "overrides"):
+        data[key] = list(data[key]) if data[key] is not None else None
+    return data
+
+
+def request_from_json(data: dict[str, Any]) -> RunRequest:
+    """The inverse of :func:`request_json`; a ValueError if ``data`` is not a stored request."""
+    names = {f.name for f in dataclasses.fields(RunRequest)}
+    if not isinstance(data, dict) or not set(data) <= names or "trainer" not in data or "dataset" not in data:
+        raise ValueError(f"not a stored run request: {data!r:.80}")
+    values = dict(data)
+    for key in ("data_dir", "save_dir"):
+        values[key] = Path(values[key]) if values.get(key) is not None else None
+    values["overrides"] = tuple(values.get("overrides") or ())
+    return RunRequest(**values)
 
 
 def _label(attacker: Attacker) -> str:
@@ -135,18 +180,18 @@ def _label(attacker: Attacker) -> str:
         return attacker.name
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON: tuples become lists, non-finite floats become strings."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
 
 
-def _split_overrides(overrides: Sequence[str], catalog: Catalog) -> dict[str, dict[str, str]]:
+def split_overrides(overrides: Sequence[str], catalog: Catalog) -> dict[str, dict[str, str]]:
     """``model.width=16`` → {"model": {...}}; ``attacker.pgd.steps=20`` → {"attacker.pgd": {...}} (keyed by catalog key).
 
     A component may be named ``plugin:name`` (``attacker.toy:fgsm.steps=3``).
@@ -193,6 +238,42 @@ def _check_names(request: RunRequest) -> None:
         for name in names or ():
             if not name.strip():
                 raise UsageError(f"{flag} {name!r} is empty; give a name (see harness plugins)")
+
+
+def evaluation_components(
+    catalog: Catalog,
+    norm: str,
+    attacks: Sequence[str] | None,
+    certifiers: Sequence[str] | None,
+    overrides: dict[str, dict[str, str]],
+    entries: dict[int, Entry],
+) -> tuple[list[Attacker], list[Certifier]]:
+    """The attackers and certifiers of an l_``norm`` evaluation, configured by ``overrides`` (whose sections they pop).
+
+    ``None`` means every registered one: the attacks for the norm, and every
+    certifier (the evaluation records why each that does not apply does not).
+    One named for another norm is a UsageError. Each component's catalog entry
+    goes into ``entries``.
+    """
+    chosen_attackers: list[Attacker] = []
+    for entry in _choose(catalog, "attacker", attacks, "--attack"):
+        cls: Any = entry.component
+        if norm not in cls.norms:
+            if attacks is None:
+                continue
+            raise UsageError(f"attack {entry.key!r} is for {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
+        attacker = cls(parse_options(cls.Options, overrides.pop(f"attacker.{entry.key}", {}), f"attacker {entry.key!r}"))
+        entries[id(attacker)] = entry
+        chosen_attackers.append(attacker)
+    chosen_certifiers: list[Certifier] = []
+    for entry in _choose(catalog, "certifier", certifiers, "--certifier"):
+        cls = entry.component
+        if norm not in cls.norms and certifiers is not None:
+            raise UsageError(f"certifier {entry.key!r} certifies {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
+        certifier = cls(parse_options(cls.Options, overrides.pop(f"certifier.{entry.key}", {}), f"certifier {entry.key!r}"))
+        entries[id(certifier)] = entry
+        chosen_certifiers.append(certifier)
+    return chosen_attackers, chosen_certifiers
 
 
 def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, str | None] | None = None) -> Plan:
@@ -247,7 +328,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
             f"add --no-preset to train it with {trainer_entry.key!r}'s default options (and --set to change them)"
         )
 
-    overrides = _split_overrides(request.overrides, catalog)
+    overrides = split_overrides(request.overrides, catalog)
     model_cls: Any = model_entry.component
     model = model_cls(
         parse_options(model_cls.Options, {**(preset.model_options if preset else {}), **overrides.get("model", {})}, f"model {model_entry.key!r}")
@@ -265,26 +346,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     dataset: Dataset = dataset_entry.component()  # type: ignore[assignment]  # the catalog checked its kind
 
     entries: dict[int, Entry] = {id(trainer): trainer_entry, id(model): model_entry, id(dataset): dataset_entry}
-    attackers = []
-    for entry in _choose(catalog, "attacker", request.attacks, "--attack"):
-        cls: Any = entry.component
-        if norm not in cls.norms:
-            if request.attacks is None:
-                continue
-            raise UsageError(f"attack {entry.key!r} is for {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
-        attacker = cls(parse_options(cls.Options, overrides.pop(f"attacker.{entry.key}", {}), f"attacker {entry.key!r}"))
-        entries[id(attacker)] = entry
-        attackers.append(attacker)
-    certifiers = []
-    for entry in _choose(catalog, "certifier", request.certifiers, "--certifier"):
-        cls = entry.component
-        # Every registered certifier is a candidate (the evaluation records why each one that does not apply
-        # does not, the other norm included); one asked for by name must be able to apply.
-        if norm not in cls.norms and request.certifiers is not None:
-            raise UsageError(f"certifier {entry.key!r} certifies {', '.join('l_' + n for n in cls.norms)}; this run is l_{norm}")
-        certifier = cls(parse_options(cls.Options, overrides.pop(f"certifier.{entry.key}", {}), f"certifier {entry.key!r}"))
-        entries[id(certifier)] = entry
-        certifiers.append(certifier)
+    attackers, certifiers = evaluation_components(catalog, norm, request.attacks, request.certifiers, overrides, entries)
     unused = sorted(k for k in overrides if k not in ("model", "trainer"))
     if unused:
         raise UsageError(f"--set {unused[0]}.…: that component does not run in this l_{norm} evaluation (see --attack, --certifier)")
@@ -308,108 +370,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     )
 
 
-def _subset(images: torch.Tensor, labels: torch.Tensor, samples: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    index = eval_indices(images.shape[0], samples)
-    return images[index], labels[index]
-
-
-def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> int:
-    """Train, evaluate and record one run; return its id.
-
-    A certifier or attack that fails is recorded against it (see
-    :mod:`harness.evaluation`); the run still finishes, and its result's
-    ``errors`` say what failed.
-    """
-    progress = progress or SilentProgress()
-    for note in plan.notes:
-        progress.log(note)
-    splits = plan.dataset.load(plan.data_dir)
-    info = plan.dataset.info
-    train_images, train_labels = _subset(splits.train_images, splits.train_labels, plan.request.train_samples)
-    test_index = eval_indices(splits.test_images.shape[0], plan.request.eval_samples)
-
-    save_dir = _prepare_save_dir(plan.request.save_dir)
-
-    torch.manual_seed(plan.seed)
-    generator = torch.Generator(device=plan.device).manual_seed(plan.seed)
-    model = plan.model.build(info).to(plan.device)
-    data = TrainData(info, train_images.to(plan.device), train_labels.to(plan.device))
-    config = plan.config()
-    run_id = store.create_run(
-        RunInfo(
-            trainer=plan.key(plan.trainer),
-            dataset=plan.key(plan.dataset),
-            norm=plan.threat.norm,
-            eps=plan.threat.eps,
-            preset=plan.preset.name if plan.preset else None,
-            seed=plan.seed,
-            epochs=plan.epochs,
-            config=config,
-            device=device_name(plan.device),
-            environment=environment(plan.plugin_versions),
-        )
-    )
-    train_seconds: float | None = None
-    try:
-        params = sum(p.numel() for p in model.parameters())
-        progress.log(
-            f"run {run_id}: {plan.key(plan.trainer)} on {plan.key(plan.dataset)}, {plan.threat}, preset {config['preset']}, "
-            f"{plan.epochs} epochs, seed {plan.seed}, {params:,} parameters, {device_name(plan.device)}"
-        )
-        start = time.perf_counter()
-        ctx = TrainContext(threat=plan.threat, device=plan.device, seed=plan.seed, generator=generator, progress=progress)
-        plan.trainer.fit(model, data, ctx)
-        _sync(plan.device)
-        train_seconds = time.perf_counter() - start
-        if save_dir is not None:
-            # Before the evaluation: a run whose evaluation fails keeps its trained weights.
-            try:
-                _save(save_dir / f"run-{run_id}", model, config)
-            except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
-                progress.log(f"warning: run {run_id}'s weights could not be saved: {one_line(exc)}")
-        start = time.perf_counter()
-        evaluation = evaluate(
-            model,
-            splits.test_images[test_index],
-            splits.test_labels[test_index],
-            plan.threat,
-            attackers=plan.attackers,
-            certifiers=plan.certifiers,
-            device=plan.device,
-            indices=test_index,
-            batch_size=plan.request.eval_batch_size,
-            progress=progress,
-            names=plan.key,
-        )
-        _sync(plan.device)
-        eval_seconds = time.perf_counter() - start
-        if plan.request.certifiers is not None:
-            for name, reason in sorted(evaluation.result.not_applicable.items()):
-                progress.log(f"warning: certifier {name!r}, asked for with --certifier, did not apply: {reason}")
-        final = plan.config(evaluation.result)
-        store.record_results(
-            run_id,
-            result=evaluation.result,
-            samples=evaluation.samples,
-            config=final,
-            train_seconds=train_seconds,
-            eval_seconds=eval_seconds,
-        )
-        if save_dir is not None and (save_dir / f"run-{run_id}").is_dir():
-            try:
-                _write_config(save_dir / f"run-{run_id}", final)
-            except OSError as exc:
-                progress.log(f"warning: run {run_id}'s final configuration could not be saved: {one_line(exc)}")
-    except KeyboardInterrupt:
-        _mark(store, run_id, INTERRUPTED, "interrupted (Ctrl-C or SIGTERM)", train_seconds)
-        raise
-    except BaseException as exc:
-        _mark(store, run_id, FAILED, f"{type(exc).__name__}: {one_line(exc)}", train_seconds)
-        raise
-    return run_id
-
-
-def _prepare_save_dir(save_dir: Path | None) -> Path | None:
+def prepare_save_dir(save_dir: Path | None) -> Path | None:
     """Create ``--save-dir`` before training, so a bad path is a user error, not a lost run."""
     if save_dir is None:
         return None
@@ -423,24 +384,56 @@ def _prepare_save_dir(save_dir: Path | None) -> Path | None:
     return path
 
 
-def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: float | None) -> None:
+#: What must be the same when a run is resumed: the plan made again from the stored request must give these unchanged.
+_RESUME_KEYS = ("trainer", "model", "dataset", "threat", "seed", "train_samples", "preset")
+
+
+def plan_resume(
+    catalog: Catalog, record: RunRecord, plugin_versions: dict[str, str | None] | None = None, *,
+    device: str | None = None, data_dir: Path | None = None,
+) -> Plan:
+    """Plan run ``record`` again, from the request stored with it, to continue it; UsageError if it cannot be.
+
+    It can be resumed when it was interrupted, failed, or is ``running`` but
+    stale (:func:`harness.liveness.stale_reason`), its trainer can resume
+    (:meth:`harness.Trainer.resumable`), and the installed plugins still plan
+    it exactly as it started (the same trainer, model and their options, data,
+    threat model and seed). ``device`` and ``data_dir`` may differ.
+    """
+    from harness.liveness import stale_reason
+    from harness.store import EXTERNAL, FINISHED, RUNNING
+
+    if record.info.origin == EXTERNAL:
+        raise UsageError(f"run {record.id} is an external model (harness eval --weights): it was never trained here, so there is nothing to resume")
+    if record.status == FINISHED:
+        raise UsageError(f"run {record.id} is finished: nothing to resume (harness eval {record.id} evaluates it again)")
+    if record.status == RUNNING and stale_reason(record) is None:
+        env = record.info.environment if isinstance(record.info.environment, dict) else {}
+        raise UsageError(
+            f"run {record.id} is running (pid {env.get('pid')} on {env.get('host')}) and its heartbeat is recent; "
+            "stop it first (SIGTERM writes a checkpoint), or wait until its heartbeat is stale"
+        )
+    config = record.info.config if isinstance(record.info.config, dict) else {}
     try:
-        store.mark_ended(run_id, status, error, train_seconds=train_seconds)
-    except Exception:  # the original error matters more than a failed bookkeeping write  # noqa: BLE001, S110
-        pass
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _save(directory: Path, model: torch.nn.Module, config: dict[str, Any]) -> None:
-    """The trained weights with the full resolved configuration beside them."""
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "config": config}, directory / "model.pt")
-    _write_config(directory, config)
-
-
-def _write_config(directory: Path, config: dict[str, Any]) -> None:
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        request = request_from_json(config.get("request"))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise UsageError(f"run {record.id} was recorded without its request (an older harness), so it cannot be resumed") from None
+    if device is not None:
+        request.device = device
+    if data_dir is not None:
+        request.data_dir = data_dir
+    trainer_cls: Any = catalog.entry("trainer", request.trainer).component
+    if not trainer_cls.resumable():
+        raise UsageError(
+            f"trainer {request.trainer!r} cannot resume runs (it implements no checkpoint_state()/restore_state()); "
+            f"start run {record.id} again instead"
+        )
+    plan = plan_run(catalog, request, plugin_versions)
+    now = json.loads(json.dumps(plan.config()))
+    for key in _RESUME_KEYS:
+        if now.get(key) != config.get(key):
+            raise UsageError(
+                f"run {record.id} cannot be resumed as it started: its {key} would now be {json.dumps(now.get(key))[:200]}, "
+                f"it was {json.dumps(config.get(key))[:200]} (the installed plugins changed)"
+            )
+    return plan

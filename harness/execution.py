@@ -1,0 +1,319 @@
+"""Executing a planned run: train (or resume), save the model, evaluate, record; nothing lost on the way.
+
+:func:`execute` loads the data, records the run as ``running`` (or takes a
+resumed run back), trains with checkpoints in the run's directory, saves the
+trained weights atomically with their sha256, evaluates, and records the
+evaluation. What can go wrong on the way, and what happens:
+
+* a signal (SIGTERM, SIGINT, SIGHUP) during training: the current step
+  finishes, a checkpoint is written, the run is recorded ``interrupted`` and
+  ``harness run --resume ID`` continues it;
+* the process is killed (SIGKILL, out of memory, power): the run stays
+  ``running`` until its heartbeat goes stale; then it is resumable the same way;
+* training diverges (a non-finite loss, gradient or weight): training stops at
+  once and the run is recorded ``failed`` with the reason;
+* the weights cannot be saved (a full disk): a warning, no partial file, and
+  the evaluation still runs and is recorded;
+* the database cannot take the results (locked past the busy timeout, a full
+  disk, deleted or replaced during the run): the write is retried, then the
+  results go to ``results.json`` in the run's directory, which
+  ``harness import`` records later.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.checkpoint import Checkpointing, load_checkpoint, save_atomic, sha256_file
+from harness.env import device_name, environment
+from harness.errors import HarnessError, TrainingDiverged, TrainingInterrupted, UsageError, one_line
+from harness.evaluation import Evaluation, eval_indices, evaluate
+from harness.liveness import Heartbeat, StopRequest, stop_on_signals
+from harness.progress import Progress, SilentProgress
+from harness.results_file import FILENAME, PendingResults, write_pending
+from harness.runner import Plan, build_model, check_sample_counts, prepare_save_dir
+from harness.store import FAILED, INTERRUPTED, RunInfo, RunRecord, Store, StoreGone, StoreUnavailable, WeightsFile
+from harness.train import TrainContext, TrainData
+
+#: Attempts, and the pause before each retry, of the final write of a run's results.
+RECORD_RETRIES_S = (2.0, 5.0, 15.0, 30.0)
+CHECKPOINT_FILE = "checkpoint.pt"
+MODEL_FILE = "model.pt"
+
+
+def execute(
+    plan: Plan,
+    store: Store,
+    *,
+    progress: Progress | None = None,
+    resume: RunRecord | None = None,
+    stop: StopRequest | None = None,
+) -> int:
+    """Train (or resume ``resume``), evaluate and record one run; return its id.
+
+    A certifier or attack that fails is recorded against it (see
+    :mod:`harness.evaluation`); the run still finishes, and its result's
+    ``errors`` say what failed. ``stop`` is set by the caller's signal handler
+    (:func:`harness.liveness.stop_on_signals`); without one, signals are
+    handled here.
+    """
+    progress = progress or SilentProgress()
+    if stop is None:
+        stop = StopRequest()
+        with stop_on_signals(stop, progress.log):
+            return _execute(plan, store, progress, resume, stop)
+    return _execute(plan, store, progress, resume, stop)
+
+
+def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | None, stop: StopRequest) -> int:
+    for note in plan.notes:
+        progress.log(note)
+    splits = plan.dataset.load(plan.data_dir)
+    check_sample_counts(plan.request, splits, plan.key(plan.dataset))
+    info = plan.dataset.info
+    train_index = eval_indices(splits.train_images.shape[0], plan.request.train_samples)
+    test_index = eval_indices(splits.test_images.shape[0], plan.request.eval_samples)
+    save_dir = prepare_save_dir(plan.request.save_dir)
+
+    torch.manual_seed(plan.seed)
+    generator = torch.Generator(device=plan.device).manual_seed(plan.seed)
+    model = build_model(plan, info).to(plan.device)
+    data = TrainData(info, splits.train_images[train_index].to(plan.device), splits.train_labels[train_index].to(plan.device))
+    config = plan.config()
+    env = environment(plan.plugin_versions)
+    checkpoint: dict[str, Any] | None = None
+    if resume is None:
+        run_id = store.create_run(
+            RunInfo(
+                trainer=plan.key(plan.trainer),
+                dataset=plan.key(plan.dataset),
+                norm=plan.threat.norm,
+                eps=plan.threat.eps,
+                preset=plan.preset.name if plan.preset else None,
+                seed=plan.seed,
+                epochs=plan.epochs,
+                config=config,
+                device=device_name(plan.device),
+                environment=env,
+            )
+        )
+    else:
+        run_id = resume.id
+        checkpoint = _last_checkpoint(resume, save_dir, progress)
+        store.resume_run(run_id, env)
+    run_dir = save_dir / f"run-{run_id}" if save_dir is not None else None
+
+    train_seconds: float | None = None
+    try:
+        with Heartbeat(lambda: store.heartbeat(run_id), progress.log):
+            params = sum(p.numel() for p in model.parameters())
+            progress.log(
+                f"run {run_id}: {plan.key(plan.trainer)} on {plan.key(plan.dataset)}, {plan.threat}, preset {config['preset']}, "
+                f"{plan.epochs} epochs, seed {plan.seed}, {params:,} parameters, {device_name(plan.device)}"
+                + (f", resumed from epoch {checkpoint['position']['epoch']}" if checkpoint else "")
+            )
+            checkpoints = None
+            if run_dir is not None:
+                checkpoints = Checkpointing(
+                    directory=run_dir,
+                    resume=checkpoint,
+                    on_saved=lambda saved: _record_checkpoint(store, run_id, saved, progress),
+                    stop=stop,
+                )
+            ctx = TrainContext(
+                threat=plan.threat, device=plan.device, seed=plan.seed, generator=generator, progress=progress,
+                checkpoints=checkpoints,
+            )
+            start = time.perf_counter()
+            stop.training = True
+            try:
+                plan.trainer.fit(model, data, ctx)
+            finally:
+                stop.training = False
+            _sync(plan.device)
+            train_seconds = (checkpoint or {}).get("seconds", 0.0) + time.perf_counter() - start
+            if checkpoints is not None and checkpoints.seconds is not None:
+                train_seconds = checkpoints.seconds
+            weights = _save_model(run_dir, model, config, progress) if run_dir is not None else None
+            _write(store, lambda: store.record_training(
+                run_id, train_seconds=train_seconds or 0.0, weights=weights, training={"epochs": ctx.history}, config=config,
+            ), progress, "its training record")
+
+            start = time.perf_counter()
+            evaluation = _evaluate(plan, model, splits.test_images, splits.test_labels, test_index, progress)
+            eval_seconds = time.perf_counter() - start
+            final = plan.config(evaluation.result)
+            recorded = _record_evaluation(store, run_id, plan, evaluation, final, env, eval_seconds, progress)
+            if not recorded:
+                pending = PendingResults(
+                    database=store.name, run_id=run_id,
+                    run={"config": final, "trainer": plan.key(plan.trainer), "dataset": plan.key(plan.dataset),
+                         "norm": plan.threat.norm, "eps": plan.threat.eps, "preset": plan.preset.name if plan.preset else None,
+                         "seed": plan.seed, "epochs": plan.epochs, "device": device_name(plan.device), "environment": env},
+                    training={"train_seconds": train_seconds, "weights": weights.__dict__ if weights else None,
+                              "history": ctx.history},
+                    evaluation={"config": final["evaluation"], "environment": env, "seconds": eval_seconds},
+                    result=evaluation.result, samples=evaluation.samples, reason=recorded.reason,
+                )
+                path = write_pending((run_dir or Path.cwd()) / (FILENAME if run_dir else f"results-run-{run_id}.json"), pending)
+                raise ResultsNotRecorded(
+                    f"run {run_id} finished, but {store.name} could not record it ({recorded.reason}); its results are in "
+                    f"{path}: record them with `harness import {path}`"
+                )
+            if run_dir is not None and run_dir.is_dir():
+                try:
+                    _write_config(run_dir, final)
+                except OSError as exc:
+                    progress.log(f"warning: run {run_id}'s final configuration could not be saved: {one_line(exc)}")
+    except ResultsNotRecorded:
+        raise
+    except (KeyboardInterrupt, TrainingInterrupted) as exc:
+        where = f" at {exc}" if isinstance(exc, TrainingInterrupted) else ""
+        resumable = "; resume with harness run --resume " + str(run_id) if run_dir is not None else ""
+        _mark(store, run_id, INTERRUPTED, f"interrupted by {stop.describe()}{where}{resumable}", train_seconds)
+        raise KeyboardInterrupt(f"run {run_id} interrupted{resumable}") from None
+    except TrainingDiverged as exc:
+        _mark(store, run_id, FAILED, one_line(exc), train_seconds)
+        raise
+    except BaseException as exc:
+        _mark(store, run_id, FAILED, f"{type(exc).__name__}: {one_line(exc)}", train_seconds)
+        raise
+    return run_id
+
+
+class ResultsNotRecorded(HarnessError):
+    """A run finished but the store could not take its results; they are in a results file (exit status 1)."""
+
+
+class _Outcome:
+    """Whether a write to the store happened, and if not, why."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        self.reason = reason or ""
+
+    def __bool__(self) -> bool:
+        return not self.reason
+
+
+def _write(store: Store, write: Any, progress: Progress, what: str) -> _Outcome:
+    """Do one write to the store, retrying while the store is unavailable; a gone store is not retried."""
+    for attempt, pause in enumerate((0.0, *RECORD_RETRIES_S)):
+        if pause:
+            progress.log(f"retrying in {pause:.0f} s (attempt {attempt + 1} of {len(RECORD_RETRIES_S) + 1})")
+            time.sleep(pause)
+        try:
+            store.check_alive()
+            write()
+            return _Outcome()
+        except StoreGone as exc:
+            progress.log(f"warning: could not record {what}: {exc}")
+            return _Outcome(one_line(exc))
+        except StoreUnavailable as exc:
+            progress.log(f"warning: could not record {what}: {exc}")
+            reason = one_line(exc)
+    return _Outcome(reason)
+
+
+def _record_evaluation(
+    store: Store, run_id: int, plan: Plan, evaluation: Evaluation, final: dict[str, Any], env: dict[str, Any],
+    seconds: float, progress: Progress,
+) -> _Outcome:
+    def write() -> None:
+        store.record_evaluation(
+            run_id, result=evaluation.result, samples=evaluation.samples, config=final["evaluation"], environment=env,
+            seconds=seconds, run_config=final, finish=True,
+        )
+
+    return _write(store, write, progress, "the results")
+
+
+def _evaluate(
+    plan: Plan, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, progress: Progress
+) -> Evaluation:
+    evaluation = evaluate(
+        model,
+        images[index],
+        labels[index],
+        plan.threat,
+        attackers=plan.attackers,
+        certifiers=plan.certifiers,
+        device=plan.device,
+        indices=index,
+        batch_size=plan.request.eval_batch_size,
+        progress=progress,
+        names=plan.key,
+    )
+    _sync(plan.device)
+    if plan.request.certifiers is not None:
+        for name, reason in sorted(evaluation.result.not_applicable.items()):
+            progress.log(f"warning: certifier {name!r}, asked for with --certifier, did not apply: {reason}")
+    return evaluation
+
+
+def _last_checkpoint(record: RunRecord, save_dir: Path | None, progress: Progress) -> dict[str, Any] | None:
+    """The resumed run's last checkpoint, read safely; ``None`` (training starts over, same seed) if there is none."""
+    path = Path(record.checkpoint["path"]) if record.checkpoint and record.checkpoint.get("path") else None
+    if path is None and save_dir is not None:
+        path = save_dir / f"run-{record.id}" / CHECKPOINT_FILE
+    if path is None or not path.exists():
+        progress.log(f"run {record.id} has no checkpoint: training starts over (the same seed gives the same run)")
+        return None
+    return load_checkpoint(path)
+
+
+def _record_checkpoint(store: Store, run_id: int, saved: dict[str, Any], progress: Progress) -> None:
+    try:
+        store.heartbeat(run_id, checkpoint=saved)
+    except HarnessError as exc:  # the checkpoint is on disk; the store learns of it at the next one
+        progress.log(f"warning: checkpoint {saved.get('path')} written, but not recorded: {one_line(exc)}")
+
+
+def _save_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any], progress: Progress) -> WeightsFile | None:
+    """The trained weights (with the configuration) written atomically; ``None``, with a warning, if they cannot be.
+
+    A failure here (a full disk: torch.save raises RuntimeError) never costs the evaluation, and leaves no partial file.
+    """
+    path = run_dir / MODEL_FILE
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        size = save_atomic({"state_dict": model.state_dict(), "config": config}, path)
+        weights = WeightsFile(path=str(path.absolute()), sha256=sha256_file(path), bytes=size)
+        _write_config(run_dir, config)
+    except (OSError, RuntimeError) as exc:
+        progress.log(f"warning: the trained weights could not be saved to {path}: {one_line(exc)}; the evaluation goes on")
+        return None
+    return weights
+
+
+def _write_config(directory: Path, config: dict[str, Any]) -> None:
+    save_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def save_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: float | None) -> None:
+    try:
+        store.mark_ended(run_id, status, error, train_seconds=train_seconds)
+    except Exception:  # the original error matters more than a failed bookkeeping write  # noqa: BLE001, S110
+        pass
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+__all__ = ["ResultsNotRecorded", "UsageError", "execute"]

@@ -1,0 +1,134 @@
+"""Results that could not be recorded: written to a file beside the weights, imported later.
+
+A run's evaluation costs hours; a database that is locked past the busy
+timeout, on a full disk, deleted or replaced during the run must not cost it.
+The runner retries its final write and then writes everything it would have
+recorded (the run, its training record, the evaluation with every per-sample
+result) to ``results.json`` in the run's directory; ``harness import FILE``
+records it in a database later, as a new run if the database does not know it.
+
+The file is plain JSON (``format`` 1), written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UsageError, one_line
+from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
+
+FORMAT = 1
+FILENAME = "results.json"
+
+
+def result_to_json(result: EvaluationResult) -> dict[str, Any]:
+    return asdict(result)
+
+
+def result_from_json(data: dict[str, Any]) -> EvaluationResult:
+    def radius(value: dict[str, float] | None) -> RadiusStats | None:
+        return None if value is None else RadiusStats(mean=float(value["mean"]), median=float(value["median"]))
+
+    return EvaluationResult(
+        samples=int(data["samples"]),
+        clean_accuracy=float(data["clean_accuracy"]),
+        robust_accuracy=data.get("robust_accuracy"),
+        certified_accuracy=data.get("certified_accuracy"),
+        attacks=tuple(AttackResult(**a) for a in data.get("attacks", ())),
+        certifiers=tuple(CertifierResult(**{**c, "radius": radius(c.get("radius"))}) for c in data.get("certifiers", ())),
+        not_applicable=dict(data.get("not_applicable", {})),
+    )
+
+
+def samples_to_json(samples: list[SampleResult]) -> list[dict[str, Any]]:
+    return [
+        {"index": s.index, "label": s.label, "prediction": s.prediction, "attacks": s.attacks,
+         "certificates": {name: list(value) for name, value in s.certificates.items()}}
+        for s in samples
+    ]
+
+
+def samples_from_json(rows: list[dict[str, Any]]) -> list[SampleResult]:
+    return [
+        SampleResult(
+            index=int(r["index"]), label=int(r["label"]), prediction=int(r["prediction"]),
+            attacks={str(k): bool(v) for k, v in r.get("attacks", {}).items()},
+            certificates={str(k): (bool(v[0]), None if v[1] is None else float(v[1])) for k, v in r.get("certificates", {}).items()},
+        )
+        for r in rows
+    ]
+
+
+@dataclass
+class PendingResults:
+    """Everything a run would have recorded after training: what ``results.json`` holds."""
+
+    database: str  # where the run was meant to be recorded (password hidden)
+    run_id: int | None  # its id there, if it was created
+    run: dict[str, Any]  # the RunInfo fields
+    training: dict[str, Any]  # train_seconds, weights (path, sha256, bytes), training history
+    evaluation: dict[str, Any]  # config, environment, seconds
+    result: EvaluationResult
+    samples: list[SampleResult]
+    reason: str  # why it was not recorded
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "database": self.database,
+            "run_id": self.run_id,
+            "run": self.run,
+            "training": self.training,
+            "evaluation": self.evaluation,
+            "result": result_to_json(self.result),
+            "samples": samples_to_json(self.samples),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PendingResults:
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, this harness reads format {FORMAT}")
+        return cls(
+            database=str(data["database"]),
+            run_id=data.get("run_id"),
+            run=dict(data["run"]),
+            training=dict(data["training"]),
+            evaluation=dict(data["evaluation"]),
+            result=result_from_json(data["result"]),
+            samples=samples_from_json(data["samples"]),
+            reason=str(data.get("reason", "")),
+        )
+
+
+def write_pending(path: Path, pending: PendingResults) -> Path:
+    """Write ``pending`` to ``path`` atomically (a temporary file beside it, fsync, rename); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(pending.to_json(), indent=1, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_pending(path: Path) -> PendingResults:
+    """Read a results file; a missing, unreadable or malformed one is a one-line UsageError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        return PendingResults.from_json(data)
+    except FileNotFoundError:
+        raise UsageError(f"no results file at {str(path)!r}") from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UsageError(f"{str(path)!r} is not a harness results file: {one_line(exc)}") from None
