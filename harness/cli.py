@@ -23,7 +23,7 @@ from harness.commands import DEVICES, format_option
 from harness.errors import HarnessDeprecationWarning, HarnessError, PluginError, UsageError, one_line
 from harness.plugins import DISABLE_ENV, LoadedPlugins, load_plugins
 from harness.store import STATUSES
-from harness.threat import NORMS, parse_eps, parse_norm
+from harness.threat import NORMS, format_eps, parse_eps, parse_norm
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
@@ -346,7 +346,16 @@ def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float 
     if dataset is not None and not runs:
         _check_dataset(dataset, store, catalog.names("dataset"))
     groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
+    if not groups and fmt in ("table", "markdown"):
+        filters = _filters(dataset=dataset, norm=norm, eps=None if eps is None else format_eps(eps))
+        click.echo(render.nothing_matches(store.list_runs(), filters, finished=True))
+        return
     click.echo(render.leaderboard(groups, fmt))
+
+
+def _filters(**given: str | None) -> list[str]:
+    """The filters given, as typed on the command line: ``["--dataset cifar10", "--eps 8/255"]``."""
+    return [f"--{name} {value}" for name, value in given.items() if value is not None]
 
 
 def _check_dataset(dataset: str, store: Store, registered: list[str]) -> None:
@@ -399,7 +408,7 @@ def runs(store: Store, status: str | None, dataset: str | None) -> None:
     if not records:
         if dataset is not None:
             _check_dataset(dataset, store, state().catalog.names("dataset"))
-        click.echo("no runs recorded" if status is None and dataset is None else "no runs match")
+        click.echo(render.nothing_matches(store.list_runs(), _filters(status=status, dataset=dataset), finished=False))
         return
     click.echo(render.run_list(records, stale=_stale))
 

@@ -140,7 +140,12 @@ class Model(Component):
 
     @required
     def build(self, data: DatasetInfo) -> nn.Module:
-        """Return a fresh network mapping ``[0,1]`` images ``N×C×H×W`` to logits ``N×K``."""
+        """Return a fresh network mapping ``[0,1]`` images ``N×C×H×W`` to logits ``N×K``.
+
+        A run calls it first under ``torch.device("meta")`` to count the parameters before
+        allocating them (a model bigger than the device's memory is refused), so keep it free
+        of side effects; a build that cannot run on the meta device is simply not counted.
+        """
         raise NotImplementedError(f"model {self.name!r} does not implement build()")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
@@ -110,6 +111,33 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
         notes = "\n".join(f"  reported: {s}" for s in sources)
         blocks.append(("Sources:\n" if fmt == "table" else "Sources:\n\n") + notes)
     return "\n\n".join(blocks)
+
+
+def nothing_matches(recorded: list[RunRecord], filters: Sequence[str], *, finished: bool) -> str:
+    """Why a list is empty: the database has no runs, no run has finished, or none matches ``filters``.
+
+    :param recorded: every run in the database.
+    :param filters: the filters as given (``--dataset cifar10``); empty if none.
+    :param finished: the list shows finished runs only (the leaderboard), not every status (``harness runs``).
+    """
+    if not recorded:
+        return "no finished runs yet (harness run --plugin NAME --dataset NAME)" if finished else "no runs recorded"
+    matches = f"no {'finished run' if finished else 'run'} matches {' '.join(filters)}"
+    statuses = ", ".join(f"{n} {status}" for status, n in _counts(r.status for r in recorded))
+    if not finished:
+        datasets = ", ".join(f"{dataset} ({n})" for dataset, n in _counts(r.info.dataset for r in recorded))
+        return f"{matches}; recorded runs: {statuses}; datasets: {datasets}"
+    done = [r for r in recorded if r.status == "finished"]
+    if not done:
+        why = f"no run has finished yet: {statuses} (harness runs lists them)"
+        return f"{matches}; {why}" if filters else why
+    settings = ", ".join(f"{s} ({n})" for s, n in _counts(f"{r.info.dataset} l_{r.info.norm} eps={format_eps(r.info.eps)}" for r in done))
+    return f"{matches}; finished runs are on {settings}"
+
+
+def _counts(values: Iterable[str]) -> list[tuple[str, int]]:
+    """Each value with how often it occurs, most frequent first."""
+    return sorted(Counter(values).items(), key=lambda item: (-item[1], item[0]))
 
 
 def _group_json(group: Group) -> dict[str, Any]:

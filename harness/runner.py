@@ -13,16 +13,19 @@ import dataclasses
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from harness.catalog import Catalog, Entry
 from harness.components import Attacker, Certifier, Dataset, Model, Trainer
 from harness.data.files import default_data_dir
+from harness.data.types import DatasetInfo, Splits
 from harness.env import resolve_device
 from harness.errors import HarnessError, PluginError, UsageError, one_line
 from harness.evaluation import SUBSET_SEED, attack_label
@@ -368,6 +371,87 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
         plugin_versions=plugin_versions or {},
         notes=notes,
     )
+
+
+def check_sample_counts(request: RunRequest, splits: Splits, dataset: str) -> None:
+    """Refuse ``--train-samples`` / ``--eval-samples`` beyond the split sizes (known once the data is loaded).
+
+    Capping them silently would record a configuration that the run did not use.
+    """
+    for flag, value, n, split in (
+        ("--train-samples", request.train_samples, splits.train_images.shape[0], "training"),
+        ("--eval-samples", request.eval_samples, splits.test_images.shape[0], "test"),
+    ):
+        if value is not None and value > n:
+            raise UsageError(f"{flag} {value} exceeds the {n} {split} samples of {dataset!r}; give at most {n} (or leave it out to use them all)")
+
+
+def build_model(plan: Plan, info: DatasetInfo) -> nn.Module:
+    """The plan's model built for ``info`` and moved to the plan's device.
+
+    A model too big for the machine is a UsageError naming the model and its
+    options: one whose parameters alone would exceed the device's memory
+    (counted first on the meta device, which allocates nothing), one the
+    allocator refuses, and one whose sizes overflow.
+    """
+    options = ", ".join(f"{k}={v}" for k, v in options_dict(plan.model.options).items())
+    what = f"model {plan.key(plan.model)!r}" + (f" ({options})" if options else "")
+    size = _model_bytes(plan.model, info)
+    memory = _memory_bytes(plan.device)
+    if size is not None and memory is not None and size[1] > memory:
+        raise UsageError(
+            f"{what} has {size[0]:,} parameters ({_gb(size[1])}), more than the {_gb(memory)} of memory of "
+            f"{plan.device}; give smaller sizes (--set model.KEY=VALUE)"
+        )
+    try:
+        return plan.model.build(info).to(plan.device)
+    except (MemoryError, OverflowError, RuntimeError, TypeError, ValueError) as exc:
+        reason = _too_big(exc)
+        if reason is None:
+            raise
+        raise UsageError(f"{what} cannot be built on {plan.device}: {reason}; give smaller sizes (--set model.KEY=VALUE)") from exc
+
+
+def _too_big(exc: BaseException) -> str | None:
+    """Why building failed if it was for the model's size (refused by an allocator, or sizes that overflow); else None."""
+    message = one_line(exc).lower()
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError) or "can't allocate memory" in message or "out of memory" in message:
+        tried = re.search(r"tried to allocate (\d+) bytes", message)
+        return "not enough memory" + (f" (one of its tensors needs {_gb(int(tried.group(1)))})" if tried else "")
+    if isinstance(exc, OverflowError) or "overflow" in message:
+        return "its sizes overflow (a tensor would have more than 2^63 elements or bytes)"
+    return None
+
+
+def _model_bytes(model: Model, info: DatasetInfo) -> tuple[int, int] | None:
+    """The model's parameter count and the bytes of its parameters and buffers, built on the meta device; None if that fails.
+
+    The random state is restored afterwards, so the real build draws the same weights.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            network = model.build(info)
+    except Exception:  # noqa: BLE001  # not every build runs on the meta device; the real build then decides
+        return None
+    params = sum(p.numel() for p in network.parameters())
+    tensors = [*network.parameters(), *network.buffers()]
+    return params, sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """The total memory of ``device`` (the machine's RAM for the CPU); None if unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).total_memory)
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (OSError, ValueError, RuntimeError, AttributeError):
+        return None
+    return None
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:,.1f} GB"
 
 
 def prepare_save_dir(save_dir: Path | None) -> Path | None:

@@ -91,7 +91,7 @@ from torch import Tensor, nn
 
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
-from harness.errors import PluginError, TrainingDiverged
+from harness.errors import PluginError, TrainingDiverged, UsageError
 from harness.train import TrainContext, TrainData
 
 
@@ -173,7 +173,7 @@ class EpochTrainer(Trainer):
     # -- optional hooks ----------------------------------------------------------------------
 
     def training_data(self, data: TrainData, ctx: TrainContext) -> TrainData:
-        """Called first: the data actually trained on (all of it by default)."""
+        """Called first: the data actually trained on (all of it by default); if it is empty, training is refused."""
         return data
 
     def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> Any:
@@ -200,7 +200,10 @@ class EpochTrainer(Trainer):
         """Train ``model`` in place; raises :class:`TrainingDiverged` at the first non-finite loss."""
         epochs: int = self.options.epochs
         batch_size: int = self.options.batch_size
+        given = len(data)
         data = self.training_data(data, ctx)
+        if len(data) == 0:
+            raise UsageError(f"trainer {self.name!r} has no sample left to train on (of the {given} it was given); give more (--train-samples)")
         self.state = self.start(model, data, ctx)
         optimizer = self.optimizer(model)
         augmentation = self.augmentation(data)

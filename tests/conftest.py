@@ -51,3 +51,13 @@ def builtin_env(monkeypatch) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DB", "HARNESS_DISABLE_PLUGINS")}
     env["HARNESS_ONLY_PLUGINS"] = ",".join(builtin_plugins())
     return env
+
+
+@pytest.fixture(scope="session")
+def gzip_bomb() -> bytes:
+    """A gzip file of about 200 KB that decompresses to 200 MB of zeros (made in chunks: never 200 MB in memory)."""
+    import zlib
+
+    compressor = zlib.compressobj(9, wbits=31)  # wbits 31: the gzip container
+    zeros = bytes(1 << 20)
+    return b"".join([*(compressor.compress(zeros) for _ in range(200)), compressor.flush()])

@@ -139,8 +139,8 @@ def test_an_empty_name_is_refused_not_ignored(harness_cli, flag):
 def test_a_dataset_filter_with_a_typo_names_the_datasets(harness_cli):
     for command in ("leaderboard", "runs"):
         assert_one_line_error(harness_cli(command, "--dataset", "mnsit"), "unknown dataset 'mnsit'; did you mean 'mnist'?")
-    assert harness_cli("leaderboard", "--dataset", "cifar10").out.startswith("no finished runs")
-    assert harness_cli("runs", "--dataset", "cifar10").out.strip() == "no runs match"
+    assert harness_cli("leaderboard", "--dataset", "cifar10").out.startswith("no finished runs yet")
+    assert harness_cli("runs", "--dataset", "cifar10").out.strip() == "no runs recorded"
 
 
 def test_a_misspelt_plugin_name_in_the_environment_is_named(harness_cli, monkeypatch):
@@ -149,3 +149,118 @@ def test_a_misspelt_plugin_name_in_the_environment_is_named(harness_cli, monkeyp
     (line,) = r.err.strip().splitlines()
     assert r.code == 0 and line.startswith(
         "warning: HARNESS_DISABLE_PLUGINS names 'lpidst', which is not an installed plugin; did you mean 'lpdist'? installed: ")
+
+
+# -- issue 12: values that are only wrong once the data or the model exists ------------------------------------------------
+
+
+def test_more_eval_samples_than_the_test_split_is_refused_before_the_run_is_recorded(harness_cli, shared_data):
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--eval-samples", "20000",
+                    "--data-dir", str(shared_data), "--no-save")
+    assert_one_line_error(r, "--eval-samples 20000 exceeds the 10000 test samples of 'mnist'", "give at most 10000")
+    assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+def test_more_train_samples_than_the_training_split_is_refused(harness_cli, harness_tiny_data):
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "tiny", "--no-preset", "--eps", "0.1", "--train-samples", "10000000",
+                    "--no-save", plugins=[harness_tiny_data])
+    assert_one_line_error(r, "--train-samples 10000000 exceeds the 600 training samples of 'tiny'", "give at most 600")
+    assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+@pytest.mark.parametrize(
+    ("width", "message"),
+    [
+        # two 10⁶×10⁶ layers and more: counted on the meta device and refused before anything is allocated
+        ("1000000", "has 2,000,019,000,003 parameters (8,000.1 GB), more than the "),
+        ("1000000000000000000000", "cannot be built on cpu: its sizes overflow"),
+    ],
+)
+def test_a_model_too_big_to_build_is_one_line_naming_its_options(harness_cli, harness_tiny_data, width, message):
+    args = ("run", "--plugin", "linf_v2", "--dataset", "tiny", "--no-preset", "--eps", "0.1", "--device", "cpu", "--set",
+            f"model.width={width}", "--set", "model.depth=4", "--no-save")
+    r = harness_cli(*args, plugins=[harness_tiny_data])
+    assert_one_line_error(r, f"model 'linf_dist_net' (depth=4, width={width}, identity_value=10.0, momentum=0.1) ", message,
+                          "give smaller sizes (--set model.KEY=VALUE)")
+    assert harness_cli("runs").out.strip() == "no runs recorded"
+    from harness.errors import UsageError
+
+    with pytest.raises(UsageError, match="linf_dist_net"):  # --debug: the traceback instead
+        harness_cli("--debug", *args, plugins=[harness_tiny_data])
+
+
+def test_a_model_option_that_does_not_fit_the_dataset_is_one_line(harness_cli, harness_tiny_data):
+    r = harness_cli("run", "--plugin", "linf_mlp", "--dataset", "tiny", "--no-preset", "--eps", "0.1", "--set", "model.input_size=8",
+                    "--no-save", plugins=[harness_tiny_data])
+    assert_one_line_error(r, "model option input_size 8 is larger than the 4×4 images of 'tiny'; give at most 4")
+
+
+def test_crm_with_a_training_set_its_holdout_empties_is_refused_before_training(harness_cli, harness_tiny_data):
+    r = harness_cli("run", "--plugin", "crm", "--dataset", "tiny", "--no-preset", "--norm", "2", "--eps", "0.5", "--train-samples", "1",
+                    "--no-save", plugins=[harness_tiny_data])
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    assert r.err.strip().splitlines()[-1] == (
+        "error: trainer 'crm' trains on train_fraction=0.9 of the training samples, which leaves none of 1; "
+        "give --train-samples 2 or more (or --set trainer.train_fraction=1)")
+    assert "epoch 1" not in r.err  # refused before the first step
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--attack", "pgd-l2"],
+         "attack 'pgd-l2' is for l_2; this run is l_inf"),
+        (["run", "--plugin", "crm", "--dataset", "mnist", "--preset", "quick-linf", "--norm", "2"],
+         "preset 'quick-linf' of 'crm' is for l_inf, not --norm 2; presets for 'mnist': paper-1.58 (mnist, l_2 eps 1.58); "
+         "quick (mnist, l_2 eps 1.58); quick-linf (mnist, l_inf eps 0.1)"),
+        (["run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--attack", "pgd", "--attack", "pgd"],
+         "--attack 'pgd' is given twice"),
+        (["show", "1", "--samples", "-5"], "Invalid value for '--samples': -5 is not in the range x>=0."),
+    ],
+)
+def test_refused_choices_record_nothing(harness_cli, args, message):
+    r = harness_cli(*args)
+    assert_one_line_error(r, message)
+    assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+def test_a_gzip_bomb_in_the_data_folder_is_one_line(harness_cli, tmp_path, shared_data, gzip_bomb):
+    data = tmp_path / "data"
+    shutil.copytree(shared_data / "mnist", data / "mnist")
+    target = data / "mnist" / "t10k-images-idx3-ubyte.gz"
+    target.chmod(0o644)
+    target.write_bytes(gzip_bomb)
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--data-dir", str(data), "--no-save")
+    assert_one_line_error(r, f"corrupt data file {target}: it decompresses to more than 7,840,016 bytes")
+    assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+def test_filters_that_match_nothing_say_so_and_name_what_is_recorded(harness_cli, harness_tiny_data):
+    def out(*args: str) -> str:
+        r = harness_cli(*args, plugins=[harness_tiny_data])
+        assert r.code == 0, r.err
+        return r.out.strip()
+
+    # An empty database: nothing to filter.
+    assert out("leaderboard", "--dataset", "tiny") == "no finished runs yet (harness run --plugin NAME --dataset NAME)"
+    assert out("runs", "--status", "failed") == "no runs recorded"
+    # One failed run (CRM's holdout leaves nothing of one sample), then one finished run.
+    r = harness_cli("run", "--plugin", "crm", "--dataset", "tiny", "--no-preset", "--norm", "2", "--eps", "0.5", "--train-samples", "1",
+                    "--no-save", plugins=[harness_tiny_data])
+    assert r.code == 2
+    assert out("leaderboard") == "no run has finished yet: 1 failed (harness runs lists them)"
+    assert out("leaderboard", "--dataset", "tiny") == (
+        "no finished run matches --dataset tiny; no run has finished yet: 1 failed (harness runs lists them)")
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "tiny", "--no-preset", "--eps", "0.1", "--epochs", "1", "--train-samples", "100",
+                    "--eval-samples", "10", "--set", "model.width=8", "--set", "model.depth=2", "--attack", "pgd", "--set",
+                    "attacker.pgd.steps=1", "--certifier", "interval", "--no-save", plugins=[harness_tiny_data])
+    assert r.code == 0, r.err
+    for fmt in ("table", "markdown"):
+        assert out("leaderboard", "--dataset", "fashion-mnist", "--format", fmt) == (
+            "no finished run matches --dataset fashion-mnist; finished runs are on tiny l_inf eps=0.1 (1)")
+    assert out("leaderboard", "--norm", "2", "--eps", "8/255") == (
+        "no finished run matches --norm 2 --eps 8/255; finished runs are on tiny l_inf eps=0.1 (1)")
+    assert out("leaderboard", "--dataset", "fashion-mnist", "--format", "json") == "[]"
+    assert out("runs", "--status", "interrupted") == "no run matches --status interrupted; recorded runs: 1 failed, 1 finished; datasets: tiny (2)"
+    assert out("runs", "--status", "failed", "--dataset", "mnist") == (
+        "no run matches --status failed --dataset mnist; recorded runs: 1 failed, 1 finished; datasets: tiny (2)")

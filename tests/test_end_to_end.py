@@ -71,7 +71,8 @@ def test_leaderboard_shows_the_run_beside_reported_numbers(finished_run, harness
     assert md.startswith("### mnist") and "| rank |" in md
     data = json.loads(harness_cli("leaderboard", "--format", "json", "--eps", "0.3").out)
     assert data[0]["rows"][0]["kind"] in ("measured", "reported")
-    assert harness_cli("leaderboard", "--dataset", "cifar10").out.startswith("no finished runs")
+    assert harness_cli("leaderboard", "--dataset", "cifar10").out.strip() == (
+        "no finished run matches --dataset cifar10; finished runs are on mnist l_inf eps=0.3 (1)")
     assert "54.30" in harness_cli("leaderboard", "--dataset", "cifar10", "--reported", "all").out  # the paper's 8/255 row
 
 

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from harness import Certificate, Certifier, Dataset, DatasetInfo, Model, Splits, Trainer, hookimpl
-from harness.runner import RunRequest, execute, plan_run
+from harness.errors import UsageError
+from harness.runner import RunRequest, build_model, check_sample_counts, execute, plan_run
 from harness.store import open_store
 from harness.testing import make_catalog
 
@@ -173,3 +174,61 @@ def test_sigterm_during_training_is_recorded_through_the_cli(harness_cli, monkey
         signal.signal(signal.SIGTERM, previous)
     assert r.code == 130 and "interrupted" in r.err
     assert "interrupted" in harness_cli("runs").out
+
+
+# -- values that are only wrong once the data or the model exists ------------------------------------------------
+
+
+def test_sample_counts_up_to_the_split_sizes_are_accepted_and_beyond_refused():
+    splits = Blobs().load(None)  # 256 training and 64 test samples
+    check_sample_counts(RunRequest(trainer="fit", dataset="blobs", train_samples=256, eval_samples=64), splits, "blobs")
+    with pytest.raises(UsageError, match=r"^--eval-samples 65 exceeds the 64 test samples of 'blobs'; give at most 64 \(or leave it out"):
+        check_sample_counts(RunRequest(trainer="fit", dataset="blobs", eval_samples=65), splits, "blobs")
+    with pytest.raises(UsageError, match=r"^--train-samples 257 exceeds the 256 training samples of 'blobs'; give at most 256"):
+        check_sample_counts(RunRequest(trainer="fit", dataset="blobs", train_samples=257), splits, "blobs")
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+                      "allocate 313600000000000 bytes. Error code 12 (Cannot allocate memory)"),
+         "not enough memory (one of its tensors needs 313,600.0 GB)"),
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "not enough memory"),
+        (MemoryError(), "not enough memory"),
+        (OverflowError("Python int too large to convert to C long"), "its sizes overflow"),
+    ],
+)
+def test_a_model_too_big_to_build_is_a_usage_error(monkeypatch, error, reason):
+    def build(self, data):
+        raise error
+
+    monkeypatch.setattr(LinearModel, "build", build)
+    plan = plan_run(make_catalog(BlobsPlugin()), RunRequest(trainer="fit", dataset="blobs", eps=0.01, device="cpu"))
+    with pytest.raises(UsageError) as caught:
+        build_model(plan, Blobs.info)
+    assert str(caught.value).startswith(f"model 'linear' cannot be built on cpu: {reason}")
+    assert str(caught.value).endswith("; give smaller sizes (--set model.KEY=VALUE)")
+
+
+def test_a_models_bug_while_building_stays_a_bug(monkeypatch):
+    def build(self, data):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (1x4 and 5x2)")
+
+    monkeypatch.setattr(LinearModel, "build", build)
+    plan = plan_run(make_catalog(BlobsPlugin()), RunRequest(trainer="fit", dataset="blobs", eps=0.01, device="cpu"))
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        build_model(plan, Blobs.info)
+
+
+def test_counting_a_models_parameters_first_leaves_its_initial_weights_as_they_were(harness_tiny_data):
+    from harness.testing import tiny_info
+
+    request = RunRequest(trainer="linf_v2", dataset="tiny", eps=0.1, no_preset=True, device="cpu", overrides=["model.width=16"])
+    plan = plan_run(make_catalog(harness_tiny_data), request)
+    torch.manual_seed(3)
+    built, next_draw = build_model(plan, tiny_info()).state_dict(), torch.rand(1)
+    torch.manual_seed(3)
+    plain, plain_next_draw = plan.model.build(tiny_info()).state_dict(), torch.rand(1)
+    assert built.keys() == plain.keys() and all(torch.equal(built[k], plain[k]) for k in plain)
+    assert torch.equal(next_draw, plain_next_draw)  # the random state after building is the same, too

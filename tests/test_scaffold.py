@@ -329,3 +329,17 @@ def test_a_schedule_without_lr_is_the_plugins_error():
 
     with pytest.raises(PluginError, match="schedule\\(\\) returned \\{'rate': 0.1\\}; it must be a dict with a finite 'lr'"):
         NoLr(CEOptions(epochs=1)).fit(Linear(), blobs(64), context())
+
+
+class HoldsOutEverything(CETrainer):
+    def training_data(self, data: TrainData, ctx: TrainContext) -> TrainData:
+        return TrainData(data.info, data.images[:0], data.labels[:0])
+
+
+def test_a_trainer_left_with_no_training_data_is_refused_before_it_starts():
+    from harness.errors import UsageError
+
+    trainer = HoldsOutEverything(CEOptions())
+    with pytest.raises(UsageError, match=r"^trainer 'ce' has no sample left to train on \(of the 5 it was given\); give more \(--train-samples\)$"):
+        trainer.fit(Linear(), blobs(5), context())
+    assert trainer.state is None  # start() was never called

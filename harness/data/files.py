@@ -122,19 +122,45 @@ def verify(
             continue
         actual = _digest(algorithm, source)
         if actual != expected.lower():
-            label = f" ({what})" if what else ""
-            again = f" from {url}" if url else ""
-            raise UsageError(
-                f"checksum mismatch for {path}{label}: expected {algorithm} {expected}, got {actual}; "
-                f"delete it and download it again{again}"
-            )
+            raise _mismatch(path, algorithm, expected, actual, what, url)
 
 
-def gunzip(path: Path, *, url: str | None = None) -> bytes:
-    """The decompressed content of a ``.gz`` file; a :class:`UsageError` if it is not valid gzip."""
+def _mismatch(path: Path, algorithm: str, expected: str, actual: str, what: str | None, url: str | None) -> UsageError:
+    label = f" ({what})" if what else ""
+    again = f" from {url}" if url else ""
+    return UsageError(
+        f"checksum mismatch for {path}{label}: expected {algorithm} {expected}, got {actual}; delete it and download it again{again}"
+    )
+
+
+def gunzip(path: Path, *, url: str | None = None, max_bytes: int | None = None, sha256: str | None = None) -> bytes:
+    """The decompressed content of a ``.gz`` file, decompressed in chunks.
+
+    A few kilobytes of gzip can decompress to gigabytes, so give ``max_bytes``
+    (the size of the expected content) for any file that comes from elsewhere:
+    reading stops one byte past it. With ``sha256`` the content is checked as it
+    is read, before anything parses it.
+
+    :raises UsageError: naming the file, if it is not valid gzip, decompresses
+        to more than ``max_bytes``, or its content's sha256 is not ``sha256``.
+    """
+    again = f" from {url}" if url else ""
+    digest = hashlib.sha256()
+    chunks = []
+    total = 0
     try:
         with gzip.open(path, "rb") as f:
-            return f.read()
+            while chunk := f.read(_CHUNK if max_bytes is None else min(_CHUNK, max_bytes + 1 - total)):
+                total += len(chunk)
+                if max_bytes is not None and total > max_bytes:
+                    raise UsageError(
+                        f"corrupt data file {path}: it decompresses to more than {max_bytes:,} bytes, the size of the file it "
+                        f"should hold; delete it and download it again{again}"
+                    )
+                digest.update(chunk)
+                chunks.append(chunk)
     except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
-        again = f" from {url}" if url else ""
         raise UsageError(f"corrupt data file {path}: {one_line(e)}; delete it and download it again{again}") from e
+    if sha256 is not None and digest.hexdigest() != sha256.lower():
+        raise _mismatch(path, "sha256", sha256, digest.hexdigest(), "decompressed payload", url)
+    return b"".join(chunks)

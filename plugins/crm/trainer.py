@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.errors import UsageError
 from harness.options import doc_field, epochs_field
 from harness.scaffold import BatchLoss, EpochTrainer, Step
 from harness.schedules import exponential_lr_with_stopping
@@ -109,8 +110,16 @@ class CRMTrainer(EpochTrainer):
     state: CRMState
 
     def training_data(self, data: TrainData, ctx: TrainContext) -> TrainData:
-        """The code's 90 % of the training split (``train_fraction``)."""
-        keep = holdout_split(len(data), self.options.train_fraction).to(data.images.device)
+        """The code's 90 % of the training split (``train_fraction``); refused if that leaves no sample."""
+        fraction = self.options.train_fraction
+        keep = holdout_split(len(data), fraction).to(data.images.device)
+        if len(keep) == 0:
+            enough = math.ceil(1 / fraction)
+            enough += math.floor(enough * fraction) < 1  # float rounding
+            raise UsageError(
+                f"trainer 'crm' trains on train_fraction={fraction:g} of the training samples, which leaves none of {len(data)}; "
+                f"give --train-samples {enough} or more (or --set trainer.train_fraction=1)"
+            )
         return TrainData(data.info, data.images[keep], data.labels[keep])
 
     def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> CRMState:

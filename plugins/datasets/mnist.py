@@ -8,10 +8,18 @@ from typing import ClassVar
 import torch
 
 from harness import Dataset, Source, UsageError
-from harness.data import DatasetInfo, Splits, fetch, gunzip, read_idx, verify
+from harness.data import DatasetInfo, Splits, fetch, gunzip, read_idx
 
 TRAIN_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
 TEST_FILES = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+#: The decompressed sizes of the official files (MNIST's and Fashion-MNIST's are the same): a header, then 60,000 or
+#: 10,000 28×28 images or labels of one byte.
+OFFICIAL_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
 
 
 class IdxDataset(Dataset):
@@ -20,14 +28,18 @@ class IdxDataset(Dataset):
     Each file is checked by the sha256 of its *decompressed* payload, not by
     the md5 of the ``.gz``: re-compressing a file (as mirrors and caches do)
     changes the ``.gz`` bytes but never the payload, so this accepts every
-    faithful copy and still rejects any altered data. Subclasses (and tests)
-    set ``mirrors`` and ``sha256``.
+    faithful copy and still rejects any altered data. A file is decompressed
+    no further than its official size (``sizes``), so a small ``.gz`` that
+    inflates to gigabytes is refused after reading that much. Subclasses (and
+    tests) set ``mirrors`` and ``sha256`` (and ``sizes`` for larger files).
     """
 
     #: Base URLs tried in order; the file name is appended.
     mirrors: ClassVar[tuple[str, ...]]
     #: sha256 of each decompressed payload, by official file name (without ``.gz``).
     sha256: ClassVar[dict[str, str]]
+    #: The size of each decompressed payload (at most), by official file name: a file that decompresses past it is refused.
+    sizes: ClassVar[dict[str, int]] = OFFICIAL_SIZES
 
     def load(self, root: Path, *, download: bool = True) -> Splits:
         folder = Path(root) / self.name
@@ -42,8 +54,8 @@ class IdxDataset(Dataset):
         filename = f"{name}.gz"
         urls = [mirror + filename for mirror in self.mirrors]
         path = fetch(folder / filename, urls, download=download)
-        payload = gunzip(path, url=urls[0])
-        verify(path, sha256=self.sha256[name], content=payload, what="decompressed payload", url=urls[0])
+        # Decompressed no further than the official size and checked before it is parsed: a gzip bomb costs nothing.
+        payload = gunzip(path, url=urls[0], max_bytes=self.sizes[name], sha256=self.sha256[name])
         try:
             return read_idx(payload)
         except ValueError as e:

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from harness import Model
+from harness import Model, UsageError
 from harness.data import DatasetInfo
 from harness.options import doc_field
 from harness_plugins.lib import citations
@@ -77,7 +77,10 @@ class LinfDistNetMLP(nn.Module):
         channels, height, width = info.shape
         size = options.input_size or height
         if size > min(height, width):
-            raise ValueError(f"input_size {size} is larger than the {height}×{width} images of {info.name}")
+            raise UsageError(
+                f"model option input_size {size} is larger than the {height}×{width} images of {info.name!r}; "
+                f"give at most {min(height, width)} (0: the images' size)"
+            )
         self.input_size = size
         identity = options.identity_value or None
         shift = {"mean_shift": True, "momentum": options.momentum, "identity_value": identity}

@@ -37,6 +37,20 @@ def test_holdout_is_the_codes_random_split_after_manual_seed_1():
     assert holdout_split(10, 1.0).tolist() == list(range(10))
 
 
+@pytest.mark.parametrize(("fraction", "given", "enough"), [(0.9, 1, 2), (0.3, 3, 4), (0.5, 1, 2)])
+def test_a_holdout_that_leaves_no_training_sample_says_how_many_are_enough(fraction, given, enough):
+    from harness import UsageError
+
+    info = DatasetInfo(name="t", num_classes=2, shape=(1, 2, 2), mean=(0.5,), std=0.25)
+    data = TrainData(info, torch.zeros(given, 1, 2, 2, dtype=torch.uint8), torch.zeros(given, dtype=torch.long))
+    ctx = TrainContext(ThreatModel("2", 0.5), torch.device("cpu"), 0, torch.Generator().manual_seed(0))
+    trainer = CRMTrainer(CRMOptions(train_fraction=fraction))
+    with pytest.raises(UsageError, match=rf"which leaves none of {given}; give --train-samples {enough} or more"):
+        trainer.training_data(data, ctx)
+    more = TrainData(info, torch.zeros(enough, 1, 2, 2, dtype=torch.uint8), torch.zeros(enough, dtype=torch.long))
+    assert len(trainer.training_data(more, ctx)) >= 1
+
+
 def test_random_affine_keeps_shape_and_fills_outside_with_grey():
     images = torch.rand(16, 3, 8, 8)
     g = torch.Generator().manual_seed(0)

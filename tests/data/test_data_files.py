@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,37 @@ def test_gunzip_of_a_corrupt_file_is_a_usage_error(tmp_path: Path) -> None:
     path.write_bytes(b"not gzip at all")
     with pytest.raises(UsageError, match="corrupt data file"):
         gunzip(path)
+
+
+def test_gunzip_checks_the_sha256_and_the_size_while_it_reads(tmp_path: Path) -> None:
+    path = tmp_path / "f.gz"
+    content = np.random.default_rng(0).bytes(3 * (1 << 20) + 5)  # several chunks
+    path.write_bytes(gzip.compress(content))
+    digest = hashlib.sha256(content).hexdigest()
+    assert gunzip(path, max_bytes=len(content), sha256=digest.upper()) == content  # exactly the size is fine
+    with pytest.raises(UsageError) as error:
+        gunzip(path, sha256="0" * 64, url="https://example.org/f.gz")
+    assert assert_one_line(error) == (
+        f"checksum mismatch for {path} (decompressed payload): expected sha256 {'0' * 64}, got {digest}; "
+        "delete it and download it again from https://example.org/f.gz")
+    with pytest.raises(UsageError, match=f"corrupt data file .*f.gz: it decompresses to more than {len(content) - 1:,} bytes"):
+        gunzip(path, max_bytes=len(content) - 1, sha256=digest)
+
+
+def test_a_gzip_bomb_is_refused_after_max_bytes_without_inflating(tmp_path: Path, gzip_bomb: bytes) -> None:
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(gzip_bomb)  # 200 MB of zeros
+    tracemalloc.start()
+    try:
+        with pytest.raises(UsageError) as error:
+            gunzip(path, max_bytes=1 << 20, url="https://example.org/bomb.gz")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert assert_one_line(error) == (
+        f"corrupt data file {path}: it decompresses to more than 1,048,576 bytes, the size of the file it should hold; "
+        "delete it and download it again from https://example.org/bomb.gz")
+    assert peak < 8 << 20  # about max_bytes read, not the 200 MB the file inflates to
 
 
 # -- IDX -------------------------------------------------------------------------------------

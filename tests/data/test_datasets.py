@@ -11,6 +11,7 @@ import pickle
 import re
 import shutil
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +186,23 @@ def test_tiny_idx_dataset_loads_through_a_subclass(tmp_path: Path) -> None:
     splits = tiny_mnist(tmp_path, [1, 2, 3])().load(tmp_path, download=False)
     assert splits.train_images.shape == (3, 1, 28, 28) and splits.train_labels.tolist() == [1, 2, 3]
     assert splits.test_labels.tolist() == [3, 9]
+
+
+def test_a_gzip_bomb_in_place_of_a_file_is_refused_past_the_official_size(tmp_path: Path, gzip_bomb: bytes) -> None:
+    cls = tiny_mnist(tmp_path, [1, 2, 3])
+    bomb = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    bomb.write_bytes(gzip_bomb)  # 200 MB of zeros where 10,008 bytes belong
+    tracemalloc.start()
+    try:
+        with pytest.raises(UsageError) as error:
+            cls().load(tmp_path, download=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(error.value) == (
+        f"corrupt data file {bomb}: it decompresses to more than 10,008 bytes, the size of the file it should hold; "
+        "delete it and download it again from https://ossci-datasets.s3.amazonaws.com/mnist/t10k-labels-idx1-ubyte.gz")
+    assert peak < 4 << 20  # the tiny files and 10,009 bytes of the bomb, not 200 MB
 
 
 def test_labels_out_of_range_are_rejected(tmp_path: Path) -> None:

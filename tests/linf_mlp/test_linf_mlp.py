@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from harness import FeatureHead, ThreatModel
+from harness import FeatureHead, ThreatModel, UsageError
 from harness.data import DatasetInfo
 from harness.train import TrainContext, TrainData
 from harness_plugins.lib.lpdist import LpDistConv2d, lp_layers, set_p
@@ -45,7 +45,7 @@ def test_input_size_centre_crops_larger_images_only():
     net = eval_at_infinity(LinfDistNetMLP(info, LinfDistNetMLPOptions(depth=1, width=4, hidden=4, input_size=6)))
     x = torch.rand(3, 1, 8, 8)
     assert torch.equal(net.features(x), net.features(x[..., 1:7, 1:7]))  # test time: centre crop
-    with pytest.raises(ValueError, match="input_size 9"):
+    with pytest.raises(UsageError, match="input_size 9 is larger than the 8×8 images"):
         LinfDistNetMLP(info, LinfDistNetMLPOptions(depth=1, width=4, hidden=4, input_size=9))
 
 
