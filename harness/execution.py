@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from harness.checkpoint import Checkpointing, load_checkpoint, save_atomic, sha256_file
+from harness.checkpoint import Checkpointing, load_checkpoint, save_weights, sha256_file
 from harness.env import device_name, environment
 from harness.errors import HarnessError, TrainingDiverged, TrainingInterrupted, UsageError, one_line
 from harness.evaluation import Evaluation, eval_indices, evaluate
@@ -110,7 +110,7 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
 
     train_seconds: float | None = None
     try:
-        with Heartbeat(lambda: store.heartbeat(run_id), progress.log):
+        with Heartbeat(lambda: _beat(store, run_id), progress.log):
             params = sum(p.numel() for p in model.parameters())
             progress.log(
                 f"run {run_id}: {plan.key(plan.trainer)} on {plan.key(plan.dataset)}, {plan.threat}, preset {config['preset']}, "
@@ -120,25 +120,22 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
             checkpoints = None
             if run_dir is not None:
                 checkpoints = Checkpointing(
-                    directory=run_dir,
-                    resume=checkpoint,
-                    on_saved=lambda saved: _record_checkpoint(store, run_id, saved, progress),
-                    stop=stop,
+                    directory=run_dir, resume=checkpoint, on_saved=lambda saved: _record_checkpoint(store, run_id, saved, progress),
                 )
             ctx = TrainContext(
                 threat=plan.threat, device=plan.device, seed=plan.seed, generator=generator, progress=progress,
                 checkpoints=checkpoints,
             )
             start = time.perf_counter()
-            stop.training = True
+            stop.checkpoints = checkpoints
             try:
                 plan.trainer.fit(model, data, ctx)
             finally:
-                stop.training = False
+                stop.checkpoints = None
             _sync(plan.device)
             train_seconds = (checkpoint or {}).get("seconds", 0.0) + time.perf_counter() - start
-            if checkpoints is not None and checkpoints.seconds is not None:
-                train_seconds = checkpoints.seconds
+            if checkpoints is not None and checkpoints.last is not None:  # every process of the run, as the last save counted
+                train_seconds = checkpoints.last["train_seconds"]
             weights = _save_model(run_dir, model, config, progress) if run_dir is not None else None
             _write(store, lambda: store.record_training(
                 run_id, train_seconds=train_seconds or 0.0, weights=weights, training={"epochs": ctx.history}, config=config,
@@ -266,9 +263,15 @@ def _last_checkpoint(record: RunRecord, save_dir: Path | None, progress: Progres
     return load_checkpoint(path)
 
 
+def _beat(store: Store, run_id: int, checkpoint: dict[str, Any] | None = None) -> None:
+    """A heartbeat, only into the database the run started in (a deleted SQLite file must not be created again, empty)."""
+    store.check_alive()
+    store.heartbeat(run_id, checkpoint=checkpoint)
+
+
 def _record_checkpoint(store: Store, run_id: int, saved: dict[str, Any], progress: Progress) -> None:
     try:
-        store.heartbeat(run_id, checkpoint=saved)
+        _beat(store, run_id, saved)
     except HarnessError as exc:  # the checkpoint is on disk; the store learns of it at the next one
         progress.log(f"warning: checkpoint {saved.get('path')} written, but not recorded: {one_line(exc)}")
 
@@ -281,7 +284,7 @@ def _save_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any], p
     path = run_dir / MODEL_FILE
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        size = save_atomic({"state_dict": model.state_dict(), "config": config}, path)
+        size = save_weights(path, model.state_dict(), config)
         weights = WeightsFile(path=str(path.absolute()), sha256=sha256_file(path), bytes=size)
         _write_config(run_dir, config)
     except (OSError, RuntimeError) as exc:

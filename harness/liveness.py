@@ -94,18 +94,19 @@ class Heartbeat:
 
 
 class StopRequest:
-    """What the signal handler sets: training checks ``requested`` after every step."""
+    """Where the signal handler sends a stop: to the training loop while it trains, else an immediate interrupt.
+
+    ``checkpoints`` is set while training runs (anything with
+    ``request_stop(reason)``, a :class:`harness.checkpoint.Checkpointing`): the
+    first signal asks it to stop after the current step with a checkpoint.
+    """
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self.training = False  # while true, the first signal only asks training to stop
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
+        self.checkpoints: Any = None
 
     def describe(self) -> str:
-        return signal.Signals(self.signal).name if self.signal is not None else "a stop request"
+        return signal.Signals(self.signal).name if self.signal is not None else "an interrupt"
 
 
 @contextmanager
@@ -116,8 +117,9 @@ def stop_on_signals(request: StopRequest, log: Callable[[str], None]) -> Iterato
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if request.training and request.signal is None:
+        if request.checkpoints is not None and request.signal is None:
             request.signal = signum
+            request.checkpoints.request_stop(signal.Signals(signum).name)
             log(f"{signal.Signals(signum).name}: finishing the current step, then writing a checkpoint (send it again to stop at once)")
             return
         request.signal = request.signal or signum
