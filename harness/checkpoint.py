@@ -144,8 +144,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, PermissionError):
         return "permission denied"
     if "Weights only load failed" in text or type(exc).__name__ == "UnpicklingError":
-        detail = re.search(r"Unsupported (global: GLOBAL \S+|operand \S+)", text)
-        found = f" (unsupported {detail.group(1)})" if detail else ""
+        named = re.search(r"GLOBAL ([\w.]+)", text)
+        found = f" (it names {named.group(1)})" if named else ""
         return f"it holds objects other than tensors and plain data{found}; it was not unpickled, nothing in it ran"
     if isinstance(exc, EOFError) or "central directory" in text or "PytorchStreamReader" in text:
         return "it is truncated or not a torch file"
