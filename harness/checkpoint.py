@@ -58,6 +58,7 @@ CHECKPOINT_KEYS = (
     "trainer",  # the trainer's name
     "options",  # its options (a resumed run must have the same)
     "position",  # {"epoch", "index", "steps", "epochs", "step"}: the next mini-batch, and the optimiser steps taken
+    "first_loss",  # the run's first loss (the divergence check measures growth from it), None before the first step
     "model",  # model.state_dict()
     "optimizer",  # optimizer.state_dict()
     "trainer_state",  # Trainer.checkpoint_state()

@@ -69,12 +69,13 @@ and training goes on.
 Divergence. Every step is checked, with one fused reduction and no extra
 device synchronisation: the loss before ``backward`` (it never reaches the
 weights), then the largest gradient and the largest parameter or buffer after
-``optimizer.step()``. Any of them non-finite, or at least 2^64 in magnitude
+``optimizer.step()``. Any of them non-finite or at least 2^64 in magnitude
 (:data:`harness.numerics.OVERFLOW_BOUND`: past it float32 squares overflow,
-so training is one step from ``inf``), stops training at once with
-:class:`TrainingDiverged`, one line naming what, where and the scheduled
-values; nothing is saved after it, so the last checkpoint is the last good
-state.
+so training is one step from ``inf``), or a loss 2^24 times the run's first
+loss (:data:`harness.numerics.GROWTH_BOUND`: a blow-up that stays finite),
+stops training at once with :class:`TrainingDiverged`, one line naming what,
+where and the scheduled values; nothing is saved after it, so the last
+checkpoint is the last good state. :mod:`harness.numerics` explains both bounds.
 
 A minimal trainer (a third party's, in its own package)::
 
@@ -127,7 +128,7 @@ from harness.checkpoint import FORMAT, VERSION, Checkpointing, CheckpointNotSave
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
 from harness.errors import HarnessError, PluginError, TrainingDiverged, TrainingInterrupted
-from harness.numerics import beyond_bound, describe, largest_magnitude
+from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
 from harness.options import options_dict
 from harness.progress import Progress
 from harness.train import TrainContext, TrainData
@@ -194,6 +195,7 @@ class _Position:
     sums: _Sums = field(default_factory=_Sums)
     epoch_generator: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))  # the generator's state when the epoch began
     seconds: float = 0.0  # training time of earlier processes of the run
+    first_loss: float | None = None  # the run's first loss (the divergence check's growth bound)
 
 
 class _Saver:
@@ -343,7 +345,7 @@ class EpochTrainer(Trainer):
     def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
         """Train ``model`` in place (resuming from ``ctx.checkpoints.resume`` if set); see the module docstring.
 
-        :raises TrainingDiverged: a loss, gradient or parameter went non-finite or past 2^64.
+        :raises TrainingDiverged: a loss, gradient or parameter went non-finite or past 2^64, or the loss grew 2^24-fold.
         :raises TrainingInterrupted: ``ctx.checkpoints.request_stop()`` was called (after saving).
         """
         epochs: int = self.options.epochs
@@ -393,7 +395,10 @@ class EpochTrainer(Trainer):
                     out = self.loss(model, images, labels, values)
                     loss = out.loss.item()
                     if beyond_bound(loss):
-                        raise self._diverged("loss", loss, step, values)
+                        raise self._diverged("loss", describe(loss), step, values)
+                    at.first_loss = loss if at.first_loss is None else at.first_loss
+                    if grew_too_much(loss, at.first_loss):
+                        raise self._diverged("loss", describe_growth(loss, at.first_loss), step, values)
                     optimizer.zero_grad(set_to_none=True)
                     out.loss.backward()
                     self.before_optimizer_step(model, values)
@@ -404,9 +409,9 @@ class EpochTrainer(Trainer):
                     checks = torch.stack([hits, largest_magnitude(grads).to(hits.device), largest_magnitude(watched).to(hits.device)])
                     correct, gradient, parameter = checks.tolist()
                     if beyond_bound(gradient):
-                        raise self._diverged("largest |gradient|", gradient, step, values)
+                        raise self._diverged("largest |gradient|", describe(gradient), step, values)
                     if beyond_bound(parameter):
-                        raise self._diverged("largest |parameter| after the step", parameter, step, values)
+                        raise self._diverged("largest |parameter| after the step", describe(parameter), step, values)
                     at.sums.add(labels.shape[0], int(correct), {"loss": loss, **out.metrics})
                     at.index, at.step = index + 1, at.step + 1
                     shown: dict[str, float | str] = dict(at.sums.means())
@@ -431,10 +436,10 @@ class EpochTrainer(Trainer):
             raise PluginError(f"trainer {self.name!r}: schedule() returned {values!r}; it must be a dict with a finite 'lr'")
         return values
 
-    def _diverged(self, what: str, value: float, step: Step, values: Mapping[str, float]) -> TrainingDiverged:
+    def _diverged(self, what: str, value: str, step: Step, values: Mapping[str, float]) -> TrainingDiverged:
         kind = "loss" if what == "loss" else "gradient" if "gradient" in what else "parameter"
         return TrainingDiverged(
-            f"training diverged: {what} {describe(value)} at epoch {step.epoch + 1}/{step.epochs}, step {step.index + 1}/{step.steps} "
+            f"training diverged: {what} {value} at epoch {step.epoch + 1}/{step.epochs}, step {step.index + 1}/{step.steps} "
             f"({_show(values)})",
             step=step,
             values=values,
@@ -470,6 +475,7 @@ class EpochTrainer(Trainer):
             "trainer": self.name,
             "options": options_dict(self.options),
             "position": {"epoch": at.epoch, "index": at.index, "steps": steps, "epochs": epochs, "step": at.step},
+            "first_loss": at.first_loss,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "trainer_state": trainer_state,
@@ -524,6 +530,7 @@ class EpochTrainer(Trainer):
             sums=_Sums(dict(sums["metrics"]), sums["correct"], sums["seen"]),
             epoch_generator=saved["epoch_generator"],
             seconds=saved["seconds"],
+            first_loss=saved["first_loss"],
         )
 
 

@@ -536,11 +536,15 @@ class Diverging(CETrainer):
 
     def schedule(self, step):
         bad = (step.epoch, step.index) == self.bad
-        return {"lr": 1e30 if bad and self.how == "parameter" else 0.1, "scale": 1e25 if bad and self.how == "loss" else 1.0}
+        return {
+            "lr": 1e30 if bad and self.how == "parameter" else 0.1,
+            "scale": 1e25 if bad and self.how == "loss" else 1.0,
+            "bump": 1e9 if bad and self.how == "growth" else 0.0,
+        }
 
     def loss(self, model, images, labels, values):
         logits = model(images)
-        loss = F.cross_entropy(logits * values["scale"], labels)
+        loss = F.cross_entropy(logits * values["scale"], labels) + values["bump"]
         if self.how == "gradient" and values["lr"] == 0.1 and (self._step == self.bad):
             loss = loss + (model.fc.weight - model.fc.weight.detach()).abs().sqrt().sum()  # finite, its gradient is not
         return BatchLoss(loss, logits)
@@ -553,10 +557,12 @@ class Diverging(CETrainer):
     ("how", "message"),
     [
         ("loss", "training diverged: loss {value} (beyond 2^64 ≈ 1.8e19, where float32 squares overflow) at epoch 2/2, step 2/5 "
-                 "(lr 0.1, scale 1e+25)"),
-        ("gradient", "training diverged: largest |gradient| nan at epoch 2/2, step 2/5 (lr 0.1, scale 1)"),
+                 "(lr 0.1, scale 1e+25, bump 0)"),
+        ("growth", "training diverged: loss 1e+09 (at least 2^24 times the run's first loss, {first}: a blow-up) at epoch 2/2, "
+                   "step 2/5 (lr 0.1, scale 1, bump 1e+09)"),
+        ("gradient", "training diverged: largest |gradient| nan at epoch 2/2, step 2/5 (lr 0.1, scale 1, bump 0)"),
         ("parameter", "training diverged: largest |parameter| after the step {value} (beyond 2^64 ≈ 1.8e19, where float32 squares "
-                      "overflow) at epoch 2/2, step 2/5 (lr 1e+30, scale 1)"),
+                      "overflow) at epoch 2/2, step 2/5 (lr 1e+30, scale 1, bump 0)"),
     ],
 )
 def test_a_loss_gradient_or_parameter_that_diverges_stops_training_at_once_and_nothing_is_saved_after_it(tmp_path, how, message):
@@ -574,7 +580,10 @@ def test_a_loss_gradient_or_parameter_that_diverges_stops_training_at_once_and_n
     with pytest.raises(TrainingDiverged) as caught:
         trainer.fit(Linear(), blobs(200), ctx)
     error = caught.value
-    assert error.what == how and error.step == Step(1, 1, 5, 2) and "\n" not in str(error)
+    assert error.what == ("loss" if how == "growth" else how) and error.step == Step(1, 1, 5, 2) and "\n" not in str(error)
+    if how == "growth":
+        first = load_checkpoint(tmp_path / "checkpoint.pt")["first_loss"]
+        message = message.format(first=f"{first:.4g}")
     if "{value}" in message:
         value = float(str(error).split(" (beyond")[0].split()[-1])
         assert value >= 2.0**64
