@@ -23,7 +23,9 @@ attacks, keeps its label at random points and corners of the ball, and its
 radius, if any, is consistent with its verdict. Parametrise it over your
 certifier and a model it applies to; :func:`train_tiny` trains one in seconds.
 :func:`check_attacker_in_ball` is the attackers' contract: the check the
-evaluation applies to every adversarial batch.
+evaluation applies to every adversarial batch. :func:`check_resumes` is the
+trainers' resume contract: stopped and resumed, a run ends with the weights of
+one that never stopped.
 
 Imports of torch and of the host's internals happen inside the fixtures, so
 loading this plugin costs a pytest session nothing.
