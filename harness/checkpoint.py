@@ -63,6 +63,7 @@ CHECKPOINT_KEYS = (
     "optimizer",  # optimizer.state_dict()
     "trainer_state",  # Trainer.checkpoint_state()
     "rng",  # rng_state()
+    "device",  # the run generator's device type ("cpu", "cuda"): its state fits only a generator of that type
     "generator",  # the run generator's state now
     "epoch_generator",  # its state when the current epoch began (rebuilds the epoch's data order)
     "sums",  # the current epoch's running sums: {"metrics": {...}, "correct": int, "seen": int}

@@ -117,6 +117,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,7 +128,7 @@ from torch import Tensor, nn
 from harness.checkpoint import FORMAT, VERSION, Checkpointing, CheckpointNotSaved, restore_rng, rng_state, utc_now
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
-from harness.errors import HarnessError, PluginError, TrainingDiverged, TrainingInterrupted
+from harness.errors import HarnessError, PluginError, TrainingDiverged, TrainingInterrupted, UsageError
 from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
 from harness.options import options_dict
 from harness.progress import Progress
@@ -240,20 +241,23 @@ class _Saver:
         return c.last if c.last is not None and c.last["step"] == self.at.step else None
 
 
-_PLAIN = (str, int, float, bool, type(None), Tensor)
+_SCALARS = (str, int, float, bool, type(None))
 
 
 def _not_weights_only(value: Any, where: str) -> str | None:
-    """Where in ``value`` something sits that ``torch.load(weights_only=True)`` would refuse, or None."""
-    if isinstance(value, _PLAIN):
+    """Where in ``value`` something sits that ``torch.load(weights_only=True)`` would refuse, or None.
+
+    Exact types: a numpy float is a ``float`` subclass, and the loader refuses it.
+    """
+    if type(value) in _SCALARS or isinstance(value, Tensor):
         return None
-    if isinstance(value, dict):
+    if type(value) in (dict, OrderedDict):
         for key, item in value.items():
-            bad = _not_weights_only(key, f"{where} key") if not isinstance(key, _PLAIN) else _not_weights_only(item, f"{where}[{key!r}]")
+            bad = _not_weights_only(key, f"{where} key {key!r}") or _not_weights_only(item, f"{where}[{key!r}]")
             if bad:
                 return bad
         return None
-    if isinstance(value, list | tuple):
+    if type(value) in (list, tuple):
         return next((bad for i, item in enumerate(value) if (bad := _not_weights_only(item, f"{where}[{i}]"))), None)
     return f"{where} is a {type(value).__name__}"
 
@@ -359,7 +363,8 @@ class EpochTrainer(Trainer):
         checkpoints = ctx.checkpoints
         if checkpoints is not None and checkpoints.resume is not None:
             at = self._resume(checkpoints, model, optimizer, ctx, steps, epochs)
-            ctx.progress.log(f"resuming {checkpoints.path}: epoch {at.epoch + 1}/{epochs}, step {at.index + 1}/{steps}")
+            where = f"at epoch {at.epoch + 1}/{epochs}, step {at.index + 1}/{steps}" if at.epoch < epochs else "after the last epoch"
+            ctx.progress.log(f"resuming from {checkpoints.path} {where}")
         if checkpoints is not None and not self.resumable():
             ctx.progress.log(f"trainer {self.name!r} cannot resume (see Trainer.resumable): no checkpoints are saved")
         saver = _Saver(
@@ -480,6 +485,7 @@ class EpochTrainer(Trainer):
             "optimizer": optimizer.state_dict(),
             "trainer_state": trainer_state,
             "rng": rng_state(),
+            "device": ctx.generator.device.type,
             "generator": ctx.generator.get_state(),
             "epoch_generator": at.epoch_generator if at.index else ctx.generator.get_state(),
             "sums": {"metrics": dict(at.sums.metrics), "correct": at.sums.correct, "seen": at.sums.seen},
@@ -487,7 +493,9 @@ class EpochTrainer(Trainer):
             "seconds": seconds,
             "saved_at": utc_now(),
         }
-        for part, value in (("checkpoint_state()", trainer_state), ("the model's state_dict()", contents["model"])):
+        parts = {"checkpoint_state()": trainer_state, "the model's state_dict()": contents["model"]}
+        parts["the optimizer's state_dict()"] = contents["optimizer"]
+        for part, value in parts.items():
             bad = _not_weights_only(value, part)
             if bad:
                 raise PluginError(
@@ -501,6 +509,11 @@ class EpochTrainer(Trainer):
         """Put the checkpoint back: model, optimiser, trainer state, RNGs, generator, history; return the position."""
         saved: dict[str, Any] = checkpoints.resume or {}
         where = f"checkpoint {str(checkpoints.path)!r}"
+        if not self.resumable():
+            raise UsageError(
+                f"trainer {self.name!r} cannot resume a run: it keeps per-run state from start() and does not implement "
+                "checkpoint_state() and restore_state()"
+            )
         if saved["trainer"] != self.name:
             raise HarnessError(f"{where} was written by trainer {saved['trainer']!r}, not {self.name!r}")
         options = options_dict(self.options)
@@ -516,6 +529,9 @@ class EpochTrainer(Trainer):
                 f"{where} has {position['steps']} steps per epoch and {position['epochs']} epochs; this run has {steps} and {epochs} "
                 "(other training data?)"
             )
+        device = ctx.generator.device.type
+        if saved["device"] != device:
+            raise HarnessError(f"{where} was written by a run on {saved['device']}; resume it on {saved['device']}, not {device}")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         self.restore_state(saved["trainer_state"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from harness import DatasetInfo, Model, ThreatModel, TrainingDiverged, TrainingInterrupted, hookimpl
 from harness.checkpoint import Checkpointing, load_checkpoint
-from harness.errors import HarnessError, PluginError
+from harness.errors import HarnessError, PluginError, UsageError
 from harness.scaffold import BatchLoss, EpochTrainer, Step
 from harness.schedules import cosine_annealing
 from harness.testing import check_resumes
@@ -519,6 +520,14 @@ def test_resuming_refuses_another_trainer_other_options_or_other_data(tmp_path):
         with pytest.raises(HarnessError) as caught:
             trainer.fit(Linear(), blobs(n), ctx)
         assert str(caught.value) == message
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, resume={**saved, "device": "cuda"})
+    with pytest.raises(HarnessError, match=f"^{re.escape(where)} was written by a run on cuda; resume it on cuda, not cpu$"):
+        CETrainer(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, resume=saved)
+    with pytest.raises(UsageError, match="^trainer 'ce' cannot resume a run: it keeps per-run state from start"):
+        Stateful(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
 
 
 # -- divergence: loss, gradient, parameter -----------------------------------------------------------------
