@@ -205,9 +205,10 @@ class Trainer(Component):
         what :meth:`checkpoint_state` returned (tensors on the CPU; move them to the device).
 
         Restore tensors that the optimiser or anything else holds *in place*
-        (``tensor.copy_(saved[...])`` under ``torch.no_grad()``): the optimiser
-        was made before this call, and its state is loaded after it by
-        parameter position. Nothing by default.
+        (``tensor.copy_(saved[...])`` under ``torch.no_grad()``): by then the
+        optimiser is made over the fresh ones and its state loaded by parameter
+        position, so a replaced tensor would no longer be trained. The model's
+        weights are loaded already. Nothing by default.
         """
 
 

@@ -371,7 +371,9 @@ def saves(tmp_path, trainer, **kwargs) -> tuple[list[dict], TrainContext]:
     ctx = context()
     ctx.checkpoints = Checkpointing(tmp_path, on_saved=told.append, **kwargs)
     torch.manual_seed(0)
-    trainer.fit(Linear(), blobs(200), ctx)
+    model = Linear()
+    trainer.fit(model, blobs(200), ctx)
+    ctx.model = model
     return told, ctx
 
 
@@ -389,8 +391,12 @@ def test_checkpoints_every_n_epochs_and_at_the_end_with_the_history(tmp_path):
 
 
 def test_checkpoints_by_wall_time_are_checked_after_every_step(tmp_path):
-    told, _ = saves(tmp_path, CETrainer(CEOptions(epochs=2, batch_size=40)), every_epochs=100, every_seconds=1e-9)
+    told, ctx = saves(tmp_path, Augmented(CEOptions(epochs=2, batch_size=40)), every_epochs=100, every_seconds=1e-9)
     assert [t["step"] for t in told] == list(range(1, 11))  # every step; the end is saved already
+    torch.manual_seed(0)
+    unsaved = Linear()
+    Augmented(CEOptions(epochs=2, batch_size=40)).fit(unsaved, blobs(200), context())
+    assert torch.equal(unsaved.fc.weight, ctx.model.fc.weight)  # saving draws from no generator
     told, _ = saves(tmp_path, CETrainer(CEOptions(epochs=2, batch_size=40)), every_epochs=100, every_seconds=math.inf)
     assert [t["step"] for t in told] == [10]  # only at the end
 
