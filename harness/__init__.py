@@ -3,8 +3,8 @@
 The public API for plugin authors is what this package exports (below) and
 the modules in :data:`PUBLIC_MODULES`: typed options (:mod:`harness.options`),
 dataset helpers (:mod:`harness.data`), the training data and context
-(:mod:`harness.train`), the training scaffold (:mod:`harness.scaffold`) and its
-schedules (:mod:`harness.schedules`), threat models (:mod:`harness.threat`),
+(:mod:`harness.train`), the training scaffold (:mod:`harness.scaffold`), its
+schedules (:mod:`harness.schedules`) and checkpoints (:mod:`harness.checkpoint`), threat models (:mod:`harness.threat`),
 errors (:mod:`harness.errors`), helpers for plugin commands
 (:mod:`harness.commands`) and pytest fixtures for plugin authors
 (:mod:`harness.testing`). Plugins import nothing else from the host; the rest
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 #: Modules a plugin may import (besides this package's exports).
 PUBLIC_MODULES = (
     "harness",
+    "harness.checkpoint",
     "harness.commands",
     "harness.components",
     "harness.data",
@@ -59,6 +60,7 @@ _EXPORTS = {
     "SoundnessError": "harness.errors",
     "UsageError": "harness.errors",
     "TrainingDiverged": "harness.errors",
+    "TrainingInterrupted": "harness.errors",
     "hookimpl": "harness.hookspecs",
     "BatchLoss": "harness.scaffold",
     "EpochTrainer": "harness.scaffold",
@@ -91,6 +93,7 @@ __all__ = [
     "TrainData",
     "Trainer",
     "TrainingDiverged",
+    "TrainingInterrupted",
     "UsageError",
     "hookimpl",
 ]
@@ -123,7 +126,7 @@ if TYPE_CHECKING:
         Trainer,
     )
     from harness.data.types import DatasetInfo, Splits
-    from harness.errors import HarnessError, PluginError, SoundnessError, TrainingDiverged, UsageError
+    from harness.errors import HarnessError, PluginError, SoundnessError, TrainingDiverged, TrainingInterrupted, UsageError
     from harness.hookspecs import hookimpl
     from harness.scaffold import BatchLoss, EpochTrainer, Step
     from harness.threat import ThreatModel

@@ -171,9 +171,50 @@ class Trainer(Component):
         """Train ``model`` in place on ``data`` for ``ctx.threat``.
 
         It must leave the model in its final, evaluated form (for the l_inf-dist
-        nets, p = ∞). Report progress through ``ctx.progress``.
+        nets, p = ∞), with whatever that form needs kept in its ``state_dict``
+        (a layer attribute such as p: ``get_extra_state``/``set_extra_state``),
+        so that the saved weights, loaded into a freshly built model, give the
+        evaluated logits. Report progress through ``ctx.progress``.
+
+        Checkpoints (``ctx.checkpoints``) and resuming from one are the
+        training loop's job: :class:`harness.scaffold.EpochTrainer` does both.
+        A trainer with its own ``fit`` resumes only if it honours
+        ``ctx.checkpoints`` itself and says so in :meth:`resumable`.
         """
         raise NotImplementedError(f"trainer {self.name!r} does not implement fit()")
+
+    # -- resume ------------------------------------------------------------------------------
+
+    @classmethod
+    def resumable(cls) -> bool:
+        """Whether a run of this trainer can continue from a checkpoint (``harness run --resume``).
+
+        False by default: ``--resume`` refuses such a trainer. :class:`harness.scaffold.EpochTrainer`
+        answers for its subclasses (see there).
+        """
+        return False
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Called at every checkpoint: the trainer's own per-run state that a fresh start cannot rebuild.
+
+        Everything else (the model, the optimiser, the position, the RNGs) is
+        saved by the training loop. Return only tensors, dicts, lists, str,
+        int, float, bool and None (a checkpoint is read with
+        ``torch.load(weights_only=True)``); tensors may be the live ones, they
+        are written at once. Nothing by default.
+        """
+        return {}
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        """Called when resuming, after a fresh start of the run and before its first step: put back
+        what :meth:`checkpoint_state` returned (tensors on the CPU; move them to the device).
+
+        Restore tensors that the optimiser or anything else holds *in place*
+        (``tensor.copy_(saved[...])`` under ``torch.no_grad()``): by then the
+        optimiser is made over the fresh ones and its state loaded by parameter
+        position, so a replaced tensor would no longer be trained. The model's
+        weights are loaded already. Nothing by default.
+        """
 
 
 @dataclass

@@ -36,16 +36,41 @@ class SoundnessError(HarnessError):
 
 
 class TrainingDiverged(HarnessError):
-    """Training met a non-finite loss and stopped before it reached the weights.
+    """Training met a non-finite or overflowing loss, gradient or parameter, and stopped at once.
 
-    The message is one line naming the epoch, the step and the scheduled values;
-    ``step`` (a :class:`harness.scaffold.Step`) and ``values`` keep them for code.
+    The message is one line naming what diverged, the epoch, the step and the
+    scheduled values; ``step`` (a :class:`harness.scaffold.Step`), ``values`` and
+    ``what`` (``"loss"``, ``"gradient"`` or ``"parameter"``) keep them for code.
+    A loss stops training before it reaches the weights; a gradient or a
+    parameter is seen after the optimiser's step, and nothing is saved after it.
     """
 
-    def __init__(self, message: str, *, step: Any = None, values: Mapping[str, float] | None = None) -> None:
+    def __init__(self, message: str, *, step: Any = None, values: Mapping[str, float] | None = None, what: str = "loss") -> None:
         super().__init__(message)
         self.step = step
         self.values = dict(values or {})
+        self.what = what
+
+
+class TrainingInterrupted(HarnessError):
+    """Training stopped on request (``Checkpointing.request_stop``, a signal) after a whole step.
+
+    ``step`` (a :class:`harness.scaffold.Step`) is where training resumes: the
+    next mini-batch (``Step(epochs, 0, ...)`` once every epoch ran);
+    ``steps_done`` counts the optimiser steps taken; ``checkpoint`` is what the
+    save recorded (epoch, step, path, bytes, saved_at, ...), or ``None`` when
+    nothing could be saved (the message says why).
+    """
+
+    def __init__(self, message: str, *, step: Any = None, steps_done: int = 0, checkpoint: Mapping[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.steps_done = steps_done
+        self.checkpoint = dict(checkpoint) if checkpoint is not None else None
+
+
+class UnreadableFile(UsageError):
+    """A checkpoint or weights file that cannot be read safely (missing, truncated, holding code, wrong format)."""
 
 
 def one_line(error: BaseException) -> str:

@@ -33,6 +33,7 @@ from torch import nn
 
 from harness.components import Attacker, Certificate, Certifier
 from harness.errors import HarnessError, one_line
+from harness.numerics import beyond_bound
 from harness.options import options_dict
 from harness.progress import Progress, SilentProgress
 from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
@@ -145,7 +146,8 @@ class _ModelGuard:
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
-        self.saved = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        # Extra states (an l_p-dist layer's p) are plain data: kept as they are, and the attributes check covers them.
+        self.saved = {k: v.detach().to("cpu", copy=True) if isinstance(v, torch.Tensor) else v for k, v in model.state_dict().items()}
         self.attributes = self._attributes()
         self.grads = [p.requires_grad for p in model.parameters()]
         self.fingerprint = self._fingerprint()
@@ -157,6 +159,8 @@ class _ModelGuard:
         out = []
         with torch.no_grad():
             for t in self.model.state_dict().values():
+                if not isinstance(t, torch.Tensor):
+                    continue
                 d = t.detach().double() if t.is_floating_point() else t.detach().to(torch.float64)
                 out.append((d.sum().item(), d.abs().sum().item(), (d * d).sum().item()))
         return out
@@ -221,7 +225,9 @@ def evaluate(
     reason; ``attackers`` must all be for ``threat``'s norm. ``names`` gives
     the name a component is recorded under (its catalog key; default its name).
 
-    :raises HarnessError: the model itself fails (non-finite logits, wrong shape).
+    :raises HarnessError: the model itself fails: logits of the wrong shape, non-finite, or at least
+        2^64 in magnitude (:data:`harness.numerics.OVERFLOW_BOUND`: margins computed from them can
+        overflow into ``inf``, which a certifier would read as certified).
     """
     progress = progress or SilentProgress()
     name_of = names or (lambda component: component.name)
@@ -243,6 +249,12 @@ def evaluate(
             if not bool(torch.isfinite(logits).all()):
                 bad = int((~torch.isfinite(logits)).any(1).sum())
                 raise HarnessError(f"the model gives non-finite logits on {bad} of {s.stop - s.start} test images (did training diverge?)")
+            largest = logits.abs().amax().item()
+            if beyond_bound(largest):
+                raise HarnessError(
+                    f"the model's logits reach {largest:.3g} on test images, beyond 2^64 ≈ 1.8e19 where float32 margins "
+                    "and their squares overflow: no certificate or accuracy of it would mean anything (did training diverge?)"
+                )
             predictions[s] = logits.argmax(1).cpu()
             task.advance(s.stop - s.start)
     correct = predictions == labels

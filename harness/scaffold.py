@@ -5,9 +5,9 @@ every built-in method shares, written once: epochs of shuffled mini-batches
 from :meth:`harness.train.TrainData.batches` (with the run's generator, so the
 data order is the seed's), batches on ``ctx.device``, schedules stepped per
 mini-batch, one progress task per epoch (running means of the loss, accuracy
-and the method's metrics, beside the scheduled values) and a stop at the first
-non-finite loss (:class:`TrainingDiverged`, before that loss touches the
-weights).
+and the method's metrics, beside the scheduled values), checkpoints and resume
+(``ctx.checkpoints``), the per-epoch means in ``ctx.history``, and a stop at
+the first diverged step (:class:`TrainingDiverged`, below).
 
 The contract. A method subclasses :class:`EpochTrainer`; its ``Options`` has
 ``epochs`` and ``batch_size``. It supplies three things:
@@ -31,17 +31,51 @@ decay) and :meth:`~EpochTrainer.finish` (leave the model in its evaluated form;
 ``model.eval()`` by default).
 
 The order, per run: ``training_data``, ``start``, ``optimizer``,
-``augmentation``, ``model.train()``; per mini-batch: ``schedule``, the lr of every
-group, ``apply_schedule``, ``loss``, the non-finite check, ``zero_grad``,
-``backward``, ``before_optimizer_step``, ``optimizer.step()``; then ``finish``.
+``augmentation``, (when resuming: the checkpoint's model, optimiser,
+``restore_state``, RNGs and generator), ``model.train()``; per mini-batch:
+``schedule``, the lr of every group, ``apply_schedule``, ``loss``, the loss
+check, ``zero_grad``, ``backward``, ``before_optimizer_step``,
+``optimizer.step()``, the gradient and parameter check, then a checkpoint when
+one is due; at the end a last checkpoint, then ``finish``.
 
 Per-run state. Whatever one ``fit`` creates besides the model and the optimiser
 (v2's learnable logit scale, CRM's warm-started power iteration) is returned by
 :meth:`~EpochTrainer.start` and lives in ``self.state``, and nowhere else: a
 run is the model, the optimiser, the generator, the current :class:`Step` and
-``self.state``. (Checkpoints, a later addition to this loop, will save those,
-with each trainer declaring the part of its state that :meth:`~EpochTrainer.start`
-cannot rebuild, such as the scale or the power-iteration vectors.)
+``self.state``.
+
+Checkpoints and resume. With ``ctx.checkpoints`` (a
+:class:`harness.checkpoint.Checkpointing`) the loop saves the run after every
+``every_epochs`` epochs, when ``every_seconds`` passed since the last save
+(checked after every step), when a stop is requested (then it raises
+:class:`~harness.errors.TrainingInterrupted`) and at the end, before
+``finish``. A checkpoint holds the model's and the optimiser's state dicts,
+the position (epoch, next mini-batch, optimiser steps), the trainer's
+:meth:`~harness.Trainer.checkpoint_state`, the RNG states, the run generator's
+state now and when the epoch began (to rebuild the epoch's data order), the
+epoch's running sums, ``ctx.history`` and the training time. Resuming
+(``ctx.checkpoints.resume``) runs ``training_data``, ``start``, ``optimizer``
+and ``augmentation`` afresh, then puts all of that back, so that on the CPU
+the resumed run's weights equal an uninterrupted run's bit for bit, from an
+epoch boundary or from the middle of an epoch. What ``start`` makes anew is
+therefore only what it can rebuild; the rest a trainer returns from
+:meth:`~harness.Trainer.checkpoint_state` and puts back in
+:meth:`~harness.Trainer.restore_state` (v2's logit scale, CRM's power-iteration
+vectors). A trainer is :meth:`resumable` when it does not override ``start``
+or overrides both of those methods; the loop does not save checkpoints for one
+that is not. A checkpoint that cannot be written (a full disk) is a warning,
+and training goes on.
+
+Divergence. Every step is checked, with one fused reduction and no extra
+device synchronisation: the loss before ``backward`` (it never reaches the
+weights), then the largest gradient and the largest parameter or buffer after
+``optimizer.step()``. Any of them non-finite or at least 2^64 in magnitude
+(:data:`harness.numerics.OVERFLOW_BOUND`: past it float32 squares overflow,
+so training is one step from ``inf``), or a loss 2^24 times the run's first
+loss (:data:`harness.numerics.GROWTH_BOUND`: a blow-up that stays finite),
+stops training at once with :class:`TrainingDiverged`, one line naming what,
+where and the scheduled values; nothing is saved after it, so the last
+checkpoint is the last good state. :mod:`harness.numerics` explains both bounds.
 
 A minimal trainer (a third party's, in its own package)::
 
@@ -82,16 +116,26 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from harness.checkpoint import FORMAT, VERSION, Checkpointing, CheckpointNotSaved, restore_rng, rng_state, utc_now
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
+<<<<<<< HEAD
 from harness.errors import PluginError, TrainingDiverged, UsageError
+=======
+from harness.errors import HarnessError, PluginError, TrainingDiverged, TrainingInterrupted, UsageError
+from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
+from harness.options import options_dict
+from harness.progress import Progress
+>>>>>>> ckpt12
 from harness.train import TrainContext, TrainData
 
 
@@ -126,6 +170,100 @@ class BatchLoss:
 
 def _show(values: Mapping[str, float]) -> str:
     return ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+
+
+@dataclass
+class _Sums:
+    """One epoch's running sums: the loss and metrics weighted by batch size, correct and seen samples."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    correct: int = 0
+    seen: int = 0
+
+    def add(self, n: int, correct: int, metrics: Mapping[str, float]) -> None:
+        self.seen += n
+        self.correct += correct
+        for key, value in metrics.items():
+            self.metrics[key] = self.metrics.get(key, 0.0) + value * n
+
+    def means(self) -> dict[str, float]:
+        return {key: total / self.seen for key, total in self.metrics.items()}
+
+
+@dataclass
+class _Position:
+    """Where a run is: the next mini-batch (``epoch``, ``index``), the optimiser steps taken, the epoch's sums."""
+
+    epoch: int = 0
+    index: int = 0
+    step: int = 0
+    sums: _Sums = field(default_factory=_Sums)
+    epoch_generator: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))  # the generator's state when the epoch began
+    seconds: float = 0.0  # training time of earlier processes of the run
+    first_loss: float | None = None  # the run's first loss (the divergence check's growth bound)
+
+
+class _Saver:
+    """Saves checkpoints when due and remembers the last one (``checkpoints`` None: saves nothing).
+
+    ``contents(seconds)`` assembles a checkpoint of the run as it is now,
+    ``seconds`` being its training time so far; ``at`` is the live position.
+    """
+
+    def __init__(
+        self, checkpoints: Checkpointing | None, contents: Callable[[float], dict[str, Any]], progress: Progress, at: _Position
+    ) -> None:
+        self.checkpoints = checkpoints
+        self.contents = contents
+        self.progress = progress
+        self.at = at
+        self.began = time.perf_counter()
+        self.last_time = time.monotonic()
+        self.saved_step = at.step  # a resumed run's position is saved already
+
+    def due(self) -> bool:
+        """After a step: a whole multiple of ``every_epochs`` just ended, or ``every_seconds`` passed."""
+        c, at = self.checkpoints, self.at
+        if c is None:
+            return False
+        return (at.index == 0 and at.epoch % c.every_epochs == 0) or time.monotonic() - self.last_time >= c.every_seconds
+
+    def save(self) -> dict[str, Any] | None:
+        """Save the run now unless this position is saved already; the info of the position's checkpoint, or None.
+
+        A checkpoint that cannot be written is a warning (the run is worth more than one save).
+        """
+        c = self.checkpoints
+        if c is None:
+            return None
+        if self.saved_step != self.at.step:
+            self.last_time, self.saved_step = time.monotonic(), self.at.step
+            try:
+                c.save(self.contents(self.at.seconds + time.perf_counter() - self.began))
+            except CheckpointNotSaved as exc:
+                self.progress.log(f"warning: {exc}; training goes on")
+        return c.last if c.last is not None and c.last["step"] == self.at.step else None
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _not_weights_only(value: Any, where: str) -> str | None:
+    """Where in ``value`` something sits that ``torch.load(weights_only=True)`` would refuse, or None.
+
+    Exact types: a numpy float is a ``float`` subclass, and the loader refuses it.
+    """
+    if type(value) in _SCALARS or isinstance(value, Tensor):
+        return None
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            bad = _not_weights_only(key, f"{where} key {key!r}") or _not_weights_only(item, f"{where}[{key!r}]")
+            if bad:
+                return bad
+        return None
+    if type(value) in (list, tuple):
+        return next((bad for i, item in enumerate(value) if (bad := _not_weights_only(item, f"{where}[{i}]"))), None)
+    return f"{where} is a {type(value).__name__}"
 
 
 class EpochTrainer(Trainer):
@@ -177,7 +315,12 @@ class EpochTrainer(Trainer):
         return data
 
     def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> Any:
-        """Called once per run before the optimiser is made: the per-run state, kept in ``self.state``."""
+        """Called once per run before the optimiser is made: the per-run state, kept in ``self.state``.
+
+        Also called when a run resumes, before the checkpoint is put back: what
+        it returns must not depend on training so far, except through what
+        :meth:`~harness.Trainer.restore_state` then restores.
+        """
         return None
 
     def augmentation(self, data: TrainData) -> Augmentation | None:
@@ -194,10 +337,25 @@ class EpochTrainer(Trainer):
         """Called after the last epoch: leave the model in its evaluated form."""
         model.eval()
 
+    # -- resume --------------------------------------------------------------------------------
+
+    @classmethod
+    def resumable(cls) -> bool:
+        """True when :meth:`start` is not overridden (all per-run state comes back from the model, the
+        optimiser and the RNGs), or when :meth:`checkpoint_state` and :meth:`restore_state` both are
+        (the trainer says what ``start`` cannot rebuild; ``{}`` and a no-op when that is nothing)."""
+        if cls.start is EpochTrainer.start:
+            return True
+        return cls.checkpoint_state is not Trainer.checkpoint_state and cls.restore_state is not Trainer.restore_state
+
     # -- the loop ----------------------------------------------------------------------------
 
     def fit(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
-        """Train ``model`` in place; raises :class:`TrainingDiverged` at the first non-finite loss."""
+        """Train ``model`` in place (resuming from ``ctx.checkpoints.resume`` if set); see the module docstring.
+
+        :raises TrainingDiverged: a loss, gradient or parameter went non-finite or past 2^64, or the loss grew 2^24-fold.
+        :raises TrainingInterrupted: ``ctx.checkpoints.request_stop()`` was called (after saving).
+        """
         epochs: int = self.options.epochs
         batch_size: int = self.options.batch_size
         given = len(data)
@@ -208,43 +366,195 @@ class EpochTrainer(Trainer):
         optimizer = self.optimizer(model)
         augmentation = self.augmentation(data)
         steps = data.steps_per_epoch(batch_size)
+        at = _Position()
+        checkpoints = ctx.checkpoints
+        if checkpoints is not None and checkpoints.resume is not None:
+            at = self._resume(checkpoints, model, optimizer, ctx, steps, epochs)
+            where = f"at epoch {at.epoch + 1}/{epochs}, step {at.index + 1}/{steps}" if at.epoch < epochs else "after the last epoch"
+            ctx.progress.log(f"resuming from {checkpoints.path} {where}")
+        if checkpoints is not None and not self.resumable():
+            ctx.progress.log(f"trainer {self.name!r} cannot resume (see Trainer.resumable): no checkpoints are saved")
+        saver = _Saver(
+            checkpoints if self.resumable() else None,
+            lambda seconds: self._checkpoint(model, optimizer, ctx, at, steps, epochs, seconds),
+            ctx.progress,
+            at,
+        )
+        # What the divergence check watches: every trained parameter and every floating buffer (mean shifts).
+        watched = [p for group in optimizer.param_groups for p in group["params"]]
+        watched += [b for b in model.buffers() if b.is_floating_point()]
         model.train()
-        for epoch in range(epochs):
-            sums: dict[str, float] = {}
-            correct = seen = 0
+        for epoch in range(at.epoch, epochs):
+            order = None
+            if at.index == 0:
+                at.epoch_generator, at.sums = ctx.generator.get_state(), _Sums()
+            else:  # a resumed epoch: its order as it was drawn, then on from where the generator was
+                now = ctx.generator.get_state()
+                ctx.generator.set_state(at.epoch_generator)
+                order = data.order(ctx.generator)
+                ctx.generator.set_state(now)
             with ctx.progress.task(f"epoch {epoch + 1}/{epochs}", total=steps) as task:
-                for index, (images, labels) in enumerate(data.batches(batch_size, ctx.generator, augmentation)):
+                if at.index:
+                    task.advance(at.index)
+                batches = data.batches(batch_size, ctx.generator, augmentation, order=order, start=at.index)
+                for index, (images, labels) in enumerate(batches, start=at.index):
                     images, labels = images.to(ctx.device), labels.to(ctx.device)
                     step = Step(epoch, index, steps, epochs)
-                    values = self.schedule(step)
-                    lr = values.get("lr") if isinstance(values, Mapping) else None
-                    if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr):
-                        raise PluginError(f"trainer {self.name!r}: schedule() returned {values!r}; it must be a dict with a finite 'lr'")
+                    values = self._schedule(step)
                     for group in optimizer.param_groups:
-                        group["lr"] = lr * group.get("lr_scale", 1.0)
+                        group["lr"] = values["lr"] * group.get("lr_scale", 1.0)
                     self.apply_schedule(model, values)
                     out = self.loss(model, images, labels, values)
                     loss = out.loss.item()
-                    if not math.isfinite(loss):
-                        raise TrainingDiverged(
-                            f"training diverged: loss {loss} at epoch {epoch + 1}/{epochs}, step {index + 1}/{steps} "
-                            f"({_show(values)})",
-                            step=step,
-                            values=values,
-                        )
+                    if beyond_bound(loss):
+                        raise self._diverged("loss", describe(loss), step, values)
+                    at.first_loss = loss if at.first_loss is None else at.first_loss
+                    if grew_too_much(loss, at.first_loss):
+                        raise self._diverged("loss", describe_growth(loss, at.first_loss), step, values)
                     optimizer.zero_grad(set_to_none=True)
                     out.loss.backward()
                     self.before_optimizer_step(model, values)
                     optimizer.step()
-                    n = labels.shape[0]
-                    seen += n
-                    correct += int((out.logits.argmax(1) == labels).sum().item())
-                    for key, value in {"loss": loss, **out.metrics}.items():
-                        sums[key] = sums.get(key, 0.0) + value * n
-                    shown: dict[str, float | str] = {key: total / seen for key, total in sums.items()}
-                    shown["acc"] = f"{correct / seen:.2%}"
+                    # One synchronisation for the accuracy and both checks.
+                    grads = [p.grad for p in watched if p.grad is not None]
+                    hits = (out.logits.detach().argmax(1) == labels).sum().to(torch.float32)
+                    checks = torch.stack([hits, largest_magnitude(grads).to(hits.device), largest_magnitude(watched).to(hits.device)])
+                    correct, gradient, parameter = checks.tolist()
+                    if beyond_bound(gradient):
+                        raise self._diverged("largest |gradient|", describe(gradient), step, values)
+                    if beyond_bound(parameter):
+                        raise self._diverged("largest |parameter| after the step", describe(parameter), step, values)
+                    at.sums.add(labels.shape[0], int(correct), {"loss": loss, **out.metrics})
+                    at.index, at.step = index + 1, at.step + 1
+                    shown: dict[str, float | str] = dict(at.sums.means())
+                    shown["acc"] = f"{at.sums.correct / at.sums.seen:.2%}"
                     task.advance(1, **shown, **{key: value for key, value in values.items() if key not in shown})
+                    if at.index == steps:  # the epoch is done
+                        ctx.history.append({"epoch": epoch + 1, **at.sums.means(), "acc": at.sums.correct / at.sums.seen})
+                        at.epoch, at.index = epoch + 1, 0
+                    if saver.due():
+                        saver.save()
+                    if checkpoints is not None and checkpoints.stop_requested:
+                        raise self._interrupted(checkpoints, at, steps, epochs, saver.save())
+        saver.save()
         self.finish(model)
 
+    # -- the loop's parts ----------------------------------------------------------------------
 
-__all__ = ["BatchLoss", "EpochTrainer", "Step", "TrainingDiverged"]
+    def _schedule(self, step: Step) -> dict[str, float]:
+        values = self.schedule(step)
+        lr = values.get("lr") if isinstance(values, Mapping) else None
+        if not isinstance(lr, int | float) or isinstance(lr, bool) or not math.isfinite(lr):
+            raise PluginError(f"trainer {self.name!r}: schedule() returned {values!r}; it must be a dict with a finite 'lr'")
+        return values
+
+    def _diverged(self, what: str, value: str, step: Step, values: Mapping[str, float]) -> TrainingDiverged:
+        kind = "loss" if what == "loss" else "gradient" if "gradient" in what else "parameter"
+        return TrainingDiverged(
+            f"training diverged: {what} {value} at epoch {step.epoch + 1}/{step.epochs}, step {step.index + 1}/{step.steps} "
+            f"({_show(values)})",
+            step=step,
+            values=values,
+            what=kind,
+        )
+
+    def _interrupted(
+        self, checkpoints: Checkpointing, at: _Position, steps: int, epochs: int, saved: dict[str, Any] | None
+    ) -> TrainingInterrupted:
+        where = f"it resumes at epoch {at.epoch + 1}/{epochs}, step {at.index + 1}/{steps}" if at.epoch < epochs else "every epoch ran"
+        if saved is not None:
+            outcome = f"checkpoint {saved['path']!r} ({saved['bytes']:,} bytes)"
+        elif not self.resumable():
+            outcome = f"no checkpoint: trainer {self.name!r} cannot resume"
+        else:
+            last = checkpoints.last
+            outcome = "the checkpoint could not be saved" + (f"; the last one is from step {last['step']}" if last else "")
+        return TrainingInterrupted(
+            f"training interrupted ({checkpoints.stop_reason}) after {at.step} steps; {where}; {outcome}",
+            step=Step(at.epoch, at.index, steps, epochs),
+            steps_done=at.step,
+            checkpoint=saved,
+        )
+
+    def _checkpoint(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: TrainContext, at: _Position, steps: int, epochs: int, seconds: float
+    ) -> dict[str, Any]:
+        """Everything a resumed run needs (:data:`harness.checkpoint.CHECKPOINT_KEYS`), weights-only."""
+        trainer_state = self.checkpoint_state()
+        contents = {
+            "format": FORMAT,
+            "version": VERSION,
+            "trainer": self.name,
+            "options": options_dict(self.options),
+            "position": {"epoch": at.epoch, "index": at.index, "steps": steps, "epochs": epochs, "step": at.step},
+            "first_loss": at.first_loss,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "trainer_state": trainer_state,
+            "rng": rng_state(),
+            "device": ctx.generator.device.type,
+            "generator": ctx.generator.get_state(),
+            "epoch_generator": at.epoch_generator if at.index else ctx.generator.get_state(),
+            "sums": {"metrics": dict(at.sums.metrics), "correct": at.sums.correct, "seen": at.sums.seen},
+            "history": [dict(entry) for entry in ctx.history],
+            "seconds": seconds,
+            "saved_at": utc_now(),
+        }
+        parts = {"checkpoint_state()": trainer_state, "the model's state_dict()": contents["model"]}
+        parts["the optimizer's state_dict()"] = contents["optimizer"]
+        for part, value in parts.items():
+            bad = _not_weights_only(value, part)
+            if bad:
+                raise PluginError(
+                    f"trainer {self.name!r}: {bad}; a checkpoint holds only tensors, dicts, lists, str, int, float, bool and None"
+                )
+        return contents
+
+    def _resume(
+        self, checkpoints: Checkpointing, model: nn.Module, optimizer: torch.optim.Optimizer, ctx: TrainContext, steps: int, epochs: int
+    ) -> _Position:
+        """Put the checkpoint back: model, optimiser, trainer state, RNGs, generator, history; return the position."""
+        saved: dict[str, Any] = checkpoints.resume or {}
+        where = f"checkpoint {str(checkpoints.path)!r}"
+        if not self.resumable():
+            raise UsageError(
+                f"trainer {self.name!r} cannot resume a run: it keeps per-run state from start() and does not implement "
+                "checkpoint_state() and restore_state()"
+            )
+        if saved["trainer"] != self.name:
+            raise HarnessError(f"{where} was written by trainer {saved['trainer']!r}, not {self.name!r}")
+        options = options_dict(self.options)
+        changed = [key for key in sorted(set(options) | set(saved["options"])) if options.get(key) != saved["options"].get(key)]
+        if changed:
+            key = changed[0]
+            raise HarnessError(
+                f"{where} was written with {self.name} option {key}={saved['options'].get(key)!r}; this run has {options.get(key)!r}"
+            )
+        position = saved["position"]
+        if (position["steps"], position["epochs"]) != (steps, epochs):
+            raise HarnessError(
+                f"{where} has {position['steps']} steps per epoch and {position['epochs']} epochs; this run has {steps} and {epochs} "
+                "(other training data?)"
+            )
+        device = ctx.generator.device.type
+        if saved["device"] != device:
+            raise HarnessError(f"{where} was written by a run on {saved['device']}; resume it on {saved['device']}, not {device}")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        self.restore_state(saved["trainer_state"])
+        restore_rng(saved["rng"])
+        ctx.generator.set_state(saved["generator"])
+        ctx.history[:] = [dict(entry) for entry in saved["history"]]
+        sums = saved["sums"]
+        return _Position(
+            epoch=position["epoch"],
+            index=position["index"],
+            step=position["step"],
+            sums=_Sums(dict(sums["metrics"]), sums["correct"], sums["seen"]),
+            epoch_generator=saved["epoch_generator"],
+            seconds=saved["seconds"],
+            first_loss=saved["first_loss"],
+        )
+
+
+__all__ = ["BatchLoss", "EpochTrainer", "Step", "TrainingDiverged", "TrainingInterrupted"]

@@ -23,7 +23,9 @@ attacks, keeps its label at random points and corners of the ball, and its
 radius, if any, is consistent with its verdict. Parametrise it over your
 certifier and a model it applies to; :func:`train_tiny` trains one in seconds.
 :func:`check_attacker_in_ball` is the attackers' contract: the check the
-evaluation applies to every adversarial batch.
+evaluation applies to every adversarial batch. :func:`check_resumes` is the
+trainers' resume contract: stopped and resumed, a run ends with the weights of
+one that never stopped.
 
 Imports of torch and of the host's internals happen inside the fixtures, so
 loading this plugin costs a pytest session nothing.
@@ -58,6 +60,7 @@ __all__ = [
     "builtin_plugins",
     "check_attacker_in_ball",
     "check_certifier_sound",
+    "check_resumes",
     "make_catalog",
     "run_cli",
     "tiny_info",
@@ -169,6 +172,93 @@ def train_tiny(trainer: Trainer, model: Model, threat: ThreatModel, *, seed: int
     context = TrainContext(threat=threat, device=torch.device("cpu"), seed=seed, generator=torch.Generator().manual_seed(seed))
     trainer.fit(network, TrainData(tiny_info(), splits.train_images, splits.train_labels), context)
     return TinyRun(network, splits.test_images.float() / 255, splits.test_labels)
+
+
+def check_resumes(
+    trainer: Callable[[], Trainer],
+    model: Model,
+    threat: ThreatModel,
+    directory: Path,
+    *,
+    stops: Sequence[int],
+    data: tuple[DatasetInfo, torch.Tensor, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """The resume contract: a run stopped after ``k`` steps and resumed ends exactly as one that never stopped.
+
+    For each ``k`` in ``stops``: trains with checkpoints in ``directory / f"stop-{k}"``, asks
+    for a stop after step ``k`` (the signal handler's way), expects
+    :class:`~harness.errors.TrainingInterrupted`, then resumes from the checkpoint with a
+    *new* trainer (``trainer()``), model and generator, seeded as ``harness run`` seeds them,
+    and compares every entry of the final ``state_dict`` (tensors with ``torch.equal``) and
+    ``ctx.history`` with an uninterrupted run's (which saves no checkpoints: a save must not
+    change the run either). CPU only; returns the uninterrupted run's model.
+
+    :param data: ``(info, uint8 images, labels)`` to train on; ``tiny``'s training split by default.
+    """
+    import torch
+
+    from harness.checkpoint import Checkpointing, load_checkpoint
+    from harness.errors import TrainingInterrupted
+    from harness.train import TrainContext, TrainData
+
+    if data is None:
+        splits = tiny_splits()
+        data = (tiny_info(), splits.train_images, splits.train_labels)
+    info, images, labels = data
+
+    def run(checkpoints: Checkpointing | None, stop_after: int | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
+        torch.manual_seed(seed)
+        network = model.build(info)
+        context = TrainContext(threat, torch.device("cpu"), seed, torch.Generator().manual_seed(seed), checkpoints=checkpoints)
+        if stop_after is not None and checkpoints is not None:
+            context.progress = _StopAfter(stop_after, checkpoints)
+        trainer().fit(network, TrainData(info, images, labels), context)
+        return network, context.history
+
+    reference, history = run(None)
+    for k in stops:
+        where = directory / f"stop-{k}"
+        try:
+            run(Checkpointing(where), stop_after=k)
+        except TrainingInterrupted as stopped:
+            if stopped.steps_done != k or stopped.checkpoint is None:
+                raise AssertionError(f"asked to stop after step {k}: {stopped}") from None
+        else:
+            raise AssertionError(f"no TrainingInterrupted after a stop was requested at step {k} (fewer steps in the run?)")
+        resumed, resumed_history = run(Checkpointing(where, resume=load_checkpoint(where / "checkpoint.pt")))
+        expected, got = reference.state_dict(), resumed.state_dict()
+        if list(got) != list(expected):
+            raise AssertionError(f"resumed after step {k}: state_dict keys {list(got)} != {list(expected)}")
+        for key, value in expected.items():
+            if not (torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value):
+                raise AssertionError(f"resumed after step {k}: {key} differs from the uninterrupted run's")
+        if resumed_history != history:
+            raise AssertionError(f"resumed after step {k}: history {resumed_history} != {history}")
+    return reference
+
+
+class _StopAfter:
+    """Progress that asks ``checkpoints`` to stop once ``steps`` training steps were reported."""
+
+    def __init__(self, steps: int, checkpoints: Any) -> None:
+        self.steps, self.seen, self.checkpoints = steps, 0, checkpoints
+
+    def task(self, description: str, total: int | None = None) -> Any:
+        import contextlib
+
+        outer = self
+
+        class Task:
+            def advance(self, n: int = 1, **metrics: Any) -> None:
+                outer.seen += n
+                if outer.seen == outer.steps:
+                    outer.checkpoints.request_stop("test")
+
+        return contextlib.nullcontext(Task())
+
+    def log(self, message: str) -> None:
+        pass
 
 
 # -- the contract tests for certifiers and attackers ---------------------------------------------------------------------------

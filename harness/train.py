@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from harness.checkpoint import Checkpointing
 from harness.data.augment import Augmentation
 from harness.data.types import DatasetInfo
 from harness.errors import HarnessDeprecationWarning
@@ -35,17 +36,30 @@ class TrainData:
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
 
+    def order(self, generator: torch.Generator) -> torch.Tensor:
+        """One epoch's shuffled sample order (draws from ``generator``), on the data's device."""
+        return torch.randperm(len(self), generator=generator, device=generator.device).to(self.images.device)
+
     def batches(
         self,
         batch_size: int,
         generator: torch.Generator,
         augmentation: Augmentation | None = None,
+        *,
+        order: torch.Tensor | None = None,
+        start: int = 0,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of shuffled ``(images, labels)`` batches."""
+        """One epoch of shuffled ``(images, labels)`` batches.
+
+        The order is drawn from ``generator`` (:meth:`order`) unless given;
+        ``start`` skips that many batches (a resumed epoch: its order rebuilt
+        from the generator's state when the epoch began, and the generator
+        then set to where the skipped batches left it).
+        """
         n = len(self)
-        order = torch.randperm(n, generator=generator, device=generator.device).to(self.images.device)
-        for start in range(0, n, batch_size):
-            index = order[start : start + batch_size]
+        order = self.order(generator) if order is None else order
+        for first in range(start * batch_size, n, batch_size):
+            index = order[first : first + batch_size]
             images = self.images[index].float().div_(255)
             if augmentation is not None and augmentation.active:
                 images = augmentation(images, generator if generator.device == images.device else None)
@@ -54,13 +68,22 @@ class TrainData:
 
 @dataclass
 class TrainContext:
-    """The run as a trainer sees it."""
+    """The run as a trainer sees it.
+
+    ``checkpoints`` says where and how often to save, what to resume from and
+    when to stop (:class:`harness.checkpoint.Checkpointing`; ``None``: no
+    checkpoints). ``history`` is filled by the training loop: one dict of
+    metric means per finished epoch (``epoch`` 1-based, ``loss``, ``acc`` as a
+    fraction, the method's metrics), the resumed epochs included.
+    """
 
     threat: ThreatModel
     device: torch.device
     seed: int
     generator: torch.Generator
     progress: Progress = field(default_factory=SilentProgress)
+    checkpoints: Checkpointing | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def cosine_lr(base: float, progress: float) -> float:

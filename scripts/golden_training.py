@@ -219,7 +219,7 @@ def fingerprint(model: nn.Module, splits: Any) -> dict[str, Any]:
     with torch.no_grad():
         logits = model(splits.test_images[index].float().div_(255)).double()
     return {
-        "state_dict": {name: _tensor_stats(t) for name, t in model.state_dict().items()},
+        "state_dict": {name: _tensor_stats(t) for name, t in model.state_dict().items() if isinstance(t, torch.Tensor)},
         "logits": {
             "sum": logits.sum().item(),
             "abs_sum": logits.abs().sum().item(),

@@ -80,3 +80,33 @@ def test_pgd_l2_stays_in_the_ball_and_never_breaks_an_exact_certificate(problem)
     assert r.errors == []
     assert 0 < r.certified_accuracy <= r.robust_accuracy < r.clean_accuracy
     assert r.robust_accuracy - r.certified_accuracy < 0.05
+
+
+class Scaled(nn.Module):
+    """A linear classifier whose logits are multiplied by ``scale`` (a diverged model, when it is huge)."""
+
+    def __init__(self, model: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.model(x) * self.scale
+
+
+def test_logits_past_2_to_the_64_are_refused_as_a_diverged_model_not_evaluated(problem):
+    from harness.errors import HarnessError
+
+    model, images, labels = problem
+    threat = ThreatModel("inf", 0.05)
+    for scale in (1e20, 1e37):
+        with torch.no_grad():
+            logits = Scaled(model, scale)(images.float() / 255)
+        assert torch.isfinite(logits).all() and not torch.isfinite(logits * logits).all()  # finite, but their squares are not
+        with pytest.raises(HarnessError) as caught:
+            evaluate(Scaled(model, scale), images, labels, threat, attackers=[], certifiers=[], device=torch.device("cpu"))
+        message = str(caught.value)
+        assert message.startswith("the model's logits reach ") and "beyond 2^64 ≈ 1.8e19" in message and "(did training diverge?)" in message
+    # Below the bound the model is evaluated as any other (1e18: large, its squares still finite).
+    cpu = torch.device("cpu")
+    large = evaluate(Scaled(model, 1e18), images, labels, threat, attackers=[], certifiers=[], device=cpu).result
+    assert large.clean_accuracy == evaluate(model, images, labels, threat, attackers=[], certifiers=[], device=cpu).result.clean_accuracy

@@ -1,8 +1,9 @@
-"""The training scaffold: its loop, its hooks, its progress and its stop at a non-finite loss."""
+"""The training scaffold: its loop, its hooks, its progress, its checkpoints and resume, and its stop when training diverges."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import DatasetInfo, ThreatModel, TrainingDiverged, hookimpl
-from harness.errors import HarnessError
+from harness import DatasetInfo, Model, ThreatModel, TrainingDiverged, TrainingInterrupted, hookimpl
+from harness.checkpoint import Checkpointing, load_checkpoint
+from harness.errors import HarnessError, PluginError, UsageError
 from harness.scaffold import BatchLoss, EpochTrainer, Step
 from harness.schedules import cosine_annealing
+from harness.testing import check_resumes
 from harness.train import TrainContext, TrainData
 
 INFO = DatasetInfo(name="blobs", num_classes=2, shape=(1, 2, 2), mean=(0.5,), std=0.25)
@@ -343,3 +346,296 @@ def test_a_trainer_left_with_no_training_data_is_refused_before_it_starts():
     with pytest.raises(UsageError, match=r"^trainer 'ce' has no sample left to train on \(of the 5 it was given\); give more \(--train-samples\)$"):
         trainer.fit(Linear(), blobs(5), context())
     assert trainer.state is None  # start() was never called
+
+
+# -- checkpoints and resume ----------------------------------------------------------------------------
+
+
+class Augmented(CETrainer):
+    """CE with a random crop and flip drawn from the run's generator for every batch."""
+
+    def augmentation(self, data):
+        from harness.data import Augmentation
+
+        return Augmentation(crop_padding=1, flip=True)
+
+
+class LinearModel(Model):
+    name = "linear"
+    description = "a linear classifier (test)"
+
+    def build(self, data):
+        return Linear()
+
+
+def blob_data(n: int = 200):
+    data = blobs(n)
+    return data.info, data.images, data.labels
+
+
+@pytest.mark.parametrize("stops", [[1, 7], [3, 4], [14, 15]])
+def test_a_run_stopped_anywhere_and_resumed_ends_as_one_that_never_stopped(tmp_path, stops):
+    # 200 samples, batch 40: 5 steps an epoch, 3 epochs; 15 stops after the last step (resumes into finish())
+    trainer = lambda: Augmented(CEOptions(epochs=3, batch_size=40))  # noqa: E731
+    check_resumes(trainer, LinearModel(), ThreatModel("inf", 0.1), tmp_path, stops=stops, data=blob_data())
+
+
+def saves(tmp_path, trainer, **kwargs) -> tuple[list[dict], TrainContext]:
+    told: list[dict] = []
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, on_saved=told.append, **kwargs)
+    torch.manual_seed(0)
+    model = Linear()
+    trainer.fit(model, blobs(200), ctx)
+    ctx.model = model
+    return told, ctx
+
+
+def test_checkpoints_every_n_epochs_and_at_the_end_with_the_history(tmp_path):
+    told, ctx = saves(tmp_path, CETrainer(CEOptions(epochs=5, batch_size=40)), every_epochs=2)
+    assert [(t["epoch"], t["index"], t["step"]) for t in told] == [(2, 0, 10), (4, 0, 20), (5, 0, 25)]
+    assert all(t["path"] == str(tmp_path / "checkpoint.pt") and t["bytes"] > 0 for t in told)
+    assert told[-1]["bytes"] == (tmp_path / "checkpoint.pt").stat().st_size
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert saved["trainer"] == "ce" and saved["position"] == {"epoch": 5, "index": 0, "steps": 5, "epochs": 5, "step": 25}
+    assert saved["options"] == {"epochs": 5, "batch_size": 40, "lr": 0.5} and saved["seconds"] > 0
+    assert [h["epoch"] for h in ctx.history] == [1, 2, 3, 4, 5] and saved["history"] == ctx.history
+    assert set(ctx.history[0]) == {"epoch", "loss", "acc"} and 0 <= ctx.history[-1]["acc"] <= 1
+    assert ctx.history[-1]["acc"] > 0.9 and ctx.history[-1]["loss"] < ctx.history[0]["loss"]
+
+
+def test_checkpoints_by_wall_time_are_checked_after_every_step(tmp_path):
+    told, ctx = saves(tmp_path, Augmented(CEOptions(epochs=2, batch_size=40)), every_epochs=100, every_seconds=1e-9)
+    assert [t["step"] for t in told] == list(range(1, 11))  # every step; the end is saved already
+    torch.manual_seed(0)
+    unsaved = Linear()
+    Augmented(CEOptions(epochs=2, batch_size=40)).fit(unsaved, blobs(200), context())
+    assert torch.equal(unsaved.fc.weight, ctx.model.fc.weight)  # saving draws from no generator
+    told, _ = saves(tmp_path, CETrainer(CEOptions(epochs=2, batch_size=40)), every_epochs=100, every_seconds=math.inf)
+    assert [t["step"] for t in told] == [10]  # only at the end
+
+
+def test_a_stop_request_finishes_the_step_saves_and_raises_with_the_position(tmp_path):
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path)
+    trainer = Augmented(CEOptions(epochs=3, batch_size=40))
+    real_loss = trainer.loss
+    steps = []
+
+    def loss(model, images, labels, values):
+        steps.append(1)
+        if len(steps) == 7:
+            ctx.checkpoints.request_stop("SIGTERM")  # arrives during step 7
+        return real_loss(model, images, labels, values)
+
+    trainer.loss = loss
+    with pytest.raises(TrainingInterrupted) as caught:
+        trainer.fit(Linear(), blobs(200), ctx)
+    stopped = caught.value
+    size = (tmp_path / "checkpoint.pt").stat().st_size
+    assert str(stopped) == (
+        f"training interrupted (SIGTERM) after 7 steps; it resumes at epoch 2/3, step 3/5; "
+        f"checkpoint '{tmp_path / 'checkpoint.pt'}' ({size:,} bytes)"
+    )
+    assert stopped.step == Step(1, 2, 5, 3) and stopped.steps_done == 7 and stopped.checkpoint["step"] == 7
+    assert isinstance(stopped, HarnessError) and len(steps) == 7
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["position"] == {"epoch": 1, "index": 2, "steps": 5, "epochs": 3, "step": 7}
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
+    import harness.checkpoint
+
+    def full(obj, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(harness.checkpoint, "save_atomic", full)
+    progress = RecordingProgress()
+    progress.lines = []
+    progress.log = progress.lines.append
+    ctx = context(progress=progress)
+    ctx.checkpoints = Checkpointing(tmp_path)
+    model = Linear()
+    CETrainer(CEOptions(epochs=2, batch_size=40)).fit(model, blobs(200), ctx)
+    assert not model.training and len(ctx.history) == 2  # trained to the end
+    warning = f"warning: checkpoint '{tmp_path / 'checkpoint.pt'}' not saved: [Errno 28] No space left on device; training goes on"
+    assert progress.lines == [warning] * 2  # after epochs 1 and 2 (the end: the same position, not tried again)
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path)
+    ctx.checkpoints.request_stop("SIGINT")
+    with pytest.raises(TrainingInterrupted, match=r"after 1 steps; it resumes at epoch 1/2, step 2/5; the checkpoint could not be saved$"):
+        CETrainer(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
+
+
+class Stateful(CETrainer):
+    """Per-run state from start(), without saying what to keep of it."""
+
+    def start(self, model, data, ctx):
+        return {"n": len(data)}
+
+
+class KeepsState(Stateful):
+    def checkpoint_state(self):
+        return {"n": self.state["n"]}
+
+    def restore_state(self, saved):
+        self.state["n"] = saved["n"]
+
+
+class KeepsAnObject(KeepsState):
+    def checkpoint_state(self):
+        return {"weights": [torch.ones(1), Step(0, 0, 1, 1)]}
+
+
+def test_resumable_means_no_start_or_both_state_methods():
+    from harness import Trainer
+
+    assert CETrainer.resumable() and KeepsState.resumable()
+    assert not Stateful.resumable() and not Trainer.resumable()
+
+
+def test_a_trainer_that_cannot_resume_saves_no_checkpoint_and_says_so_when_stopped(tmp_path):
+    progress = RecordingProgress()
+    progress.lines = []
+    progress.log = progress.lines.append
+    ctx = context(progress=progress)
+    ctx.checkpoints = Checkpointing(tmp_path)
+    ctx.checkpoints.request_stop("SIGTERM")
+    with pytest.raises(TrainingInterrupted, match="; no checkpoint: trainer 'ce' cannot resume$") as caught:
+        Stateful(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
+    assert caught.value.checkpoint is None and not (tmp_path / "checkpoint.pt").exists()
+    assert progress.lines == ["trainer 'ce' cannot resume (see Trainer.resumable): no checkpoints are saved"]
+
+
+def test_a_trainer_state_that_is_not_weights_only_is_refused_when_saving(tmp_path):
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path)
+    with pytest.raises(PluginError) as caught:
+        KeepsAnObject(CEOptions(epochs=1, batch_size=40)).fit(Linear(), blobs(200), ctx)
+    assert str(caught.value) == (
+        "trainer 'ce': checkpoint_state()['weights'][1] is a Step; "
+        "a checkpoint holds only tensors, dicts, lists, str, int, float, bool and None"
+    )
+
+
+def test_resuming_refuses_another_trainer_other_options_or_other_data(tmp_path):
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, every_epochs=1)
+    ctx.checkpoints.request_stop("test")
+    with pytest.raises(TrainingInterrupted):
+        CETrainer(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")
+    where = f"checkpoint {str(tmp_path / 'checkpoint.pt')!r}"
+    cases = [
+        (Blowup(CEOptions(epochs=2, batch_size=40)), 200, f"{where} was written by trainer 'ce', not 'blowup'"),
+        (CETrainer(CEOptions(epochs=2, batch_size=40, lr=0.1)), 200, f"{where} was written with ce option lr=0.5; this run has 0.1"),
+        (
+            CETrainer(CEOptions(epochs=2, batch_size=40)),
+            240,
+            f"{where} has 5 steps per epoch and 2 epochs; this run has 6 and 2 (other training data?)",
+        ),
+    ]
+    for trainer, n, message in cases:
+        ctx = context()
+        ctx.checkpoints = Checkpointing(tmp_path, resume=saved)
+        with pytest.raises(HarnessError) as caught:
+            trainer.fit(Linear(), blobs(n), ctx)
+        assert str(caught.value) == message
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, resume={**saved, "device": "cuda"})
+    with pytest.raises(HarnessError, match=f"^{re.escape(where)} was written by a run on cuda; resume it on cuda, not cpu$"):
+        CETrainer(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, resume=saved)
+    with pytest.raises(UsageError, match="^trainer 'ce' cannot resume a run: it keeps per-run state from start"):
+        Stateful(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), ctx)
+
+
+# -- divergence: loss, gradient, parameter -----------------------------------------------------------------
+
+
+class Diverging(CETrainer):
+    """Cross-entropy; at step ``bad`` (epoch, index) one thing goes wrong, as ``how`` says."""
+
+    name = "diverging"
+    bad = (1, 1)
+
+    def __init__(self, how: str) -> None:
+        super().__init__(CEOptions(epochs=2, batch_size=40))
+        self.how = how
+
+    def schedule(self, step):
+        bad = (step.epoch, step.index) == self.bad
+        return {
+            "lr": 1e30 if bad and self.how == "parameter" else 0.1,
+            "scale": 1e25 if bad and self.how == "loss" else 1.0,
+            "bump": 1e9 if bad and self.how == "growth" else 0.0,
+        }
+
+    def loss(self, model, images, labels, values):
+        logits = model(images)
+        loss = F.cross_entropy(logits * values["scale"], labels) + values["bump"]
+        if self.how == "gradient" and values["lr"] == 0.1 and (self._step == self.bad):
+            loss = loss + (model.fc.weight - model.fc.weight.detach()).abs().sqrt().sum()  # finite, its gradient is not
+        return BatchLoss(loss, logits)
+
+    def apply_schedule(self, model, values):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("how", "message"),
+    [
+        ("loss", "training diverged: loss {value} (beyond 2^64 ≈ 1.8e19, where float32 squares overflow) at epoch 2/2, step 2/5 "
+                 "(lr 0.1, scale 1e+25, bump 0)"),
+        ("growth", "training diverged: loss 1e+09 (at least 2^24 times the run's first loss, {first}: a blow-up) at epoch 2/2, "
+                   "step 2/5 (lr 0.1, scale 1, bump 1e+09)"),
+        ("gradient", "training diverged: largest |gradient| nan at epoch 2/2, step 2/5 (lr 0.1, scale 1, bump 0)"),
+        ("parameter", "training diverged: largest |parameter| after the step {value} (beyond 2^64 ≈ 1.8e19, where float32 squares "
+                      "overflow) at epoch 2/2, step 2/5 (lr 1e+30, scale 1, bump 0)"),
+    ],
+)
+def test_a_loss_gradient_or_parameter_that_diverges_stops_training_at_once_and_nothing_is_saved_after_it(tmp_path, how, message):
+    trainer = Diverging(how)
+    real_schedule = trainer.schedule
+
+    def schedule(step):
+        trainer._step = (step.epoch, step.index)
+        return real_schedule(step)
+
+    trainer.schedule = schedule
+    told: list[dict] = []
+    ctx = context()
+    ctx.checkpoints = Checkpointing(tmp_path, every_seconds=1e-9, on_saved=told.append)  # a checkpoint after every good step
+    with pytest.raises(TrainingDiverged) as caught:
+        trainer.fit(Linear(), blobs(200), ctx)
+    error = caught.value
+    assert error.what == ("loss" if how == "growth" else how) and error.step == Step(1, 1, 5, 2) and "\n" not in str(error)
+    if how == "growth":
+        first = load_checkpoint(tmp_path / "checkpoint.pt")["first_loss"]
+        message = message.format(first=f"{first:.4g}")
+    if "{value}" in message:
+        value = float(str(error).split(" (beyond")[0].split()[-1])
+        assert value >= 2.0**64
+        message = message.format(value=f"{value:.3g}")
+    assert str(error) == message
+    assert [t["step"] for t in told] == [1, 2, 3, 4, 5, 6]  # the diverged step 7 was not saved
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["position"]["step"] == 6
+
+
+def test_the_divergence_check_adds_no_synchronisation(monkeypatch):
+    # Per step: loss.item() (as before) and one tolist() for the accuracy and both checks, nothing else.
+    calls = {"item": 0, "tolist": 0}
+    real_item, real_tolist = Tensor.item, Tensor.tolist
+
+    def item(self):
+        calls["item"] += 1
+        return real_item(self)
+
+    def tolist(self):
+        calls["tolist"] += 1
+        return real_tolist(self)
+
+    monkeypatch.setattr(Tensor, "item", item)
+    monkeypatch.setattr(Tensor, "tolist", tolist)
+    CETrainer(CEOptions(epochs=2, batch_size=40)).fit(Linear(), blobs(200), context())
+    assert calls == {"item": 10, "tolist": 10}

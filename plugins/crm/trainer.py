@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -139,6 +139,17 @@ class CRMTrainer(EpochTrainer):
             radius_scale=getattr(model, "input_scale", 1.0) if o.radius_units == "model-input" else 1.0,
             full_pairs=o.pairwise_class_limit == 0 or data.info.num_classes <= o.pairwise_class_limit,
         )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The estimator's warm start: the power-iteration vectors (l2), or the step count and kept rows (l_inf).
+
+        The chain is the model's own layers, and the rest of :class:`CRMState` follows from the options,
+        the data and the threat: :meth:`start` rebuilds them.
+        """
+        return {"estimator": self.state.estimator.state_dict()}
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        self.state.estimator.load_state_dict(saved["estimator"])
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]

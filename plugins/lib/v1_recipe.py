@@ -149,6 +149,14 @@ class V1Recipe(EpochTrainer):
     def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> V1State:
         return V1State(eps_train=self.options.eps_train_ratio * ctx.threat.eps / data.info.std)
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Nothing: :meth:`start` rebuilds eps_train from the options and the threat, and the weight
+        decay keeps no state (it reads each layer's p, which the schedule sets every step)."""
+        return {}
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        """Nothing to put back (see :meth:`checkpoint_state`)."""
+
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o: V1Options = self.options
         groups = [{**g, "lr": o.lr * g["lr_scale"]} for g in self.parameter_groups(model)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +94,14 @@ class LinfV2Trainer(EpochTrainer):
     def start(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> LinfV2State:
         eps_train = self.options.eps_train_ratio * ctx.threat.eps / data.info.std  # in the net's normalised units
         return LinfV2State(scale=nn.Parameter(torch.ones((), device=ctx.device)), theta=2 * eps_train)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The logit scale (θ comes back from the options and the threat)."""
+        return {"scale": self.state.scale.detach()}
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        with torch.no_grad():  # in place: the optimiser holds this parameter
+            self.state.scale.copy_(saved["scale"])
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         o: LinfV2Options = self.options

@@ -122,3 +122,18 @@ def test_set_p_reaches_nested_layers():
     assert all(layer.p == 16.0 and isinstance(layer.p, float) for layer in lp_layers(model))
     with pytest.raises(ValueError, match="p must be"):
         set_p(model, 0.5)
+
+
+def test_p_is_in_the_state_dict_and_a_loaded_p_is_checked():
+    from harness_plugins.lib.lpdist import LpDistConv2d
+
+    for layer in (LpDistLinear(3, 4), LpDistConv2d(1, 2, 3)):
+        set_p(layer, math.inf)
+        state = layer.state_dict()
+        assert state["_extra_state"] == {"p": math.inf}
+        fresh = type(layer)(*((3, 4) if isinstance(layer, LpDistLinear) else (1, 2, 3)))
+        assert fresh.p == 8.0
+        fresh.load_state_dict(state)
+        assert fresh.p == math.inf
+        with pytest.raises(ValueError, match=r"l_p-dist layer state \{'p': 0.5\} has no p >= 1"):
+            fresh.load_state_dict({**state, "_extra_state": {"p": 0.5}})

@@ -16,7 +16,7 @@ from torch import nn
 
 import harness_example
 from harness import ThreatModel, UsageError
-from harness.testing import check_attacker_in_ball, check_certifier_sound, make_catalog, tiny_info, train_tiny
+from harness.testing import check_attacker_in_ball, check_certifier_sound, check_resumes, make_catalog, tiny_info, train_tiny
 from harness_example import bounds
 from harness_example.attacks import FGSM
 from harness_example.certifiers import GlobalLipschitz
@@ -141,3 +141,9 @@ def test_a_tiny_run_end_to_end(harness_cli, harness_tiny_data):
 def test_the_reported_row_is_on_the_leaderboard(harness_cli):
     board = harness_cli("leaderboard", "--reported", "all", "--dataset", "mnist", plugins=[harness_example]).out
     assert "LMT ReLU MLP (example: its quick preset, measured)" in board
+
+
+def test_a_stopped_run_resumes_exactly(tmp_path):
+    # tiny has 600 training images: 19 steps an epoch at batch 32; stopped at epoch 1's end and in epoch 2
+    trainer = lambda: LMTTrainer(LMTOptions(epochs=2, batch_size=32, warmup_epochs=1))  # noqa: E731
+    check_resumes(trainer, ReluMLP(ReluMLPOptions(width=32)), ThreatModel("inf", 0.1), tmp_path, stops=[19, 25])

@@ -97,6 +97,20 @@ class PowerIteration:
             meta = [meta[r] for r in keep]
         return [torch.stack(s) for s in starts]
 
+    def state_dict(self) -> dict[str, list[Tensor]]:
+        """The warm-start vectors (what a checkpoint keeps; the generator is used only to make the first ones)."""
+        return {"vectors": [v.detach() for v in self.vectors]}
+
+    def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
+        """Continue from :meth:`state_dict`'s vectors (moved to this chain's device and dtype)."""
+        vectors = state["vectors"]
+        if [tuple(v.shape) for v in vectors] != [tuple(v.shape) for v in self.vectors]:
+            raise ValueError(
+                f"power-iteration vectors of shapes {[tuple(v.shape) for v in vectors]} do not fit this chain's "
+                f"{[tuple(v.shape) for v in self.vectors]}"
+            )
+        self.vectors = [v.to(mine.device, mine.dtype) for v, mine in zip(vectors, self.vectors)]
+
     def norms(self, iterations: int) -> dict[tuple[int, int], Tensor]:
         """Run ``iterations`` more iterations (differentiable) and return ``σ_jk = ‖A_jk v_jk‖``.
 
@@ -148,6 +162,19 @@ class RowSumEstimate:
                         all_sums[t] = torch.cat([all_sums[t], s])
                 top = torch.cat([s.topk(min(self.rows, n)).indices for s in all_sums]).unique()
                 self.candidates.append(top)
+
+    def state_dict(self) -> dict[str, int | list[Tensor]]:
+        """The steps counted since the start (they time the exact sweeps) and each product's kept rows."""
+        return {"calls": self.calls, "candidates": list(self.candidates)}
+
+    def load_state_dict(self, state: dict[str, int | list[Tensor]]) -> None:
+        """Continue from :meth:`state_dict` (the rows moved to this chain's device)."""
+        calls, candidates = state["calls"], state["candidates"]
+        if not isinstance(calls, int) or not isinstance(candidates, list) or len(candidates) not in (0, self.hidden):
+            raise ValueError(f"row-sum estimator state {state!r} does not fit a chain of {self.hidden} products")
+        device = next((p.device for s in self.chain.stages for op in s.ops for p in op.layer.parameters()), torch.device("cpu"))
+        self.calls = calls
+        self.candidates = [c.to(device) for c in candidates]
 
     def norms(self) -> dict[tuple[int, int], Tensor]:
         if self.calls % self.refresh == 0:

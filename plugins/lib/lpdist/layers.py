@@ -50,6 +50,22 @@ def _shift_and_bias_bounds(layer: LpDistLinear | LpDistConv2d, low: Tensor, high
     return low, high
 
 
+class _KeepsP(nn.Module):
+    """Keeps ``p`` in the state dict (``NAME._extra_state = {"p": p}``): the saved weights of a model
+    evaluated at p = ∞ reload at p = ∞, not at the constructor's 8."""
+
+    p: float
+
+    def get_extra_state(self) -> dict[str, float]:
+        return {"p": self.p}
+
+    def set_extra_state(self, state: dict[str, float]) -> None:
+        p = state["p"] if isinstance(state, dict) else None
+        if not isinstance(p, int | float) or isinstance(p, bool) or not p >= 1:
+            raise ValueError(f"l_p-dist layer state {state!r} has no p >= 1")
+        self.p = float(p)
+
+
 def _check_interval_mode(layer: LpDistLinear | LpDistConv2d) -> None:
     if layer.training or not math.isinf(layer.p):
         raise RuntimeError(
@@ -58,7 +74,7 @@ def _check_interval_mode(layer: LpDistLinear | LpDistConv2d) -> None:
         )
 
 
-class LpDistLinear(nn.Module):
+class LpDistLinear(_KeepsP):
     """``y = ||x − w_o||_p`` per output unit ``o``, then an optional mean shift and bias.
 
     :param in_features: size of each input row.
@@ -71,7 +87,8 @@ class LpDistLinear(nn.Module):
     :param identity_value: if not None and ``in_features <= out_features``, set
         ``w[i, i mod in_features] = −identity_value`` for every unit ``i``.
 
-    ``p`` (default 8.0) is an attribute, normally set for a whole model by :func:`set_p`.
+    ``p`` (default 8.0) is an attribute, normally set for a whole model by :func:`set_p`; it is
+    part of the state dict (``_extra_state``), so reloaded weights compute at the p they were saved at.
     """
 
     p: float
@@ -129,7 +146,7 @@ class LpDistLinear(nn.Module):
         )
 
 
-class LpDistConv2d(nn.Module):
+class LpDistConv2d(_KeepsP):
     """``y[:, o, i, j] = ||patch_ij(x) − w_o||_p`` per output channel ``o``, then an optional mean shift and bias.
 
     Patches are ``kernel_size``×``kernel_size`` windows over all input channels, taken with zero
@@ -149,7 +166,8 @@ class LpDistConv2d(nn.Module):
         ``w[i, i mod in_channels, k // 2, k // 2] = −identity_value`` for every channel ``i``.
 
     The weight is ``out_channels``×``in_channels``×``k``×``k``. ``p`` (default 8.0) is an
-    attribute, normally set for a whole model by :func:`set_p`.
+    attribute, normally set for a whole model by :func:`set_p`; it is part of the state dict
+    (``_extra_state``), so reloaded weights compute at the p they were saved at.
     """
 
     p: float

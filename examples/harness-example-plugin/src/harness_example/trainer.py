@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +64,12 @@ class LMTTrainer(EpochTrainer):
         if refusal is not None:
             raise UsageError(f"trainer 'lmt' needs a ReLU MLP: {refusal}; train --model relu_mlp")
         return LMTState(norm=ctx.threat.norm, eps_train=self.options.eps_train_ratio * ctx.threat.eps)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {}  # start() rebuilds the state from the threat: nothing to keep, and the run can resume
+
+    def restore_state(self, saved: dict[str, Any]) -> None:
+        pass
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=self.options.lr)
