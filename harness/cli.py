@@ -260,8 +260,9 @@ def evaluate(store: Store, run_id: int | None, weights: Path | None, model: str 
             raise click.UsageError("give RUN_ID (a stored model) or --weights FILE --model NAME --dataset NAME --eps EPS")
         if missing:
             raise click.UsageError(f"Missing option '{missing[0]}': --weights needs --model, --dataset and --eps.")
-        assert weights is not None and model is not None and dataset is not None and eps is not None
-        plan = reevaluation.plan_external(s.catalog, weights, model, dataset, ThreatModel(norm, eps), request, s.plugins.versions())
+        plan = reevaluation.plan_external(
+            s.catalog, Path(str(weights)), str(model), str(dataset), ThreatModel(norm, float(eps or 0)), request, s.plugins.versions()
+        )
     _warn_about_problems(s.catalog)
     run_id, evaluation_id = reevaluation.execute_evaluation(plan, store, progress=ConsoleProgress())
     record = store.get_run(run_id)

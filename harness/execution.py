@@ -170,9 +170,9 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
     except ResultsNotRecorded:
         raise
     except (KeyboardInterrupt, TrainingInterrupted) as exc:
-        where = f" at {exc}" if isinstance(exc, TrainingInterrupted) else ""
+        what = one_line(exc) if isinstance(exc, TrainingInterrupted) else f"interrupted by {stop.describe()}"
         resumable = "; resume with harness run --resume " + str(run_id) if run_dir is not None else ""
-        _mark(store, run_id, INTERRUPTED, f"interrupted by {stop.describe()}{where}{resumable}", train_seconds)
+        _mark(store, run_id, INTERRUPTED, what + resumable, train_seconds)
         raise KeyboardInterrupt(f"run {run_id} interrupted{resumable}") from None
     except TrainingDiverged as exc:
         _mark(store, run_id, FAILED, one_line(exc), train_seconds)

@@ -117,7 +117,9 @@ def plan_stored(
         hint = f"; resume it with harness run --resume {record.id}" if record.status != "running" else ""
         raise UsageError(f"run {record.id} is {record.status}, not finished: it has no evaluated model to evaluate again{hint}")
     if record.weights is None:
-        raise UsageError(f"run {record.id} has no saved weights (it ran with --no-save, or saving them failed), so it cannot be evaluated again")
+        raise UsageError(
+            f"run {record.id} has no saved weights (it ran with --no-save, or saving them failed), so it cannot be evaluated again"
+        )
     path = Path(record.weights.path)
     if not path.is_file():
         raise UsageError(f"run {record.id}'s weights file {str(path)!r} is missing")

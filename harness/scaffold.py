@@ -128,14 +128,10 @@ from torch import Tensor, nn
 from harness.checkpoint import FORMAT, VERSION, Checkpointing, CheckpointNotSaved, restore_rng, rng_state, utc_now
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
-<<<<<<< HEAD
-from harness.errors import PluginError, TrainingDiverged, UsageError
-=======
 from harness.errors import HarnessError, PluginError, TrainingDiverged, TrainingInterrupted, UsageError
 from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
 from harness.options import options_dict
 from harness.progress import Progress
->>>>>>> ckpt12
 from harness.train import TrainContext, TrainData
 
 
