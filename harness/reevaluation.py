@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from harness.catalog import Catalog, Entry
+from harness.checkpoint import load_weights as read_weights
 from harness.checkpoint import sha256_file
 from harness.components import Attacker, Certifier, Dataset, Model
 from harness.data.files import default_data_dir
@@ -125,7 +126,10 @@ def plan_stored(
         raise UsageError(f"run {record.id}'s weights file {str(path)!r} is missing")
     digest = sha256_file(path)
     if digest != record.weights.sha256:
-        raise UsageError(f"run {record.id}'s weights file {str(path)!r} changed since training (sha256 {digest[:12]}…, recorded {record.weights.sha256[:12]}…)")
+        raise UsageError(
+            f"run {record.id}'s weights file {str(path)!r} changed since training "
+            f"(sha256 {digest[:12]}…, recorded {record.weights.sha256[:12]}…)"
+        )
     config = record.info.config if isinstance(record.info.config, dict) else {}
     spec = config.get("model") if isinstance(config.get("model"), dict) else None
     if spec is None or not isinstance(spec.get("name"), str):
@@ -173,19 +177,13 @@ def plan_external(
     )
 
 
-def load_weights(path: Path, model: nn.Module, what: str) -> None:
+def load_weights(path: Path, model: nn.Module) -> None:
     """Load a state dict (or a harness ``model.pt``'s) into ``model``, safely and strictly; a UsageError if it does not fit."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an unsafe pickle, a truncated file, not a torch file  # noqa: BLE001
-        raise UsageError(f"cannot read {what} {str(path)!r} safely (weights_only): {one_line(exc)}; nothing in it was executed") from None
-    state = saved.get("state_dict", saved) if isinstance(saved, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-        raise UsageError(f"{what} {str(path)!r} holds no state dict")
+    state, _ = read_weights(path)  # weights_only: a file with code in it is refused, never run
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise UsageError(f"{what} {str(path)!r} does not fit the model: {one_line(exc)[:300]}") from None
+        raise UsageError(f"weights file {str(path)!r} does not fit the model: {one_line(exc)[:300]}") from None
 
 
 def execute_evaluation(plan: EvaluationPlan, store: Store, *, progress: Progress | None = None) -> tuple[int, int]:
@@ -197,7 +195,7 @@ def execute_evaluation(plan: EvaluationPlan, store: Store, *, progress: Progress
         raise UsageError(f"--eval-samples {plan.request.eval_samples} exceeds the {n_test} test samples of {plan.dataset_key!r}")
     index = eval_indices(n_test, plan.request.eval_samples)
     model = plan.model.build(plan.dataset.info)
-    load_weights(Path(plan.weights.path), model, "weights file")
+    load_weights(Path(plan.weights.path), model)
     model = model.to(plan.device).eval()
     what = f"run {plan.run.id}" if plan.run else f"{plan.model_entry.key} from {plan.weights.path}"
     progress.log(f"evaluating {what}: {plan.dataset_key}, {plan.threat}, {len(index)} test samples, {device_name(plan.device)}")
