@@ -361,6 +361,7 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
         plan.trainer.fit(model, data, ctx)
         _sync(plan.device)
         train_seconds = time.perf_counter() - start
+        store.record_training(run_id, train_seconds=train_seconds, weights=None, training={}, config=config)
         if save_dir is not None:
             # Before the evaluation: a run whose evaluation fails keeps its trained weights.
             try:
@@ -387,13 +388,15 @@ def execute(plan: Plan, store: Store, *, progress: Progress | None = None) -> in
             for name, reason in sorted(evaluation.result.not_applicable.items()):
                 progress.log(f"warning: certifier {name!r}, asked for with --certifier, did not apply: {reason}")
         final = plan.config(evaluation.result)
-        store.record_results(
+        store.record_evaluation(
             run_id,
             result=evaluation.result,
             samples=evaluation.samples,
-            config=final,
-            train_seconds=train_seconds,
-            eval_seconds=eval_seconds,
+            config=final["evaluation"],
+            environment={**environment(plan.plugin_versions), "device": device_name(plan.device)},
+            seconds=eval_seconds,
+            run_config=final,
+            finish=True,
         )
         if save_dir is not None and (save_dir / f"run-{run_id}").is_dir():
             try:
