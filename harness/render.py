@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from harness.commands import text_table
@@ -195,13 +196,23 @@ def run_details(record: RunRecord, samples: list[SampleResult], *, stale: bool =
 
 def run_json(record: RunRecord, samples: list[SampleResult]) -> dict[str, Any]:
     """``harness show --format json``: the record as nested, typed JSON."""
-    data = asdict(record)
-    data["created_at"] = record.created_at.isoformat()
-    data["finished_at"] = record.finished_at.isoformat() if record.finished_at else None
+    data = _iso_times(asdict(record))
+    # The best evaluation's result and time, where readers of this JSON found them before evaluations were records.
+    data["result"] = asdict(record.result) if record.result is not None else None
+    data["eval_seconds"] = record.eval_seconds
     if record.result is not None:
         data["result"]["errors"] = record.result.errors
     data["samples"] = [asdict(s) for s in samples]
     return data
+
+
+def _iso_times(value: Any) -> Any:
+    """``value`` with every datetime as an ISO 8601 string (JSON has no time type)."""
+    if isinstance(value, dict):
+        return {k: _iso_times(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_iso_times(v) for v in value]
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def run_list(records: list[RunRecord], *, stale: Callable[[RunRecord], bool]) -> str:

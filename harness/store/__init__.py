@@ -264,6 +264,57 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
     return SqlStore.open(url, readonly=readonly)
 
 
+@dataclass(frozen=True)
+class Upgrade:
+    """What :func:`upgrade_database` did: from which revision to which (0: schema 1, from before revisions), and its backup."""
+
+    database: str
+    from_revision: int
+    to_revision: int
+    backup: str | None  # the SQLite backup's path; None when nothing was upgraded, or for a server database
+
+    def __str__(self) -> str:
+        if self.from_revision == self.to_revision:
+            return f"database {self.database!r} is at revision {self.to_revision}, the newest: nothing to do"
+        before = "schema 1 (from before revisions)" if self.from_revision == 0 else f"revision {self.from_revision}"
+        backup = f"; backup: {self.backup}" if self.backup else "; no backup made (a server database: back it up with its own tools)"
+        return f"upgraded database {self.database!r} from {before} to revision {self.to_revision}{backup}"
+
+
+def upgrade_database(url: str) -> Upgrade:
+    """Bring a database to the newest revision (``harness db upgrade``), waiting for the write lock; a SQLite file is backed up first.
+
+    Never creates a SQLite file that is not there. UsageError, one line, when it cannot be done; nothing is changed then.
+    """
+    from harness.store._sql import upgrade_database as upgrade
+
+    return upgrade(url)
+
+
+@dataclass(frozen=True)
+class Revision:
+    """What :func:`database_revision` found: the revision (0: schema 1, from before revisions; None: an empty database) and the newest."""
+
+    database: str  # as messages name it: the password hidden
+    revision: int | None
+    newest: int
+
+    def __str__(self) -> str:
+        if self.revision is None:
+            return f"{self.database}: empty (harness run creates the schema, at revision {self.newest})"
+        if self.revision == self.newest:
+            return f"{self.database}: revision {self.revision} (the newest)"
+        before = "schema 1 (from before revisions)" if self.revision == 0 else f"revision {self.revision}"
+        return f"{self.database}: {before}; this harness upgrades it to revision {self.newest}: harness db upgrade --db {self.database}"
+
+
+def database_revision(url: str) -> Revision:
+    """The database's revision, read only; refuses in one line what :func:`open_store` refuses."""
+    from harness.store._sql import database_revision as revision
+
+    return revision(url)
+
+
 __all__ = [
     "EXTERNAL",
     "FAILED",
@@ -274,6 +325,8 @@ __all__ = [
     "STATUSES",
     "TRAINED",
     "EvaluationRecord",
+    "Revision",
+    "Upgrade",
     "RunInfo",
     "RunRecord",
     "SampleResult",
@@ -282,5 +335,7 @@ __all__ = [
     "StoreUnavailable",
     "WeightsFile",
     "best_evaluation",
+    "database_revision",
     "open_store",
+    "upgrade_database",
 ]

@@ -15,7 +15,6 @@ them off inside a transaction.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, inspect, text
 
 from harness.errors import UsageError
+from harness.store import Upgrade
 from harness.store._schema import REVISION, metadata
 from harness.store.migrations import legacy
 
@@ -33,26 +33,6 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 REVISIONS = tuple(range(1, REVISION + 1))
 #: Where a database from before Alembic at ``schema_meta.version`` 1 stands: one step before revision 1.
 SCHEMA_1 = 0
-
-
-def describe(revision: int) -> str:
-    return "schema 1 (before revisions)" if revision == SCHEMA_1 else f"revision {revision}"
-
-
-@dataclass(frozen=True)
-class Upgrade:
-    """What an upgrade did: from which revision to which, and the backup it made (None: none was needed or possible)."""
-
-    database: str
-    from_revision: int
-    to_revision: int
-    backup: str | None
-
-    def __str__(self) -> str:
-        if self.from_revision == self.to_revision:
-            return f"database {self.database!r} is at revision {self.to_revision}, the newest: nothing to do"
-        backup = f"; backup: {self.backup}" if self.backup else "; no backup made (a server database: back it up with its own tools)"
-        return f"upgraded database {self.database!r} from {describe(self.from_revision)} to revision {self.to_revision}{backup}"
 
 
 def revision_of(conn: Connection, name: str) -> int | None:

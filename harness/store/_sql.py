@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +34,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy import (
     JSON,
@@ -67,11 +69,13 @@ from harness.store import (
     RUNNING,
     STATUSES,
     EvaluationRecord,
+    Revision,
     RunInfo,
     RunRecord,
     Store,
     StoreGone,
     StoreUnavailable,
+    Upgrade,
     WeightsFile,
     _migrate,
     best_evaluation,
@@ -325,7 +329,7 @@ class SqlStore(Store):
 
     def get_run(self, run_id: int) -> RunRecord:
         with self._reading() as session:
-            found = self._load(session, [RunRow.id == run_id])
+            found = self._load(session, [RunRow.id == run_id], warn=False)
         if not found:
             raise self._no_run(run_id)
         record, problems = found[0]
@@ -353,7 +357,7 @@ class SqlStore(Store):
             slack = 2 * EPS_REL_TOL * abs(eps)
             conditions.append(RunRow.eps.between(eps - slack, eps + slack))
         with self._reading() as session:
-            found = self._load(session, conditions)
+            found = self._load(session, conditions, warn=True)
         records = []
         for record, _ in found:
             if record is None:
@@ -362,8 +366,8 @@ class SqlStore(Store):
                 records.append(record)
         return records
 
-    def _load(self, session: Session, conditions: list[ColumnElement[bool]]) -> list[tuple[RunRecord | None, str]]:
-        """The runs matching ``conditions`` by id, each a record or None with what is wrong (also added to :attr:`warnings`)."""
+    def _load(self, session: Session, conditions: list[ColumnElement[bool]], *, warn: bool) -> list[tuple[RunRecord | None, str]]:
+        """The runs matching ``conditions`` by id, each a record or None with what is wrong (``warn``: also added to :attr:`warnings`)."""
         runs = list(_checked(session, table(RunRow), conditions, [RunRow.id]))
         evaluations = _evaluations(session, [values["id"] for values, _ in runs])
         found: list[tuple[RunRecord | None, str]] = []
@@ -380,7 +384,7 @@ class SqlStore(Store):
             if problems:
                 said = "; ".join(problems)
                 warning = f"run {run_id} in {self._name} cannot be read and is left out: {said}"
-                if warning not in self.warnings:
+                if warn and warning not in self.warnings:
                     self.warnings.append(warning)
                 found.append((None, said))
                 continue
@@ -426,7 +430,10 @@ class SqlStore(Store):
     def check_alive(self) -> None:
         self._check_file()
         with Session(self._engine) as session:
-            self._check_database_id(session)
+            try:
+                self._check_database_id(session)
+            except DBAPIError as exc:  # what _check_database_id lets through: the database could not answer now
+                raise StoreUnavailable(f"cannot read database {self._name!r}: {self._cause(exc)}") from exc
 
     def _check_file(self) -> None:
         if self._path is None:
@@ -613,27 +620,50 @@ def _record(values: dict[str, Any], evaluations: list[EvaluationRecord]) -> RunR
 
 
 def _samples(session: Session, evaluation_id: int) -> list[SampleResult]:
+    """The per-sample results of an evaluation; ValueError naming the first value that is not what its column holds."""
     by_index: dict[int, SampleResult] = {}
     sample_rows = session.execute(
-        select(SampleRow.idx, SampleRow.label, SampleRow.prediction).where(SampleRow.evaluation_id == evaluation_id).order_by(SampleRow.idx)
+        select(SampleRow.idx, _raw(SampleRow.label), _raw(SampleRow.prediction))
+        .where(SampleRow.evaluation_id == evaluation_id)
+        .order_by(SampleRow.idx)
     )
     for idx, label, prediction in sample_rows:
-        by_index[idx] = SampleResult(index=int(idx), label=int(label), prediction=int(prediction))
+        by_index[idx] = SampleResult(index=_int(idx, "samples.idx"), label=_int(label, "samples.label"),
+                                     prediction=_int(prediction, "samples.prediction"))
     attack_rows = session.execute(
-        select(AttackRow.idx, AttackRow.attack, AttackRow.survived)
+        select(AttackRow.idx, AttackRow.attack, _raw(AttackRow.survived))
         .where(AttackRow.evaluation_id == evaluation_id)
         .order_by(AttackRow.idx, AttackRow.attack)
     )
     for idx, attack, survived in attack_rows:
-        by_index[idx].attacks[attack] = survived
+        by_index[idx].attacks[attack] = _bool(survived, "sample_attacks.survived")
     certificate_rows = session.execute(
-        select(CertificateRow.idx, CertificateRow.certifier, CertificateRow.certified, CertificateRow.radius)
+        select(CertificateRow.idx, CertificateRow.certifier, _raw(CertificateRow.certified), _raw(CertificateRow.radius))
         .where(CertificateRow.evaluation_id == evaluation_id)
         .order_by(CertificateRow.idx, CertificateRow.certifier)
     )
     for idx, certifier, certified, radius in certificate_rows:
-        by_index[idx].certificates[certifier] = (certified, None if radius is None else float(radius))
+        if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int | float)):
+            raise ValueError(f"sample_certificates.radius holds {_short(radius)}, not a number")
+        by_index[idx].certificates[certifier] = (_bool(certified, "sample_certificates.certified"), None if radius is None else float(radius))
     return list(by_index.values())
+
+
+def _raw(column: Any) -> Any:
+    """A column as the driver gives it, without SQLAlchemy's conversion (which would read any text as True)."""
+    return type_coerce(column, NullType())
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} holds {_short(value)}, not an integer")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if value not in (0, 1) or not isinstance(value, int):  # SQLite stores booleans as 0 and 1; other drivers give bools
+        raise ValueError(f"{where} holds {_short(value)}, not a boolean")
+    return bool(value)
 
 
 # -- writing rows -------------------------------------------------------------------------------------
@@ -773,11 +803,13 @@ class _Target:
         if "://" in url:
             try:
                 sa_url = make_url(url)
-            except ArgumentError:
+            except (ArgumentError, ValueError):  # a port that is not a number is a ValueError
                 raise UsageError(f"cannot open database {_hide_url_text(url)!r}: not a valid SQLAlchemy URL") from None
-            secrets = [s for s in (sa_url.password, *(_query_secrets(sa_url))) if s]
-            shown = sa_url.set(query={k: ("***" if _secret(k) else v) for k, v in sa_url.query.items()})
-            name = shown.render_as_string(hide_password=True)
+            plain = [s for s in (sa_url.password, *(_query_secrets(sa_url))) if s]
+            secrets = sorted({*plain, *(quote(s, safe="") for s in plain), *(quote_plus(s) for s in plain)}, key=len, reverse=True)
+            name = _hide_url_text(url)  # as the user wrote it, but never its passwords
+            for secret in secrets:
+                name = name.replace(secret, "***")
         else:
             name = url
             sa_url = URL.create("sqlite", database=str(Path(url).expanduser().absolute()))
@@ -835,9 +867,7 @@ def _query_secrets(url: URL) -> list[str]:
 
 
 def _hide_url_text(url: str) -> str:
-    """A URL SQLAlchemy could not parse, with anything that looks like a password replaced."""
-    import re
-
+    """A URL with anything that looks like a password replaced: the userinfo's, and query parameters named like one."""
     url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
     return re.sub(r"((?:password|secret|token)[^=&]*=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
@@ -908,7 +938,7 @@ def _read(engine: Engine, name: str, check: Callable[[Connection, str], Any]) ->
         return check(conn, name)
 
 
-def _upgrade_if_safe(target: _Target, *, automatic: bool) -> _migrate.Upgrade:
+def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
     """Create the schema of an empty database, or upgrade an older one: only when safe if ``automatic``, else as ``harness db upgrade``."""
     if automatic and target.path is not None and target.path.exists():
         if not os.access(target.path, os.W_OK):
@@ -934,7 +964,7 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> _migrate.Upgrade:
                 metadata.create_all(conn)
                 conn.execute(insert(table(SchemaMeta)).values(id=1, version=LEGACY_VERSION, database_id=uuid.uuid4().hex))
                 _migrate.stamp_new(conn)
-                done = _migrate.Upgrade(target.name, REVISION, REVISION, None)
+                done = Upgrade(target.name, REVISION, REVISION, None)
             else:
                 if automatic and current < REVISION and target.path is None:
                     raise _run_db_upgrade(target, "it is a server database (back it up first)")
@@ -960,7 +990,7 @@ def _run_db_upgrade(target: _Target, why: str) -> UsageError:
     )
 
 
-def upgrade_database(url: str) -> _migrate.Upgrade:
+def upgrade_database(url: str) -> Upgrade:
     """``harness db upgrade``: bring the database to the newest revision (waiting for the write lock), a SQLite file backed up first."""
     target = _Target.resolve(url, readonly=True)
     try:
@@ -969,12 +999,12 @@ def upgrade_database(url: str) -> _migrate.Upgrade:
         raise UsageError(f"cannot upgrade database {target.name!r}: {target.hide(_one_line(exc))}; nothing was changed") from None
 
 
-def database_revision(url: str) -> int | None:
-    """``harness db current``: the database's revision (0: schema 1 from before revisions), None for an empty one; never writes."""
+def database_revision(url: str) -> Revision:
+    """``harness db current``: the database's revision; never writes, never creates a file."""
     target = _Target.resolve(url, readonly=True)
     engine = target.engine(readonly=True)
     try:
-        return cast(int | None, _read(engine, target.name, _migrate.revision_of))
+        return Revision(target.name, _read(engine, target.name, _migrate.revision_of), REVISION)
     except SQLAlchemyError as exc:
         raise UsageError(f"cannot open database {target.name!r}: {target.hide(_one_line(exc))}") from None
     finally:
