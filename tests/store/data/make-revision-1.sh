@@ -3,9 +3,9 @@
 # store revision 2; schema_meta.version 2, which Alembic calls revision 1), then the WAL checkpointed into
 # the file. Run from a checkout of that commit with its .venv:  tests/store/data/make-revision-1.sh OUT.db
 # It cannot run against later code; it documents what the frozen database holds:
-#   1 finished  linf_v2 mnist l_inf 0.3: pgd, interval, lipschitz-margin
-#   2 finished  crm mnist l_2 1.58: pgd-l2, liplt, lipschitz-naive, lipschitz-margin, a CROWN subset of 5, radii
-#   3 finished  linf_mlp fashion-mnist l_inf 0.1: pgd, interval, lipschitz-margin, crown, crown-ibp, ibp
+#   1 finished  linf_v2 mnist l_inf 0.3: pgd, interval, lipschitz-margin (radii)
+#   2 finished  crm mnist l_2 1.58: pgd-l2, liplt, lipschitz-naive (radii), ibp, crown-ibp, a CROWN subset of 5
+#   3 finished  linf_mlp fashion-mnist l_inf 0.1: pgd, crown, crown-ibp, ibp
 #   4 failed    linf_v2 mnist (diverged: lr 1e38)
 #   5 interrupted  linf_v2 mnist (SIGTERM during training)
 #   6 running   linf_v2 fashion-mnist (SIGKILL during training: the row stays running)
