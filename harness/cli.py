@@ -90,21 +90,26 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def with_store(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Open the ``--db`` store for the command and close it afterwards."""
+def with_store(f: Callable[..., Any] | None = None, *, readonly: bool = False) -> Any:
+    """Open the ``--db`` store for the command (read-only for the read commands), print its warnings, close it afterwards."""
 
-    @db_option
-    @functools.wraps(f)
-    def wrapper(db: str, **kwargs: Any) -> Any:
-        from harness.store import open_store
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        @db_option
+        @functools.wraps(f)
+        def wrapper(db: str, **kwargs: Any) -> Any:
+            from harness.store import open_store
 
-        store = open_store(db)
-        try:
-            return f(store=store, **kwargs)
-        finally:
-            store.close()
+            store = open_store(db, readonly=readonly)
+            try:
+                return f(store=store, **kwargs)
+            finally:
+                for line in store.warnings:
+                    click.echo(f"warning: {line}", err=True)
+                store.close()
 
-    return wrapper
+        return wrapper
+
+    return decorate(f) if f is not None else decorate
 
 
 # -- the group --------------------------------------------------------------------------
@@ -327,7 +332,7 @@ def _warn_about_problems(catalog: Catalog) -> None:
 @click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
               help="Numbers reported in papers: beside measured runs, for every setting, or none.")
 @format_option(("table", "markdown", "csv", "json"))
-@with_store
+@with_store(readonly=True)
 def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, fmt: str) -> None:
     """Finished runs grouped by (dataset, norm, eps), ranked by certified accuracy.
 
@@ -372,7 +377,7 @@ def _check_dataset(dataset: str, store: Store, registered: list[str]) -> None:
 @click.argument("run_id", type=click.IntRange(1, 2**63 - 1))
 @click.option("--samples", "n_samples", type=click.IntRange(0), default=0, help="Also list the first N per-sample results.")
 @format_option(("table", "json"))
-@with_store
+@with_store(readonly=True)
 def show(store: Store, run_id: int, n_samples: int, fmt: str) -> None:
     """Everything stored about one run: configuration, environment, results, and why certifiers did not apply.
 
@@ -395,7 +400,7 @@ def show(store: Store, run_id: int, n_samples: int, fmt: str) -> None:
 @cli.command()
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only runs with this status.")
 @click.option("--dataset", default=None, help="Only this dataset.")
-@with_store
+@with_store(readonly=True)
 def runs(store: Store, status: str | None, dataset: str | None) -> None:
     """List recorded runs, whatever their status.
 
@@ -422,6 +427,49 @@ def bench() -> None:
     Example:
       harness bench dist        # the l_p-dist layer against torch.cdist
     """
+
+
+@cli.group()
+def db() -> None:
+    """The results database's schema revision: show it, upgrade it.
+
+    \b
+    Examples:
+      harness db current --db results.db
+      harness db upgrade --db results.db     # a SQLite file is backed up beside it first
+    """
+
+
+@db.command("current")
+@db_option
+def db_current(db: str) -> None:
+    """Print the database's revision (read-only).
+
+    \b
+    Example:
+      harness db current --db results.db
+    """
+    from harness.store import database_revision
+
+    click.echo(str(database_revision(db)))
+
+
+@db.command("upgrade")
+@db_option
+def db_upgrade(db: str) -> None:
+    """Upgrade the database to this harness's revision, backing up a SQLite file beside it first.
+
+    It waits for other processes' writes to finish. Opening an older SQLite
+    database upgrades it automatically when that is safe; this command is for
+    the other cases (a server database, another process writing).
+
+    \b
+    Example:
+      harness db upgrade --db results.db
+    """
+    from harness.store import upgrade_database
+
+    click.echo(str(upgrade_database(db)))
 
 
 def _stale(record: RunRecord) -> str | None:

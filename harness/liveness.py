@@ -131,5 +131,5 @@ def stop_on_signals(request: StopRequest, log: Callable[[str], None]) -> Iterato
     try:
         yield request
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

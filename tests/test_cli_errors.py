@@ -98,8 +98,16 @@ def test_database_that_cannot_be_opened(harness_cli, tmp_path):
     assert_one_line_error(harness_cli("leaderboard", "--db", str(garbage)), "garbage.db")
 
 
-def test_show_unknown_run(harness_cli):
-    assert_one_line_error(harness_cli("show", "7"), "7")
+@pytest.fixture
+def empty_db(tmp_path):
+    """An empty results.db where harness_cli runs (the read commands never create one)."""
+    from harness.store import open_store
+
+    open_store(str(tmp_path / "results.db")).close()
+
+
+def test_show_unknown_run(harness_cli, empty_db):
+    assert_one_line_error(harness_cli("show", "7"), "no run with id 7")
 
 
 def test_every_command_has_an_example_in_its_help(harness_cli):
@@ -136,14 +144,14 @@ def test_an_empty_name_is_refused_not_ignored(harness_cli, flag):
     assert_one_line_error(harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", flag, ""), f"{flag} '' is empty")
 
 
-def test_a_dataset_filter_with_a_typo_names_the_datasets(harness_cli):
+def test_a_dataset_filter_with_a_typo_names_the_datasets(harness_cli, empty_db):
     for command in ("leaderboard", "runs"):
         assert_one_line_error(harness_cli(command, "--dataset", "mnsit"), "unknown dataset 'mnsit'; did you mean 'mnist'?")
     assert harness_cli("leaderboard", "--dataset", "cifar10").out.startswith("no finished runs yet")
     assert harness_cli("runs", "--dataset", "cifar10").out.strip() == "no runs recorded"
 
 
-def test_a_misspelt_plugin_name_in_the_environment_is_named(harness_cli, monkeypatch):
+def test_a_misspelt_plugin_name_in_the_environment_is_named(harness_cli, monkeypatch, empty_db):
     monkeypatch.setenv("HARNESS_DISABLE_PLUGINS", "lpidst")
     r = harness_cli("leaderboard")
     (line,) = r.err.strip().splitlines()

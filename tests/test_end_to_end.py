@@ -57,7 +57,7 @@ def test_run_is_recorded_with_typed_results_and_per_sample_results(finished_run,
             assert s["prediction"] == s["label"] and s["attacks"]["pgd"]
     # Per-sample rows really are in the database file.
     with sqlite3.connect(tmp_path / "results.db") as db:
-        assert db.execute("select count(*) from samples where run_id = 1").fetchone()[0] == 64
+        assert db.execute("select count(*) from samples where evaluation_id = 1").fetchone()[0] == 64
 
 
 def test_leaderboard_shows_the_run_beside_reported_numbers(finished_run, harness_cli):

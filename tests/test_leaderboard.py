@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 from harness import leaderboard, render
 from harness.reported import ReportedResult
 from harness.results import AttackResult, CertifierResult, EvaluationResult
-from harness.store import RunInfo, RunRecord
+from harness.store import EvaluationRecord, RunInfo, RunRecord
 
 
 def run(run_id, certified, clean=0.9, eps=8 / 255, dataset="cifar10", preset="quick", crown_error=None):
@@ -16,8 +16,9 @@ def run(run_id, certified, clean=0.9, eps=8 / 255, dataset="cifar10", preset="qu
         samples=10000, clean_accuracy=clean, robust_accuracy=certified + 0.05, certified_accuracy=certified,
         attacks=(AttackResult("pgd", label="PGD-100", accuracy=certified + 0.05, attacked=9000),), certifiers=tuple(certifiers),
     )
+    evaluation = EvaluationRecord(id=run_id, run_id=run_id, created_at=datetime.now(UTC), seconds=1.0, config={}, environment={}, result=result)
     return RunRecord(id=run_id, info=info, status="finished", created_at=datetime.now(UTC), finished_at=None,
-                     train_seconds=10.0, eval_seconds=1.0, error=None, result=result)
+                     train_seconds=10.0, error=None, evaluations=[evaluation], best=evaluation)
 
 
 PAPER = ReportedResult(

@@ -1,23 +1,24 @@
 """The SQLAlchemy backend of :class:`~harness.store.Store`; reach it through :func:`~harness.store.open_store`.
 
-One ``runs`` row per run; once it finished, its evaluation summary in
-``results``, one row per attack in ``attack_results`` and per certifier that
-ran in ``certifier_results``, one ``samples`` row per evaluated test sample,
-and one row per (sample, attack) in ``sample_attacks`` and per (sample,
-certifier) in ``sample_certificates``. ``schema_meta`` holds the schema
-version; :data:`_MIGRATIONS` upgrades older databases one version at a time,
-so a later schema change goes there, with a frozen database of the old version
-kept in the tests (``tests/store/data/``).
-
-Schema history: 1, the first; 2, ``runs.plugin`` renamed ``trainer`` (one word
-for a training method) and the ``metrics`` name/value table (names like
-``certified_accuracy/crown``) replaced by the typed ``results``,
-``attack_results`` and ``certifier_results`` tables.
+The tables are in :mod:`harness.store._schema`, their revisions in
+:mod:`harness.store._migrate`. Opening checks, before anything is written,
+that the database is a harness database at a revision this code knows, with
+every table and column; an older one is upgraded when that is safe (a SQLite
+file, writable, whose write lock is free right now), and refused otherwise
+with a line saying to run ``harness db upgrade``.
 
 On SQLite, SQLAlchemy emits ``BEGIN`` itself instead of the ``sqlite3``
 module (whose legacy mode does not begin before DDL or SELECT), so schema
-creation and migrations are transactional; writes begin ``IMMEDIATE`` so that
-a second writer waits on the busy timeout instead of failing on a lock upgrade.
+creation and upgrades are transactional; writes begin ``IMMEDIATE`` so that
+a second writer waits on the busy timeout instead of failing on a lock
+upgrade. A read-only store opens the file with ``mode=ro`` (``immutable=1``
+where even that cannot work: a write-ahead-logged file on read-only media),
+takes no lock a writer waits on, and waits on no writer (write-ahead logging,
+which every writable open switches the file to).
+
+Rows are read through :func:`_checked`, which converts each value itself, so
+that one unreadable row (invalid JSON, a text where a number belongs) leaves
+its run out of a listing, with a warning, instead of failing the query.
 """
 
 from __future__ import annotations
@@ -25,304 +26,165 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
-    Boolean,
-    CheckConstraint,
+    ColumnElement,
     Connection,
-    DateTime,
-    Dialect,
     Double,
     Engine,
-    ForeignKey,
-    ForeignKeyConstraint,
-    Index,
+    Float,
     Integer,
-    String,
+    NullPool,
     Table,
-    Text,
-    TypeDecorator,
     create_engine,
     event,
     insert,
-    inspect,
     select,
-    text,
+    type_coerce,
     update,
 )
 from sqlalchemy.engine import URL, CursorResult, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType, TypeEngine
 
 from harness.errors import HarnessError, UsageError, one_line
 from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
-from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, STATUSES, RunInfo, RunRecord, Store
+from harness.store import (
+    EXTERNAL,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    ORIGINS,
+    RUNNING,
+    STATUSES,
+    EvaluationRecord,
+    Revision,
+    RunInfo,
+    RunRecord,
+    Store,
+    StoreGone,
+    StoreUnavailable,
+    Upgrade,
+    WeightsFile,
+    _migrate,
+    best_evaluation,
+)
+from harness.store._schema import (
+    LEGACY_VERSION,
+    REVISION,
+    AttackResultRow,
+    AttackRow,
+    CertificateRow,
+    CertifierResultRow,
+    EvaluationRow,
+    ResultRow,
+    RunRow,
+    SampleRow,
+    SchemaMeta,
+    metadata,
+    table,
+)
 from harness.threat import EPS_REL_TOL, same_eps
 
-#: The schema this code writes. Bump it with a migration in :data:`_MIGRATIONS`.
-SCHEMA_VERSION = 2
-
-_BUSY_TIMEOUT_S = 30
+_BUSY_TIMEOUT_S = 30.0
+#: A read-only store waits this long at most, and only on what SQLite itself is doing (a log recovery), never on a writer.
+_READ_TIMEOUT_S = 5.0
 _BEGIN = "harness_sqlite_begin"  # execution option: the statement that begins a SQLite transaction
-
-
-class _UtcDateTime(TypeDecorator[datetime]):
-    """A UTC timestamp, stored naive (the same on every backend) and read back timezone-aware."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value!r}: timestamps must be timezone-aware")
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
-
-
-class _Base(DeclarativeBase):
-    pass
-
-
-def _table(row_class: type[_Base]) -> Table:
-    """The Core table of a mapped class (typed as such, for Core inserts and updates)."""
-    return cast(Table, row_class.__table__)
-
-
-class SchemaMeta(_Base):
-    __tablename__ = "schema_meta"
-    __table_args__ = (CheckConstraint("id = 1", name="ck_schema_meta_one_row"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    version: Mapped[int] = mapped_column(Integer)
-
-
-class RunRow(_Base):
-    __tablename__ = "runs"
-    __table_args__ = (
-        CheckConstraint(f"status IN ({', '.join(repr(s) for s in STATUSES)})", name="ck_runs_status"),
-        Index("ix_runs_status_threat", "status", "dataset", "norm", "eps"),
-        Index("ix_runs_threat", "dataset", "norm", "eps"),
-        # AUTOINCREMENT: a run id is never handed out twice, even if rows were deleted by hand.
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    trainer: Mapped[str] = mapped_column(String(100))
-    dataset: Mapped[str] = mapped_column(String(100))
-    norm: Mapped[str] = mapped_column(String(16))
-    eps: Mapped[float] = mapped_column(Double)
-    preset: Mapped[str | None] = mapped_column(String(100))
-    seed: Mapped[int] = mapped_column(BigInteger)
-    epochs: Mapped[int | None] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16))
-    config: Mapped[dict[str, Any]] = mapped_column(JSON)
-    device: Mapped[str] = mapped_column(String(200))
-    environment: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(_UtcDateTime)
-    finished_at: Mapped[datetime | None] = mapped_column(_UtcDateTime)
-    train_seconds: Mapped[float | None] = mapped_column(Double)
-    eval_seconds: Mapped[float | None] = mapped_column(Double)
-    error: Mapped[str | None] = mapped_column(Text)
-
-
-class ResultRow(_Base):
-    """The evaluation summary of a finished run."""
-
-    __tablename__ = "results"
-
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    eval_samples: Mapped[int] = mapped_column(Integer)
-    clean_accuracy: Mapped[float] = mapped_column(Double)
-    robust_accuracy: Mapped[float | None] = mapped_column(Double)
-    certified_accuracy: Mapped[float | None] = mapped_column(Double)
-    #: Certifier → why it did not apply to the model.
-    not_applicable: Mapped[dict[str, str]] = mapped_column(JSON)
-
-
-class AttackResultRow(_Base):
-    __tablename__ = "attack_results"
-
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    attack: Mapped[str] = mapped_column(String(100), primary_key=True)
-    label: Mapped[str] = mapped_column(String(200))
-    options: Mapped[dict[str, Any]] = mapped_column(JSON)
-    accuracy: Mapped[float | None] = mapped_column(Double)
-    attacked: Mapped[int] = mapped_column(Integer)
-    seconds: Mapped[float | None] = mapped_column(Double)
-    error: Mapped[str | None] = mapped_column(Text)
-
-
-class CertifierResultRow(_Base):
-    __tablename__ = "certifier_results"
-
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
-    options: Mapped[dict[str, Any]] = mapped_column(JSON)
-    accuracy: Mapped[float | None] = mapped_column(Double)
-    samples: Mapped[int] = mapped_column(Integer)
-    mean_radius: Mapped[float | None] = mapped_column(Double)
-    median_radius: Mapped[float | None] = mapped_column(Double)
-    seconds: Mapped[float | None] = mapped_column(Double)
-    error: Mapped[str | None] = mapped_column(Text)
-
-
-class SampleRow(_Base):
-    __tablename__ = "samples"
-
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), primary_key=True)
-    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    label: Mapped[int] = mapped_column(Integer)
-    prediction: Mapped[int] = mapped_column(Integer)
-
-
-class AttackRow(_Base):
-    __tablename__ = "sample_attacks"
-    __table_args__ = (ForeignKeyConstraint(["run_id", "idx"], ["samples.run_id", "samples.idx"]),)
-
-    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    attack: Mapped[str] = mapped_column(String(100), primary_key=True)
-    survived: Mapped[bool] = mapped_column(Boolean)
-
-
-class CertificateRow(_Base):
-    __tablename__ = "sample_certificates"
-    __table_args__ = (ForeignKeyConstraint(["run_id", "idx"], ["samples.run_id", "samples.idx"]),)
-
-    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
-    certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
-    certified: Mapped[bool] = mapped_column(Boolean)
-    radius: Mapped[float | None] = mapped_column(Double)
-
-
-def _migrate_1_to_2(conn: Connection) -> None:
-    """Schema 1 → 2: ``runs.plugin`` becomes ``runs.trainer``; the ``metrics`` name/value rows become typed results.
-
-    Attack labels and component options come from each run's stored
-    configuration (where schema 1 kept them), the number of attacked samples
-    from the per-sample rows, and certified radii's medians from the
-    per-sample certificates; times per component were not recorded before.
-    """
-    conn.execute(text("ALTER TABLE runs RENAME COLUMN plugin TO trainer"))
-    for table in (ResultRow, AttackResultRow, CertifierResultRow):
-        _table(table).create(conn)
-    metrics: dict[int, dict[str, float]] = {}
-    for run_id, name, value in conn.execute(text("SELECT run_id, name, value FROM metrics")):
-        metrics.setdefault(run_id, {})[name] = value
-    for run_id, m in sorted(metrics.items()):
-        config = conn.execute(select(RunRow.config).where(RunRow.id == run_id)).scalar_one() or {}
-        evaluation = config.get("evaluation", {}) if isinstance(config, dict) else {}
-        attackers = {a.get("name"): a for a in evaluation.get("attackers", []) if isinstance(a, dict)}
-        certifiers = {c.get("name"): c for c in evaluation.get("certifiers", []) if isinstance(c, dict)}
-        n = int(m.get("eval_samples", 0))
-        correct = conn.execute(
-            text("SELECT count(*) FROM samples WHERE run_id = :r AND label = prediction"), {"r": run_id}
-        ).scalar_one()
-        per = {kind: {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith(kind + "/")}
-               for kind in ("robust_accuracy", "certified_accuracy", "certified_samples", "average_radius")}
-        conn.execute(insert(_table(ResultRow)).values(
-            run_id=run_id, eval_samples=n, clean_accuracy=m.get("clean_accuracy", 0.0),
-            robust_accuracy=m.get("robust_accuracy"), certified_accuracy=m.get("certified_accuracy"),
-            not_applicable={name: "not recorded (a schema-1 run)" for name in certifiers if name not in per["certified_accuracy"]},
-        ))
-        for name, accuracy in sorted(per["robust_accuracy"].items()):
-            spec = attackers.get(name, {})
-            conn.execute(insert(_table(AttackResultRow)).values(
-                run_id=run_id, attack=name, label=spec.get("label", name), options=spec.get("options", {}),
-                accuracy=accuracy, attacked=correct, seconds=None, error=None,
-            ))
-        for name, accuracy in sorted(per["certified_accuracy"].items()):
-            radii = sorted(r for (r,) in conn.execute(
-                text("SELECT radius FROM sample_certificates WHERE run_id = :r AND certifier = :c AND radius IS NOT NULL"),
-                {"r": run_id, "c": name},
-            ))
-            median = None
-            if radii:
-                # torch.median's convention, as the evaluation computes it now: the lower of the two middle values.
-                median = radii[(len(radii) - 1) // 2]
-            mean = per["average_radius"].get(name)
-            conn.execute(insert(_table(CertifierResultRow)).values(
-                run_id=run_id, certifier=name, options=certifiers.get(name, {}).get("options", {}), accuracy=accuracy,
-                samples=int(per["certified_samples"].get(name, n)), mean_radius=mean,
-                median_radius=median if mean is not None else None, seconds=None, error=None,
-            ))
-    # The configuration as schema 2 writes it: the trainer named once (schema 1 kept "plugin" beside "trainer"),
-    # and only the certifiers that ran, with why the others did not.
-    for run_id, config in conn.execute(select(RunRow.id, RunRow.config)).all():
-        if not isinstance(config, dict):
-            continue
-        config = dict(config)
-        config.pop("plugin", None)
-        evaluation = config.get("evaluation")
-        ran = {k.split("/", 1)[1] for k in metrics.get(run_id, {}) if k.startswith("certified_accuracy/")}
-        if isinstance(evaluation, dict) and run_id in metrics and isinstance(evaluation.get("certifiers"), list):
-            listed = [c for c in evaluation["certifiers"] if isinstance(c, dict)]
-            evaluation = {**evaluation, "certifiers": [c for c in listed if c.get("name") in ran]}
-            evaluation["not_applicable"] = {c.get("name"): "not recorded (a schema-1 run)" for c in listed if c.get("name") not in ran}
-            config["evaluation"] = evaluation
-        conn.execute(update(_table(RunRow)).where(RunRow.id == run_id).values(config=config))
-    conn.execute(text("DROP TABLE metrics"))
-
-
-#: ``k -> upgrade from schema k to k + 1``, run inside the transaction that opens the database.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
 
 
 class SqlStore(Store):
     """A :class:`~harness.store.Store` in any database SQLAlchemy reaches; SQLite by default."""
 
-    def __init__(self, engine: Engine, name: str) -> None:
-        """Wrap an engine whose schema is ready; use :meth:`open`. ``name`` is how errors refer to it."""
+    def __init__(self, engine: Engine, name: str, *, readonly: bool = False, path: Path | None = None) -> None:
+        """Wrap an engine whose schema is ready; use :meth:`open`. ``name`` is how errors refer to it; ``path`` its SQLite file."""
         self._engine = engine
         self._writer = engine.execution_options(**{_BEGIN: "BEGIN IMMEDIATE"})
         self._name = name
+        self.name = name  # how messages name the database (its password hidden)
+        self._readonly = readonly
+        self._path = path
+        self.warnings: list[str] = []
+        self._identity = _file_identity(path)
+        self._database_id = self._read_database_id()
 
     @classmethod
-    def open(cls, url: str) -> SqlStore:
-        """Open the database at ``url`` (a SQLAlchemy URL, or a file path meaning SQLite), creating or upgrading its schema.
+    def open(cls, url: str, *, readonly: bool = False) -> SqlStore:
+        """Open the database at ``url`` (a SQLAlchemy URL, or a file path meaning SQLite); see :func:`harness.store.open_store`.
 
-        Every failure is a one-line :class:`UsageError` naming ``url``.
+        Every failure is a one-line :class:`UsageError` naming ``url`` (its password hidden).
         """
-        name, sa_url = _resolve(url)
-        engine = _create_engine(name, sa_url)
+        target = _Target.resolve(url, readonly=readonly)
+        notes: list[str] = []
+        engine = target.engine(readonly=readonly)
         try:
-            _prepare_schema(engine, name)
+            revision = _read(engine, target.name, _migrate.revision_of)
+            if revision is None or revision < REVISION:
+                if readonly and revision is None:
+                    raise UsageError(f"cannot open database {target.name!r}: it is empty (harness run creates the schema)")
+                done = _upgrade_if_safe(target, automatic=True)
+                if done.from_revision != done.to_revision:
+                    notes.append(str(done))
+            _read(engine, target.name, _migrate.check_tables)
+            store = cls(engine, target.name, readonly=readonly, path=target.path)
         except SQLAlchemyError as exc:
             engine.dispose()
-            raise UsageError(f"cannot open database {name!r}: {_one_line(exc)}") from None
+            raise UsageError(f"cannot open database {target.name!r}: {target.hide(_one_line(exc))}") from None
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, name)
+        store.warnings.extend(notes)
+        return store
 
     # -- writes ---------------------------------------------------------------------------------
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        """The one scope every write goes through: commit at the end, roll back on any exception."""
+        """The one scope every write goes through: commit at the end, roll back on any exception.
+
+        It checks first that the database is still the one opened (:class:`StoreGone`), and turns what the
+        database could not do now (busy, full, I/O, connection lost) into :class:`StoreUnavailable`.
+        """
+        if self._readonly:
+            raise HarnessError(f"database {self._name!r} was opened read-only: cannot write to it")
+        self._check_file()
         session = Session(self._writer)
         try:
+            self._check_database_id(session)
             yield session
             session.commit()
+        except DBAPIError as exc:
+            _rollback(session)
+            if _unavailable(exc):
+                raise StoreUnavailable(f"cannot write to database {self._name!r}: {self._cause(exc)}") from exc
+            raise
         except BaseException:
-            session.rollback()
+            _rollback(session)
             raise
         finally:
             session.close()
 
     def create_run(self, info: RunInfo) -> int:
+        if info.origin not in ORIGINS:
+            raise ValueError(f"a run's origin is one of {', '.join(ORIGINS)}, not {info.origin!r}")
+        now = _now()
+        return self._insert_run(info, status=RUNNING, created_at=now, heartbeat_at=now)
+
+    def create_external_run(self, info: RunInfo, weights: WeightsFile) -> int:
+        now = _now()
+        return self._insert_run(info, status=FINISHED, created_at=now, finished_at=now, origin=EXTERNAL, **_weights(weights))
+
+    def _insert_run(self, info: RunInfo, **values: Any) -> int:
         row = RunRow(
             trainer=info.trainer,
             dataset=info.dataset,
@@ -331,98 +193,112 @@ class SqlStore(Store):
             preset=info.preset,
             seed=int(info.seed),
             epochs=None if info.epochs is None else int(info.epochs),
-            status=RUNNING,
             config=_plain_json("config", info.config),
             device=info.device,
             environment=_plain_json("environment", info.environment),
-            created_at=_now(),
+            origin=info.origin,
+            training={},
+            resumes=0,
         )
+        for key, value in values.items():
+            setattr(row, key, value)
         with self._write() as session:
             session.add(row)
             session.flush()
             run_id = row.id
         return run_id
 
-    def record_results(
+    def heartbeat(self, run_id: int, *, checkpoint: dict[str, Any] | None = None) -> None:
+        """Set the heartbeat to now (and the last checkpoint when given); HarnessError if the run is not ``running``."""
+        values: dict[str, Any] = {"heartbeat_at": _now()}
+        if checkpoint is not None:
+            values["checkpoint"] = _plain_json("checkpoint", checkpoint)
+        with self._write() as session:
+            self._update(session, run_id, (RUNNING,), "record a heartbeat", **values)
+
+    def record_training(
+        self,
+        run_id: int,
+        *,
+        train_seconds: float,
+        weights: WeightsFile | None,
+        training: dict[str, Any],
+        config: dict[str, Any],
+    ) -> None:
+        values = {
+            "train_seconds": float(train_seconds),
+            "training": _plain_json("training", training),
+            "config": _plain_json("config", config),
+            "heartbeat_at": _now(),
+            **_weights(weights),
+        }
+        with self._write() as session:
+            self._update(session, run_id, (RUNNING,), "record its training", **values)
+
+    def record_evaluation(
         self,
         run_id: int,
         *,
         result: EvaluationResult,
         samples: list[SampleResult],
         config: dict[str, Any],
-        train_seconds: float,
-        eval_seconds: float,
-    ) -> None:
-        """Store everything and mark the run ``finished`` in one transaction.
+        environment: dict[str, Any],
+        seconds: float,
+        run_config: dict[str, Any] | None = None,
+        finish: bool = False,
+    ) -> int:
+        """Store the evaluation, its result and its per-sample results in one transaction; return its id.
 
-        Raises UsageError if there is no such run, HarnessError if it is not ``running``
-        (a finished run is never rewritten) or a number is not finite. Any failure leaves
-        the run as it was.
+        Raises UsageError if there is no such run, HarnessError if the run is not ``running``
+        (``finish=True``) or ``finished`` (``finish=False``: a re-evaluation), or if a number is not
+        finite. Any failure leaves the run as it was.
         """
+        if run_config is not None and not finish:
+            raise ValueError("run_config replaces a run's configuration when the evaluation finishes it: give finish=True")
         _check_finite(run_id, result)
-        summary = {
-            "run_id": run_id,
-            "eval_samples": int(result.samples),
-            "clean_accuracy": float(result.clean_accuracy),
-            "robust_accuracy": _float(result.robust_accuracy),
-            "certified_accuracy": _float(result.certified_accuracy),
-            "not_applicable": dict(result.not_applicable),
-        }
-        attack_rows = [
-            {"run_id": run_id, "attack": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
-             "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": a.error}
-            for a in result.attacks
-        ]
-        certifier_rows = [
-            {"run_id": run_id, "certifier": c.name, "options": _plain_json("certifier options", c.options),
-             "accuracy": _float(c.accuracy), "samples": int(c.samples),
-             "mean_radius": None if c.radius is None else float(c.radius.mean),
-             "median_radius": None if c.radius is None else float(c.radius.median),
-             "seconds": _float(c.seconds), "error": c.error}
-            for c in result.certifiers
-        ]
-        sample_rows: list[dict[str, Any]] = []
-        sample_attack_rows: list[dict[str, Any]] = []
-        certificate_rows: list[dict[str, Any]] = []
-        for s in samples:
-            idx = int(s.index)
-            sample_rows.append({"run_id": run_id, "idx": idx, "label": int(s.label), "prediction": int(s.prediction)})
-            for attack, survived in s.attacks.items():
-                sample_attack_rows.append({"run_id": run_id, "idx": idx, "attack": attack, "survived": bool(survived)})
-            for certifier, (certified, radius) in s.certificates.items():
-                certificate_rows.append(
-                    {
-                        "run_id": run_id,
-                        "idx": idx,
-                        "certifier": certifier,
-                        "certified": bool(certified),
-                        "radius": None if radius is None else float(radius),
-                    }
-                )
+        evaluation = EvaluationRow(
+            run_id=run_id,
+            created_at=_now(),
+            seconds=float(seconds),
+            config=_plain_json("evaluation config", config),
+            environment=_plain_json("evaluation environment", environment),
+        )
+        rows = _result_rows(result, samples)
         with self._write() as session:
-            # The status change goes first: it takes the write lock and refuses a run that is not running.
-            self._end_running(
-                session,
-                run_id,
-                "record its results",
-                status=FINISHED,
-                finished_at=_now(),
-                train_seconds=float(train_seconds),
-                eval_seconds=float(eval_seconds),
-                error=None,
-                config=_plain_json("config", config),
-            )
+            # The run's row goes first: on SQLite the write lock is already held; elsewhere it locks the row.
+            if finish:
+                values: dict[str, Any] = {"status": FINISHED, "finished_at": _now(), "heartbeat_at": _now(), "error": None}
+                if run_config is not None:
+                    values["config"] = _plain_json("config", run_config)
+                self._update(session, run_id, (RUNNING,), "record its evaluation and finish it", **values)
+            else:
+                self._update(session, run_id, (FINISHED,), "record another evaluation of it")
+            session.add(evaluation)
+            session.flush()
+            evaluation_id = evaluation.id
             # Core inserts with a list of dicts: one executemany per table.
-            for table, rows in (
-                (ResultRow, [summary]),
-                (AttackResultRow, attack_rows),
-                (CertifierResultRow, certifier_rows),
-                (SampleRow, sample_rows),
-                (AttackRow, sample_attack_rows),
-                (CertificateRow, certificate_rows),
-            ):
-                if rows:
-                    session.execute(insert(_table(table)), rows)
+            for row_class, dicts in rows:
+                if dicts:
+                    session.execute(insert(table(row_class)), [{"evaluation_id": evaluation_id, **d} for d in dicts])
+        return evaluation_id
+
+    def resume_run(self, run_id: int, environment: dict[str, Any]) -> RunRecord:
+        values = {
+            "status": RUNNING,
+            "environment": _plain_json("environment", environment),
+            "resumes": RunRow.resumes + 1,
+            "error": None,
+            "finished_at": None,
+            "heartbeat_at": _now(),
+        }
+        with self._write() as session:
+            status = session.scalar(select(RunRow.status).where(RunRow.id == run_id))
+            if status is None:
+                raise self._no_run(run_id)
+            if status == FINISHED:
+                raise UsageError(f"run {run_id} in {self._name} is finished: there is nothing to resume (harness eval {run_id} evaluates it again)")
+            self._update(session, run_id, (INTERRUPTED, FAILED, RUNNING), "resume it", **values)
+        return self.get_run(run_id)
 
     def mark_ended(self, run_id: int, status: str, error: str, *, train_seconds: float | None = None) -> None:
         """Set ``failed`` or ``interrupted``, the error and the end time; ``train_seconds`` only if given.
@@ -435,26 +311,32 @@ class SqlStore(Store):
         if train_seconds is not None:
             values["train_seconds"] = float(train_seconds)
         with self._write() as session:
-            self._end_running(session, run_id, f"mark it {status}", **values)
+            self._update(session, run_id, (RUNNING,), f"mark it {status}", **values)
 
-    def _end_running(self, session: Session, run_id: int, doing: str, **values: Any) -> None:
-        """Update a ``running`` run, or raise naming why it could not be."""
-        statement = update(_table(RunRow)).where(RunRow.id == run_id, RunRow.status == RUNNING).values(**values)
-        if cast(CursorResult[Any], session.execute(statement)).rowcount == 1:
-            return
+    def _update(self, session: Session, run_id: int, statuses: tuple[str, ...], doing: str, **values: Any) -> None:
+        """Update a run whose status is one of ``statuses`` (only check it when there is nothing to set), or raise naming why not."""
+        if values:
+            statement = update(table(RunRow)).where(RunRow.id == run_id, RunRow.status.in_(statuses)).values(**values)
+            if cast(CursorResult[Any], session.execute(statement)).rowcount == 1:
+                return
         status = session.scalar(select(RunRow.status).where(RunRow.id == run_id))
         if status is None:
             raise self._no_run(run_id)
-        raise HarnessError(f"run {run_id} in {self._name} is {status}, not {RUNNING}: cannot {doing}")
+        if not values and status in statuses:
+            return
+        raise HarnessError(f"run {run_id} in {self._name} is {status}, not {' or '.join(statuses)}: cannot {doing}")
 
     # -- reads ----------------------------------------------------------------------------------
 
     def get_run(self, run_id: int) -> RunRecord:
-        with Session(self._engine) as session:
-            row = session.get(RunRow, run_id)
-            if row is None:
-                raise self._no_run(run_id)
-            return _record(row, _results(session, [run_id]).get(run_id))
+        with self._reading() as session:
+            found = self._load(session, [RunRow.id == run_id], warn=False)
+        if not found:
+            raise self._no_run(run_id)
+        record, problems = found[0]
+        if record is None:
+            raise HarnessError(f"run {run_id} in {self._name} cannot be read: {problems}")
+        return record
 
     def list_runs(
         self,
@@ -464,7 +346,7 @@ class SqlStore(Store):
         norm: str | None = None,
         eps: float | None = None,
     ) -> list[RunRecord]:
-        conditions = []
+        conditions: list[ColumnElement[bool]] = []
         if status is not None:
             conditions.append(RunRow.status == status)
         if dataset is not None:
@@ -475,41 +357,107 @@ class SqlStore(Store):
             # A slightly wider range in SQL (it can use the index), then the exact tolerance below.
             slack = 2 * EPS_REL_TOL * abs(eps)
             conditions.append(RunRow.eps.between(eps - slack, eps + slack))
-        with Session(self._engine) as session:
-            runs = list(session.scalars(select(RunRow).where(*conditions).order_by(RunRow.id)).all())
-            if eps is not None:
-                runs = [r for r in runs if same_eps(r.eps, eps)]
-            results = _results(session, [r.id for r in runs])
-            return [_record(r, results.get(r.id)) for r in runs]
+        with self._reading() as session:
+            found = self._load(session, conditions, warn=True)
+        records = []
+        for record, _ in found:
+            if record is None:
+                continue
+            if eps is None or same_eps(record.info.eps, eps):
+                records.append(record)
+        return records
 
-    def samples(self, run_id: int) -> list[SampleResult]:
-        """The per-sample results, by sample index; attacks and certifiers by name. UsageError if there is no such run."""
+    def _load(self, session: Session, conditions: list[ColumnElement[bool]], *, warn: bool) -> list[tuple[RunRecord | None, str]]:
+        """The runs matching ``conditions`` by id, each a record or None with what is wrong (``warn``: also added to :attr:`warnings`)."""
+        runs = list(_checked(session, table(RunRow), conditions, [RunRow.id]))
+        evaluations = _evaluations(session, [values["id"] for values, _ in runs])
+        found: list[tuple[RunRecord | None, str]] = []
+        for values, problems in runs:
+            run_id = values["id"]
+            records: list[EvaluationRecord] = []
+            for evaluation, more in evaluations.get(run_id, []):
+                problems += more
+                if evaluation is not None:
+                    records.append(evaluation)
+            for column, known in (("status", STATUSES), ("origin", ORIGINS)):
+                if column in values and values[column] not in known:
+                    problems.append(f"runs.{column} holds {_short(values[column])}, not one of {', '.join(known)}")
+            if problems:
+                said = "; ".join(problems)
+                warning = f"run {run_id} in {self._name} cannot be read and is left out: {said}"
+                if warn and warning not in self.warnings:
+                    self.warnings.append(warning)
+                found.append((None, said))
+                continue
+            found.append((_record(values, records), ""))
+        return found
+
+    def samples(self, run_id: int, evaluation_id: int | None = None) -> list[SampleResult]:
+        """The per-sample results of an evaluation (default: the run's best), by sample index; attacks and certifiers by name.
+
+        UsageError if there is no such run, or the evaluation is not one of the run's.
+        """
+        record = self.get_run(run_id)
+        if evaluation_id is None:
+            if record.best is None:
+                return []
+            evaluation_id = record.best.id
+        elif evaluation_id not in [e.id for e in record.evaluations]:
+            theirs = ", ".join(str(e.id) for e in record.evaluations) or "none"
+            raise UsageError(f"run {run_id} in {self._name} has no evaluation {evaluation_id} (its evaluations: {theirs})")
+        try:
+            with self._reading() as session:
+                return _samples(session, evaluation_id)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise HarnessError(
+                f"the per-sample results of run {run_id} (evaluation {evaluation_id}) in {self._name} cannot be read: {one_line(exc)}"
+            ) from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        """A read-only session; what the database could not do now is a :class:`StoreUnavailable`."""
+        session = Session(self._engine)
+        try:
+            yield session
+        except DBAPIError as exc:
+            if _unavailable(exc):
+                raise StoreUnavailable(f"cannot read database {self._name!r}: {self._cause(exc)}") from exc
+            raise StoreGone(f"database {self._name!r} cannot be read any more: {self._cause(exc)}") from exc
+        finally:
+            session.close()
+
+    # -- is it still there? --------------------------------------------------------------------
+
+    def check_alive(self) -> None:
+        self._check_file()
         with Session(self._engine) as session:
-            if session.get(RunRow, run_id) is None:
-                raise self._no_run(run_id)
-            by_index: dict[int, SampleResult] = {}
-            sample_rows = session.execute(
-                select(SampleRow.idx, SampleRow.label, SampleRow.prediction)
-                .where(SampleRow.run_id == run_id)
-                .order_by(SampleRow.idx)
-            )
-            for idx, label, prediction in sample_rows:
-                by_index[idx] = SampleResult(index=idx, label=label, prediction=prediction)
-            attack_rows = session.execute(
-                select(AttackRow.idx, AttackRow.attack, AttackRow.survived)
-                .where(AttackRow.run_id == run_id)
-                .order_by(AttackRow.idx, AttackRow.attack)
-            )
-            for idx, attack, survived in attack_rows:
-                by_index[idx].attacks[attack] = survived
-            certificate_rows = session.execute(
-                select(CertificateRow.idx, CertificateRow.certifier, CertificateRow.certified, CertificateRow.radius)
-                .where(CertificateRow.run_id == run_id)
-                .order_by(CertificateRow.idx, CertificateRow.certifier)
-            )
-            for idx, certifier, certified, radius in certificate_rows:
-                by_index[idx].certificates[certifier] = (certified, radius)
-        return list(by_index.values())
+            try:
+                self._check_database_id(session)
+            except DBAPIError as exc:  # what _check_database_id lets through: the database could not answer now
+                raise StoreUnavailable(f"cannot read database {self._name!r}: {self._cause(exc)}") from exc
+
+    def _check_file(self) -> None:
+        if self._path is None:
+            return
+        identity = _file_identity(self._path)
+        if identity is None:
+            raise StoreGone(f"database {self._name!r} is gone: its file {self._path} was deleted")
+        if identity != self._identity:
+            raise StoreGone(f"database {self._name!r} is gone: its file {self._path} was replaced by another file")
+
+    def _check_database_id(self, session: Session) -> None:
+        try:
+            found = session.scalar(select(SchemaMeta.database_id).where(SchemaMeta.id == 1))
+        except DBAPIError as exc:
+            if _unavailable(exc):
+                raise
+            raise StoreGone(f"database {self._name!r} is no longer a harness database: {self._cause(exc)}") from exc
+        if found != self._database_id:
+            raise StoreGone(f"database {self._name!r} was replaced by another database (its id is {found!r}, not {self._database_id!r})")
+
+    def _read_database_id(self) -> str | None:
+        with Session(self._engine) as session:
+            return session.scalar(select(SchemaMeta.database_id).where(SchemaMeta.id == 1))
 
     def close(self) -> None:
         self._engine.dispose()
@@ -517,169 +465,258 @@ class SqlStore(Store):
     def _no_run(self, run_id: int) -> UsageError:
         return UsageError(f"no run with id {run_id} in {self._name}")
 
-
-# -- opening ----------------------------------------------------------------------------------------
-
-
-def _resolve(url: str) -> tuple[str, URL]:
-    """How errors name the database (the user's string, password hidden), and its SQLAlchemy URL."""
-    if "://" in url:
-        try:
-            sa_url = make_url(url)
-        except ArgumentError:
-            raise UsageError(f"cannot open database {url!r}: not a valid SQLAlchemy URL") from None
-        name = sa_url.render_as_string(hide_password=True)
-    else:
-        name = url
-        sa_url = URL.create("sqlite", database=str(Path(url).expanduser().absolute()))
-    if sa_url.get_backend_name() == "sqlite":
-        _check_sqlite_file(name, sa_url.database)
-    return name, sa_url
+    def _cause(self, exc: BaseException) -> str:
+        cause = _one_line(exc)
+        if isinstance(exc, OperationalError) and "locked" in cause:
+            cause += f" (busy for more than {_BUSY_TIMEOUT_S:g} s)"
+        return cause
 
 
-def _check_sqlite_file(name: str, database: str | None) -> None:
-    """The reasons SQLite would only report as 'unable to open database file', said plainly."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return
-    path = Path(database).absolute()
-    directory = path.parent
-
-    def fail(reason: str) -> UsageError:
-        return UsageError(f"cannot open database {name!r}: {reason}")
-
-    if not directory.exists():
-        raise fail(f"directory {directory} does not exist")
-    if not directory.is_dir():
-        raise fail(f"{directory} is not a directory")
-    if path.is_dir():
-        raise fail(f"{path} is a directory")
-    # SQLite writes a journal beside the file, so the directory must be writable as well as the file.
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise fail(f"{path} is not readable and writable")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise fail(f"directory {directory} is not writable")
+# -- reading rows one value at a time ---------------------------------------------------------------
 
 
-def _create_engine(name: str, sa_url: URL) -> Engine:
-    sqlite = sa_url.get_backend_name() == "sqlite"
+def _checked(
+    session: Session, source: Table, conditions: list[ColumnElement[bool]], order_by: list[Any]
+) -> Iterator[tuple[dict[str, Any], list[str]]]:
+    """Each row's values, converted and type-checked one by one, and what could not be (``table.column ...``)."""
+    dialect = session.get_bind().dialect
+    columns = list(source.columns)
+    converters: list[Callable[[Any], Any] | None] = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
+    statement = select(*(type_coerce(c, NullType()).label(c.name) for c in columns)).where(*conditions).order_by(*order_by)
+    for raw in session.execute(statement):
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for column, convert, value in zip(columns, converters, raw):
+            where = f"{source.name}.{column.name}"
+            if value is None:
+                if not column.nullable:
+                    problems.append(f"{where} is empty")
+                values[column.name] = None
+                continue
+            try:
+                converted = convert(value) if convert is not None else value
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{where} holds {_short(value)}, which cannot be read ({one_line(exc)})")
+                continue
+            expected = _expected(column.type)
+            if expected is not None and not _is(converted, expected):
+                problems.append(f"{where} holds {_short(value)}, not {expected[1]}")
+                continue
+            values[column.name] = float(converted) if expected is _NUMBER else converted
+        yield values, problems
+
+
+_NUMBER: tuple[tuple[type, ...], str] = ((int, float), "a number")
+_INTEGER: tuple[tuple[type, ...], str] = ((int,), "an integer")
+_TEXT: tuple[tuple[type, ...], str] = ((str,), "a text")
+_OBJECT: tuple[tuple[type, ...], str] = ((dict,), "a JSON object")
+_TIME: tuple[tuple[type, ...], str] = ((datetime,), "a date and time")
+
+
+def _expected(column_type: TypeEngine[Any]) -> tuple[tuple[type, ...], str] | None:
+    if isinstance(column_type, Double | Float):
+        return _NUMBER
+    if isinstance(column_type, Integer):
+        return _INTEGER
+    if isinstance(column_type, JSON):
+        return _OBJECT
     try:
-        engine = create_engine(sa_url, connect_args={"timeout": _BUSY_TIMEOUT_S} if sqlite else {})
-    except NoSuchModuleError:
-        raise UsageError(f"cannot open database {name!r}: unknown database dialect {sa_url.drivername!r}") from None
-    except ImportError as exc:
-        raise UsageError(f"cannot open database {name!r}: its driver is not installed ({exc})") from None
-    except (ArgumentError, TypeError) as exc:
-        raise UsageError(f"cannot open database {name!r}: {_one_line(exc)}") from None
-    if sqlite:
-        event.listen(engine, "connect", _sqlite_connect)
-        event.listen(engine, "begin", _sqlite_begin)
-    return engine
+        python_type = column_type.python_type
+    except NotImplementedError:
+        return None
+    return {str: _TEXT, datetime: _TIME}.get(python_type)
 
 
-def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    # Take BEGIN away from the sqlite3 module (see the module docstring); _sqlite_begin emits it.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    try:
-        cursor.execute("PRAGMA foreign_keys = ON")
-        # WAL lets readers (a leaderboard) run while a run is being recorded; the setting persists in the file.
-        cursor.execute("PRAGMA journal_mode = WAL")
-    finally:
-        cursor.close()
+def _is(value: Any, expected: tuple[tuple[type, ...], str]) -> bool:
+    return isinstance(value, expected[0]) and not isinstance(value, bool)
 
 
-def _sqlite_begin(conn: Connection) -> None:
-    conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN, "BEGIN"))
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _prepare_schema(engine: Engine, name: str) -> None:
-    """Create the schema in a new database, refuse a newer one, migrate an older one: one transaction."""
-    with engine.execution_options(**{_BEGIN: "BEGIN IMMEDIATE"}).begin() as conn:
-        tables = set(inspect(conn).get_table_names())
-        if SchemaMeta.__tablename__ not in tables:
-            ours = sorted(tables & set(_Base.metadata.tables))
-            if ours:
-                raise UsageError(
-                    f"cannot open database {name!r}: it has table(s) {', '.join(ours)} but no harness schema version"
-                )
-            _Base.metadata.create_all(conn)
-            conn.execute(insert(_table(SchemaMeta)).values(id=1, version=SCHEMA_VERSION))
-            return
-        version = conn.scalar(select(SchemaMeta.version).where(SchemaMeta.id == 1))
-        if version is None:
-            raise UsageError(f"cannot open database {name!r}: its schema_meta table holds no version")
-        if version > SCHEMA_VERSION:
-            raise UsageError(
-                f"database {name!r} was written by a newer harness "
-                f"(schema {version}, this harness understands up to {SCHEMA_VERSION})"
-            )
-        for k in range(version, SCHEMA_VERSION):
-            if k not in _MIGRATIONS:
-                raise UsageError(f"cannot open database {name!r}: no migration from schema {k} to {k + 1}")
-            _MIGRATIONS[k](conn)
-            conn.execute(update(_table(SchemaMeta)).where(SchemaMeta.id == 1).values(version=k + 1))
-
-
-# -- helpers ----------------------------------------------------------------------------------------
-
-
-def _results(session: Session, run_ids: list[int]) -> dict[int, EvaluationResult]:
-    """The evaluation results of the given runs (those that have one), in a few queries."""
-    if not run_ids:
-        return {}
-    found: dict[int, EvaluationResult] = {}
-    attacks: dict[int, list[AttackResult]] = {}
-    certifiers: dict[int, list[CertifierResult]] = {}
+def _evaluations(session: Session, run_ids: list[int]) -> dict[int, list[tuple[EvaluationRecord | None, list[str]]]]:
+    """The evaluations of the given runs, oldest first, with their results; each a record or None, and what is wrong."""
+    found: dict[int, list[tuple[EvaluationRecord | None, list[str]]]] = {}
     for chunk in (run_ids[i : i + 500] for i in range(0, len(run_ids), 500)):
-        for a in session.scalars(select(AttackResultRow).where(AttackResultRow.run_id.in_(chunk)).order_by(AttackResultRow.attack)):
-            attacks.setdefault(a.run_id, []).append(
-                AttackResult(name=a.attack, label=a.label, options=a.options or {}, accuracy=a.accuracy, attacked=a.attacked,
-                             seconds=a.seconds, error=a.error)
-            )
-        for c in session.scalars(select(CertifierResultRow).where(CertifierResultRow.run_id.in_(chunk)).order_by(CertifierResultRow.certifier)):
-            median = c.median_radius if c.median_radius is not None else c.mean_radius
-            radius = None if c.mean_radius is None or median is None else RadiusStats(mean=c.mean_radius, median=median)
-            certifiers.setdefault(c.run_id, []).append(
-                CertifierResult(name=c.certifier, options=c.options or {}, accuracy=c.accuracy, samples=c.samples, radius=radius,
-                                seconds=c.seconds, error=c.error)
-            )
-        for r in session.scalars(select(ResultRow).where(ResultRow.run_id.in_(chunk))):
-            found[r.run_id] = EvaluationResult(
-                samples=r.eval_samples,
-                clean_accuracy=r.clean_accuracy,
-                robust_accuracy=r.robust_accuracy,
-                certified_accuracy=r.certified_accuracy,
-                attacks=tuple(attacks.get(r.run_id, ())),
-                certifiers=tuple(certifiers.get(r.run_id, ())),
-                not_applicable=dict(r.not_applicable or {}),
-            )
+        evaluations = list(_checked(session, table(EvaluationRow), [EvaluationRow.run_id.in_(chunk)], [EvaluationRow.id]))
+        ids = [values["id"] for values, _ in evaluations]
+        summaries = {v["evaluation_id"]: (v, p) for v, p in _checked(session, table(ResultRow), [ResultRow.evaluation_id.in_(ids)], [])}
+        parts: dict[int, list[tuple[dict[str, Any], list[str]]]] = {}
+        for row_class, key in ((AttackResultRow, AttackResultRow.attack), (CertifierResultRow, CertifierResultRow.certifier)):
+            source = table(row_class)
+            for values, problems in _checked(session, source, [source.c.evaluation_id.in_(ids)], [key]):
+                parts.setdefault(values["evaluation_id"], []).append(({"kind": source.name, **values}, problems))
+        for values, problems in evaluations:
+            evaluation_id, run_id = values["id"], values["run_id"]
+            problems = [f"evaluation {evaluation_id}: {p}" for p in problems]
+            summary, more = summaries.get(evaluation_id, ({}, [f"{ResultRow.__tablename__} has no row for it"]))
+            problems += [f"evaluation {evaluation_id}: {p}" for p in more]
+            attacks: list[AttackResult] = []
+            certifiers: list[CertifierResult] = []
+            for part, more in parts.get(evaluation_id, []):
+                problems += [f"evaluation {evaluation_id}: {p}" for p in more]
+                if more:
+                    continue
+                if part["kind"] == AttackResultRow.__tablename__:
+                    attacks.append(AttackResult(name=part["attack"], label=part["label"], options=part["options"], accuracy=part["accuracy"],
+                                                attacked=part["attacked"], seconds=part["seconds"], error=part["error"]))
+                else:
+                    mean, median = part["mean_radius"], part["median_radius"]
+                    median = median if median is not None else mean
+                    radius = None if mean is None or median is None else RadiusStats(mean=mean, median=median)
+                    certifiers.append(CertifierResult(name=part["certifier"], options=part["options"], accuracy=part["accuracy"],
+                                                      samples=part["samples"], radius=radius, seconds=part["seconds"], error=part["error"]))
+            record = None
+            if not problems:
+                result = EvaluationResult(
+                    samples=summary["eval_samples"],
+                    clean_accuracy=summary["clean_accuracy"],
+                    robust_accuracy=summary["robust_accuracy"],
+                    certified_accuracy=summary["certified_accuracy"],
+                    attacks=tuple(attacks),
+                    certifiers=tuple(certifiers),
+                    not_applicable=dict(summary["not_applicable"]),
+                )
+                record = EvaluationRecord(id=evaluation_id, run_id=run_id, created_at=values["created_at"], seconds=values["seconds"],
+                                          config=values["config"], environment=values["environment"], result=result)
+            found.setdefault(run_id, []).append((record, problems))
     return found
 
 
-def _record(row: RunRow, result: EvaluationResult | None) -> RunRecord:
+def _record(values: dict[str, Any], evaluations: list[EvaluationRecord]) -> RunRecord:
     info = RunInfo(
-        trainer=row.trainer,
-        dataset=row.dataset,
-        norm=row.norm,
-        eps=row.eps,
-        preset=row.preset,
-        seed=row.seed,
-        epochs=row.epochs,
-        config=row.config,
-        device=row.device,
-        environment=row.environment,
+        trainer=values["trainer"],
+        dataset=values["dataset"],
+        norm=values["norm"],
+        eps=values["eps"],
+        preset=values["preset"],
+        seed=values["seed"],
+        epochs=values["epochs"],
+        config=values["config"],
+        device=values["device"],
+        environment=values["environment"],
+        origin=values["origin"],
     )
+    weights = None
+    if values["weights_path"] is not None:
+        weights = WeightsFile(path=values["weights_path"], sha256=values["weights_sha256"] or "", bytes=values["weights_bytes"] or 0)
     return RunRecord(
-        id=row.id,
+        id=values["id"],
         info=info,
-        status=row.status,
-        created_at=row.created_at,
-        finished_at=row.finished_at,
-        train_seconds=row.train_seconds,
-        eval_seconds=row.eval_seconds,
-        error=row.error,
-        result=result,
+        status=values["status"],
+        created_at=values["created_at"],
+        finished_at=values["finished_at"],
+        train_seconds=values["train_seconds"],
+        error=values["error"],
+        heartbeat_at=values["heartbeat_at"],
+        checkpoint=values["checkpoint"],
+        weights=weights,
+        training=values["training"],
+        resumes=values["resumes"],
+        evaluations=evaluations,
+        best=best_evaluation(evaluations),
     )
+
+
+def _samples(session: Session, evaluation_id: int) -> list[SampleResult]:
+    """The per-sample results of an evaluation; ValueError naming the first value that is not what its column holds."""
+    by_index: dict[int, SampleResult] = {}
+    sample_rows = session.execute(
+        select(SampleRow.idx, _raw(SampleRow.label), _raw(SampleRow.prediction))
+        .where(SampleRow.evaluation_id == evaluation_id)
+        .order_by(SampleRow.idx)
+    )
+    for idx, label, prediction in sample_rows:
+        by_index[idx] = SampleResult(index=_int(idx, "samples.idx"), label=_int(label, "samples.label"),
+                                     prediction=_int(prediction, "samples.prediction"))
+    attack_rows = session.execute(
+        select(AttackRow.idx, AttackRow.attack, _raw(AttackRow.survived))
+        .where(AttackRow.evaluation_id == evaluation_id)
+        .order_by(AttackRow.idx, AttackRow.attack)
+    )
+    for idx, attack, survived in attack_rows:
+        by_index[idx].attacks[attack] = _bool(survived, "sample_attacks.survived")
+    certificate_rows = session.execute(
+        select(CertificateRow.idx, CertificateRow.certifier, _raw(CertificateRow.certified), _raw(CertificateRow.radius))
+        .where(CertificateRow.evaluation_id == evaluation_id)
+        .order_by(CertificateRow.idx, CertificateRow.certifier)
+    )
+    for idx, certifier, certified, radius in certificate_rows:
+        if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int | float)):
+            raise ValueError(f"sample_certificates.radius holds {_short(radius)}, not a number")
+        by_index[idx].certificates[certifier] = (_bool(certified, "sample_certificates.certified"), None if radius is None else float(radius))
+    return list(by_index.values())
+
+
+def _raw(column: Any) -> Any:
+    """A column as the driver gives it, without SQLAlchemy's conversion (which would read any text as True)."""
+    return type_coerce(column, NullType())
+
+
+def _int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where} holds {_short(value)}, not an integer")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if value not in (0, 1) or not isinstance(value, int):  # SQLite stores booleans as 0 and 1; other drivers give bools
+        raise ValueError(f"{where} holds {_short(value)}, not a boolean")
+    return bool(value)
+
+
+# -- writing rows -------------------------------------------------------------------------------------
+
+
+def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[tuple[type, list[dict[str, Any]]]]:
+    """The rows of an evaluation's result and samples, without their ``evaluation_id``, parents first."""
+    summary = {
+        "eval_samples": int(result.samples),
+        "clean_accuracy": float(result.clean_accuracy),
+        "robust_accuracy": _float(result.robust_accuracy),
+        "certified_accuracy": _float(result.certified_accuracy),
+        "not_applicable": dict(result.not_applicable),
+    }
+    attack_rows = [
+        {"attack": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
+         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": a.error}
+        for a in result.attacks
+    ]
+    certifier_rows = [
+        {"certifier": c.name, "options": _plain_json("certifier options", c.options),
+         "accuracy": _float(c.accuracy), "samples": int(c.samples),
+         "mean_radius": None if c.radius is None else float(c.radius.mean),
+         "median_radius": None if c.radius is None else float(c.radius.median),
+         "seconds": _float(c.seconds), "error": c.error}
+        for c in result.certifiers
+    ]
+    sample_rows: list[dict[str, Any]] = []
+    sample_attack_rows: list[dict[str, Any]] = []
+    certificate_rows: list[dict[str, Any]] = []
+    for s in samples:
+        idx = int(s.index)
+        sample_rows.append({"idx": idx, "label": int(s.label), "prediction": int(s.prediction)})
+        for attack, survived in s.attacks.items():
+            sample_attack_rows.append({"idx": idx, "attack": attack, "survived": bool(survived)})
+        for certifier, (certified, radius) in s.certificates.items():
+            certificate_rows.append({"idx": idx, "certifier": certifier, "certified": bool(certified),
+                                     "radius": None if radius is None else float(radius)})
+    return [
+        (ResultRow, [summary]),
+        (AttackResultRow, attack_rows),
+        (CertifierResultRow, certifier_rows),
+        (SampleRow, sample_rows),
+        (AttackRow, sample_attack_rows),
+        (CertificateRow, certificate_rows),
+    ]
+
+
+def _weights(weights: WeightsFile | None) -> dict[str, Any]:
+    if weights is None:
+        return {"weights_path": None, "weights_sha256": None, "weights_bytes": None}
+    return {"weights_path": str(weights.path), "weights_sha256": str(weights.sha256), "weights_bytes": int(weights.bytes)}
 
 
 def _float(value: float | None) -> float | None:
@@ -721,3 +758,255 @@ def _now() -> datetime:
 def _one_line(exc: BaseException) -> str:
     """The driver's own message when there is one (without SQLAlchemy's statement and links), on one line."""
     return one_line(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
+
+
+def _unavailable(exc: DBAPIError) -> bool:
+    """Whether the database could not do it now, for a reason outside the harness: busy, full, I/O, connection lost."""
+    if exc.connection_invalidated:
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    message = _one_line(exc).lower()
+    return not any(s in message for s in ("no such table", "no such column", "syntax error", "has no column"))
+
+
+def _rollback(session: Session) -> None:
+    try:
+        session.rollback()
+    except SQLAlchemyError:  # the connection the rollback needed is gone: nothing was committed anyway
+        pass
+
+
+def _file_identity(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+# -- opening ----------------------------------------------------------------------------------------
+
+
+class _Target:
+    """What ``--db`` named: how messages name it (password hidden), its SQLAlchemy URL and, for SQLite, its file."""
+
+    def __init__(self, name: str, url: URL, path: Path | None, secrets: list[str]) -> None:
+        self.name, self.url, self.path, self._secrets = name, url, path, secrets
+
+    @classmethod
+    def resolve(cls, url: str, *, readonly: bool) -> _Target:
+        secrets: list[str] = []
+        if url.strip() == ":memory:":
+            raise UsageError(f"cannot use database {url!r}: an in-memory database keeps nothing; give a file path or a server URL")
+        if "://" in url:
+            try:
+                sa_url = make_url(url)
+            except (ArgumentError, ValueError):  # a port that is not a number is a ValueError
+                raise UsageError(f"cannot open database {_hide_url_text(url)!r}: not a valid SQLAlchemy URL") from None
+            plain = [s for s in (sa_url.password, *(_query_secrets(sa_url))) if s]
+            secrets = sorted({*plain, *(quote(s, safe="") for s in plain), *(quote_plus(s) for s in plain)}, key=len, reverse=True)
+            name = _hide_url_text(url)  # as the user wrote it, but never its passwords
+            for secret in secrets:
+                name = name.replace(secret, "***")
+        else:
+            name = url
+            sa_url = URL.create("sqlite", database=str(Path(url).expanduser().absolute()))
+        path = None
+        if sa_url.get_backend_name() == "sqlite":
+            database = sa_url.database or ""
+            if database in ("", ":memory:") or database.startswith("file:") and "memory" in database:
+                raise UsageError(f"cannot use database {name!r}: an in-memory database keeps nothing; give a file path or a server URL")
+            if database.startswith("file:"):
+                raise UsageError(f"cannot open database {name!r}: give the SQLite file as a path (sqlite:///path/to/results.db), not a file: URI")
+            path = Path(database).expanduser().absolute()
+            _check_sqlite_file(name, path, readonly=readonly)
+        return cls(name, sa_url, path, secrets)
+
+    def hide(self, message: str) -> str:
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
+        return message
+
+    def engine(self, *, readonly: bool, timeout: float | None = None, foreign_keys: bool = True) -> Engine:
+        """An engine for this database; SQLite writers wait ``timeout`` seconds for the lock (default: the busy timeout)."""
+        sqlite = self.path is not None
+        try:
+            if self.path is not None and readonly:
+                engine = create_engine("sqlite://", creator=_read_only_connector(self.path), poolclass=NullPool)
+            elif sqlite:
+                wait = _BUSY_TIMEOUT_S if timeout is None else timeout
+                engine = create_engine(self.url, connect_args={"timeout": wait})
+            else:
+                engine = create_engine(self.url, pool_pre_ping=True)
+                if readonly and engine.dialect.name == "postgresql":
+                    engine = engine.execution_options(postgresql_readonly=True)
+        except NoSuchModuleError:
+            raise UsageError(f"cannot open database {self.name!r}: unknown database dialect {self.url.drivername!r}") from None
+        except ImportError as exc:
+            raise UsageError(f"cannot open database {self.name!r}: its driver is not installed ({exc})") from None
+        except (ArgumentError, TypeError) as exc:
+            raise UsageError(f"cannot open database {self.name!r}: {self.hide(_one_line(exc))}") from None
+        if sqlite:
+            event.listen(engine, "connect", _sqlite_connect(foreign_keys=foreign_keys))
+            event.listen(engine, "begin", _sqlite_begin)
+        return engine
+
+
+def _secret(key: str) -> bool:
+    return "password" in key.lower() or "secret" in key.lower() or key.lower() in ("token", "passfile")
+
+
+def _query_secrets(url: URL) -> list[str]:
+    found: list[str] = []
+    for key, value in url.query.items():
+        if _secret(key):
+            found.extend([value] if isinstance(value, str) else list(value))
+    return found
+
+
+def _hide_url_text(url: str) -> str:
+    """A URL with anything that looks like a password replaced: the userinfo's, and query parameters named like one."""
+    url = re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"((?:password|secret|token)[^=&]*=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
+
+
+def _check_sqlite_file(name: str, path: Path, *, readonly: bool) -> None:
+    """The reasons SQLite would only report as 'unable to open database file', said plainly; a read never creates a file."""
+    directory = path.parent
+
+    def fail(reason: str) -> UsageError:
+        return UsageError(f"cannot open database {name!r}: {reason}")
+
+    if path.is_dir():
+        raise fail(f"{path} is a directory")
+    if readonly:
+        if not path.exists():
+            raise UsageError(f"no database at {name!r} (harness run creates it)")
+        if not os.access(path, os.R_OK):
+            raise fail(f"{path} is not readable")
+        return
+    if not directory.exists():
+        raise fail(f"directory {directory} does not exist")
+    if not directory.is_dir():
+        raise fail(f"{directory} is not a directory")
+    # SQLite writes a journal beside the file, so the directory must be writable as well as the file.
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        raise fail(f"{path} is not readable and writable (the read commands can read it)")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise fail(f"directory {directory} is not writable (the read commands can read a database in it)")
+
+
+def _read_only_connector(path: Path) -> Callable[[], sqlite3.Connection]:
+    """Connections that open the file read-only (``mode=ro``), or ``immutable=1`` where a write-ahead log cannot be read otherwise."""
+    uri = path.as_uri()
+    mode = ["ro"]
+
+    def connect() -> sqlite3.Connection:
+        if mode[0] == "ro":
+            conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=_READ_TIMEOUT_S, check_same_thread=False)
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                # A write-ahead-logged file needs its -shm beside it, which a read-only directory or file cannot give.
+                if "unable to open" not in str(exc) and "readonly" not in str(exc) and "read-only" not in str(exc):
+                    raise
+                mode[0] = "immutable"
+        return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=_READ_TIMEOUT_S, check_same_thread=False)
+
+    return connect
+
+
+def _sqlite_connect(*, foreign_keys: bool) -> Callable[[Any, Any], None]:
+    def connect(dbapi_connection: Any, connection_record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (see the module docstring); _sqlite_begin emits it.
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+
+    return connect
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN, "BEGIN"))
+
+
+def _read(engine: Engine, name: str, check: Callable[[Connection, str], Any]) -> Any:
+    with engine.connect() as conn:
+        return check(conn, name)
+
+
+def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
+    """Create the schema of an empty database, or upgrade an older one: only when safe if ``automatic``, else as ``harness db upgrade``."""
+    if automatic and target.path is not None and target.path.exists():
+        if not os.access(target.path, os.W_OK):
+            raise _run_db_upgrade(target, "its file is read-only")
+        if not os.access(target.path.parent, os.W_OK | os.X_OK):
+            raise _run_db_upgrade(target, "its directory is read-only")
+    if automatic and target.path is None:
+        with target.engine(readonly=True).connect() as conn:
+            current = _migrate.revision_of(conn, target.name)
+        if current is not None:
+            raise _run_db_upgrade(target, "it is a server database (back it up first)")
+    engine = target.engine(readonly=False, timeout=0.0 if automatic else None, foreign_keys=False)
+    try:
+        with engine.connect() as conn:
+            try:
+                conn.execution_options(**{_BEGIN: "BEGIN IMMEDIATE"}).begin()
+            except OperationalError as exc:
+                if automatic and "locked" in str(exc):
+                    raise _run_db_upgrade(target, "another process is writing to it now") from None
+                raise
+            current = _migrate.revision_of(conn, target.name)  # again, under the lock
+            if current is None:
+                metadata.create_all(conn)
+                conn.execute(insert(table(SchemaMeta)).values(id=1, version=LEGACY_VERSION, database_id=uuid.uuid4().hex))
+                _migrate.stamp_new(conn)
+                done = Upgrade(target.name, REVISION, REVISION, None)
+            else:
+                if automatic and current < REVISION and target.path is None:
+                    raise _run_db_upgrade(target, "it is a server database (back it up first)")
+                done = _migrate.upgrade(conn, target.name, current, target.path)
+            conn.commit()
+        if target.path is not None:
+            # Write-ahead logging lets readers (a leaderboard) run while a run is being recorded; it persists in the file.
+            # Outside any transaction (SQLite refuses the switch inside one): on the driver's connection, which never begins one.
+            raw = engine.raw_connection()
+            try:
+                raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
+            finally:
+                raw.close()
+    finally:
+        engine.dispose()
+    return done
+
+
+def _run_db_upgrade(target: _Target, why: str) -> UsageError:
+    return UsageError(
+        f"database {target.name!r} is at an older revision than this harness's {REVISION} and cannot be upgraded automatically "
+        f"({why}): run `harness db upgrade --db {target.name}`"
+    )
+
+
+def upgrade_database(url: str) -> Upgrade:
+    """``harness db upgrade``: bring the database to the newest revision (waiting for the write lock), a SQLite file backed up first."""
+    target = _Target.resolve(url, readonly=True)
+    try:
+        return _upgrade_if_safe(target, automatic=False)
+    except SQLAlchemyError as exc:
+        raise UsageError(f"cannot upgrade database {target.name!r}: {target.hide(_one_line(exc))}; nothing was changed") from None
+
+
+def database_revision(url: str) -> Revision:
+    """``harness db current``: the database's revision; never writes, never creates a file."""
+    target = _Target.resolve(url, readonly=True)
+    engine = target.engine(readonly=True)
+    try:
+        return Revision(target.name, _read(engine, target.name, _migrate.revision_of), REVISION)
+    except SQLAlchemyError as exc:
+        raise UsageError(f"cannot open database {target.name!r}: {target.hide(_one_line(exc))}") from None
+    finally:
+        engine.dispose()

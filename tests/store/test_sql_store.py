@@ -16,7 +16,18 @@ from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError, UsageError
 from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats
-from harness.store import FAILED, FINISHED, INTERRUPTED, RUNNING, RunInfo, SampleResult, _sql, open_store
+from harness.store import (
+    EXTERNAL,
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    RUNNING,
+    TRAINED,
+    RunInfo,
+    SampleResult,
+    WeightsFile,
+    open_store,
+)
 from harness.store._sql import SqlStore
 
 EPS = 8 / 255
@@ -69,15 +80,27 @@ def make_result(clean: float = 0.99, certified: float | None = 0.9, samples: int
     )
 
 
-def finish(store: SqlStore, run_id: int, samples: list[SampleResult] | None = None, clean: float = 0.99, config=None) -> None:
-    store.record_results(
+EVAL_CONFIG = {"attackers": [{"name": "pgd", "label": "PGD-100"}], "certifiers": [{"name": "crown"}], "samples": 5}
+EVAL_ENV = {"harness": "0.1.0", "torch": "2.13.0", "host": "box", "device": "cpu"}
+
+
+def evaluate(store: SqlStore, run_id: int, result: EvaluationResult | None = None, samples: list[SampleResult] | None = None,
+             finish: bool = False, run_config=None, seconds: float = 3.25) -> int:
+    return store.record_evaluation(
         run_id,
-        result=make_result(clean=clean),
+        result=make_result() if result is None else result,
         samples=make_samples(5) if samples is None else samples,
-        config=config if config is not None else {"final": True},
-        train_seconds=12.5,
-        eval_seconds=3.25,
+        config=EVAL_CONFIG,
+        environment=EVAL_ENV,
+        seconds=seconds,
+        run_config=run_config,
+        finish=finish,
     )
+
+
+def finish(store: SqlStore, run_id: int, samples: list[SampleResult] | None = None, clean: float = 0.99, config=None) -> int:
+    store.record_training(run_id, train_seconds=12.5, weights=None, training={"epochs": [{"epoch": 1, "loss": 0.5}]}, config={"trained": True})
+    return evaluate(store, run_id, make_result(clean=clean), samples, finish=True, run_config=config if config is not None else {"final": True})
 
 
 def rows(db: Path, table: str) -> int:
@@ -111,20 +134,28 @@ def test_a_new_run_is_running_and_its_info_round_trips(store):
     run_id = store.create_run(info)
     record = store.get_run(run_id)
     assert record.id == run_id
-    assert record.info == info
+    assert record.info == info and record.info.origin == TRAINED
     assert record.status == RUNNING
-    assert record.created_at.tzinfo == UTC
+    assert record.created_at.tzinfo == UTC and record.heartbeat_at >= record.created_at
     assert (record.finished_at, record.train_seconds, record.eval_seconds, record.error) == (None, None, None, None)
-    assert record.result is None
+    assert (record.checkpoint, record.weights, record.training, record.resumes) == (None, None, {}, 0)
+    assert record.result is None and record.best is None and record.evaluations == []
     assert store.samples(run_id) == []
 
 
-def test_record_results_finishes_the_run_with_the_exact_result_config_and_samples(store):
+def test_record_evaluation_finishes_the_run_with_the_exact_result_config_and_samples(store):
     run_id = store.create_run(make_info())
+    weights = WeightsFile(path="/runs/run-1/model.pt", sha256="ab" * 32, bytes=123_456)
+    training = {"epochs": [{"epoch": 1, "loss": 1.5, "acc": 0.25}, {"epoch": 2, "loss": 0.75, "acc": 0.5}]}
+    store.record_training(run_id, train_seconds=61.125, weights=weights, training=training, config={"trained": 1})
+    trained = store.get_run(run_id)
+    assert (trained.status, trained.train_seconds, trained.weights, trained.training) == (RUNNING, 61.125, weights, training)
+    assert trained.info.config == {"trained": 1}
     samples = make_samples(20)
     result = make_result(clean=0.9875, certified=1 / 3, samples=20)
     final = {"evaluation": {"certifiers": [{"name": "crown"}], "not_applicable": {"interval": "why"}}}
-    store.record_results(run_id, result=result, samples=samples, config=final, train_seconds=61.125, eval_seconds=0.1)
+    evaluation_id = store.record_evaluation(run_id, result=result, samples=samples, config=EVAL_CONFIG, environment=EVAL_ENV,
+                                            seconds=0.1, run_config=final, finish=True)
     record = store.get_run(run_id)
     assert record.status == FINISHED
     # Typed, exact, in name order: every attack and certifier, the failed one with its error, and the reasons.
@@ -132,12 +163,104 @@ def test_record_results_finishes_the_run_with_the_exact_result_config_and_sample
     assert record.result == expected
     assert record.result.errors == ["attack 'fgsm': raised ValueError: boom"]
     assert record.info.config == final
-    assert (record.train_seconds, record.eval_seconds, record.error) == (61.125, 0.1, None)
-    assert record.finished_at.tzinfo == UTC
+    (evaluation,) = record.evaluations
+    assert record.best == evaluation and evaluation.id == evaluation_id and evaluation.run_id == run_id
+    assert (evaluation.config, evaluation.environment, evaluation.seconds) == (EVAL_CONFIG, EVAL_ENV, 0.1)
+    assert (record.train_seconds, record.eval_seconds, record.error, record.weights) == (61.125, 0.1, None, weights)
+    assert record.finished_at.tzinfo == UTC and evaluation.created_at.tzinfo == UTC
     assert record.finished_at >= record.created_at
-    assert store.samples(run_id) == samples
+    assert store.samples(run_id) == samples == store.samples(run_id, evaluation_id)
     # both kinds of radius come back as they went in
     assert store.samples(run_id)[3].certificates == {"crown": (False, 0.003), "ibp": (True, None), "lip": (False, 0.003 + 2 / 3)}
+
+
+def test_a_finished_model_is_evaluated_again_and_the_most_complete_evaluation_is_best(store):
+    run_id = store.create_run(make_info())
+    first = finish(store, run_id, samples=make_samples(5))
+    full = make_result()  # pgd ran, fgsm failed, crown and lip ran: 3 components without error
+    # More samples but fewer components without error: not better.
+    fewer = replace(full, samples=50, certifiers=full.certifiers[:1])
+    second = evaluate(store, run_id, fewer, make_samples(50))
+    assert store.get_run(run_id).best.id == first
+    # As many components and more samples: better.
+    third = evaluate(store, run_id, replace(full, samples=40), make_samples(40, certifiers=("crown", "lip")))
+    record = store.get_run(run_id)
+    assert [e.id for e in record.evaluations] == [first, second, third] and record.best.id == third
+    assert record.result.samples == 40 and len(store.samples(run_id)) == 40
+    assert len(store.samples(run_id, second)) == 50 and store.samples(run_id, first) == make_samples(5)
+    # The same completeness and samples: the newest.
+    fourth = evaluate(store, run_id, replace(full, samples=40), make_samples(40))
+    assert store.get_run(run_id).best.id == fourth
+    # The run itself is untouched by re-evaluations.
+    assert (record.status, record.info.config, record.train_seconds) == (FINISHED, {"final": True}, 12.5)
+
+
+def test_a_re_evaluation_needs_a_finished_run_and_run_config_needs_finish(store):
+    run_id = store.create_run(make_info())
+    with pytest.raises(HarnessError, match=f"run {run_id} .* is running, not finished: cannot record another evaluation"):
+        evaluate(store, run_id)
+    with pytest.raises(ValueError, match="finish=True"):
+        evaluate(store, run_id, run_config={"x": 1})
+    finish(store, run_id)
+    with pytest.raises(HarnessError, match="is finished, not running"):
+        evaluate(store, run_id, finish=True)
+    assert len(store.get_run(run_id).evaluations) == 1
+
+
+def test_samples_of_an_evaluation_of_another_run_are_refused(store, db):
+    one, two = store.create_run(make_info()), store.create_run(make_info())
+    first = finish(store, one)
+    finish(store, two)
+    with pytest.raises(UsageError) as exc:
+        store.samples(two, first)
+    assert str(exc.value) == f"run {two} in {db} has no evaluation {first} (its evaluations: {first + 1})"
+
+
+def test_heartbeat_and_checkpoint(store):
+    run_id = store.create_run(make_info())
+    before = store.get_run(run_id).heartbeat_at
+    checkpoint = {"epoch": 2, "step": 300, "path": "/runs/run-1/checkpoint.pt", "bytes": 4096, "saved_at": "2026-12-01T00:00:00+00:00"}
+    store.heartbeat(run_id, checkpoint=checkpoint)
+    record = store.get_run(run_id)
+    assert record.heartbeat_at >= before and record.checkpoint == checkpoint
+    store.heartbeat(run_id)
+    assert store.get_run(run_id).checkpoint == checkpoint  # a plain heartbeat keeps the last checkpoint
+    store.mark_ended(run_id, INTERRUPTED, "SIGTERM")
+    with pytest.raises(HarnessError, match="is interrupted, not running: cannot record a heartbeat"):
+        store.heartbeat(run_id)
+
+
+def test_resume_sets_an_ended_run_running_again(store):
+    for status in (INTERRUPTED, FAILED, RUNNING):
+        run_id = store.create_run(make_info())
+        store.heartbeat(run_id, checkpoint={"epoch": 1})
+        if status != RUNNING:
+            store.mark_ended(run_id, status, "boom", train_seconds=5.0)
+        record = store.resume_run(run_id, {"host": "other", "pid": 42})
+        assert (record.status, record.resumes, record.error, record.finished_at) == (RUNNING, 1, None, None)
+        assert record.info.environment == {"host": "other", "pid": 42} and record.checkpoint == {"epoch": 1}
+        assert store.resume_run(run_id, {"pid": 43}).resumes == 2
+    finish(store, run_id)
+    with pytest.raises(UsageError, match=f"run {run_id} .* is finished: there is nothing to resume"):
+        store.resume_run(run_id, {})
+    with pytest.raises(UsageError, match="no run with id 999"):
+        store.resume_run(999, {})
+
+
+def test_an_external_model_is_a_finished_run_without_training(store):
+    weights = WeightsFile(path="/elsewhere/model.pt", sha256="cd" * 32, bytes=99)
+    run_id = store.create_external_run(make_info(origin=EXTERNAL, preset=None, epochs=None), weights)
+    record = store.get_run(run_id)
+    assert (record.status, record.info.origin, record.weights, record.train_seconds, record.training) == (FINISHED, EXTERNAL, weights, None, {})
+    assert record.best is None
+    evaluation_id = evaluate(store, run_id)
+    assert store.get_run(run_id).best.id == evaluation_id
+    assert [r.id for r in store.list_runs(status=FINISHED)] == [run_id]
+
+
+def test_an_unknown_origin_is_refused(store):
+    with pytest.raises(ValueError, match="'borrowed'"):
+        store.create_run(make_info(origin="borrowed"))
 
 
 def test_samples_come_back_by_index(store):
@@ -152,23 +275,23 @@ def test_a_sample_without_attacks_or_certificates(store):
     run_id = store.create_run(make_info())
     samples = [SampleResult(index=7, label=1, prediction=2)]
     result = EvaluationResult(samples=1, clean_accuracy=0.0)
-    store.record_results(run_id, result=result, samples=samples, config={}, train_seconds=0.0, eval_seconds=0.0)
+    store.record_evaluation(run_id, result=result, samples=samples, config={}, environment={}, seconds=0.0, finish=True)
     assert store.samples(run_id) == samples
     assert store.get_run(run_id).result == result
 
 
-def test_a_failed_record_results_stores_nothing(store, db):
+def test_a_failed_record_evaluation_stores_nothing(store, db):
     run_id = store.create_run(make_info())
     samples = make_samples(10)
     samples[7] = replace(samples[7], index=3)  # a duplicate index: the samples insert fails part-way
     with pytest.raises(IntegrityError):
-        store.record_results(run_id, result=make_result(), samples=samples, config={"final": 1}, train_seconds=1.0, eval_seconds=1.0)
+        evaluate(store, run_id, samples=samples, finish=True, run_config={"final": 1})
     record = store.get_run(run_id)
     assert record.status == RUNNING
     assert (record.finished_at, record.train_seconds, record.eval_seconds) == (None, None, None)
-    assert record.result is None and record.info.config == make_info().config
+    assert record.result is None and record.info.config == make_info().config and record.evaluations == []
     assert store.samples(run_id) == []
-    for table in ("results", "attack_results", "certifier_results", "samples", "sample_attacks", "sample_certificates"):
+    for table in ("evaluations", "results", "attack_results", "certifier_results", "samples", "sample_attacks", "sample_certificates"):
         assert rows(db, table) == 0, table
     # and the run can still be finished properly afterwards
     finish(store, run_id)
@@ -180,7 +303,7 @@ def test_a_finished_run_is_never_rewritten(store):
     finish(store, run_id, clean=0.75)
     before = (store.get_run(run_id), store.samples(run_id))
     with pytest.raises(HarnessError, match=f"run {run_id} .* is finished") as exc:
-        finish(store, run_id, samples=make_samples(3), clean=0.1)
+        evaluate(store, run_id, samples=make_samples(3), finish=True)
     assert not isinstance(exc.value, UsageError)
     with pytest.raises(HarnessError, match="is finished"):
         store.mark_ended(run_id, INTERRUPTED, "too late")
@@ -224,6 +347,9 @@ def test_a_missing_run_id_is_a_usage_error_naming_it(store, db):
     check(lambda: store.samples(42))
     check(lambda: store.mark_ended(42, FAILED, "boom"))
     check(lambda: finish(store, 42))
+    check(lambda: evaluate(store, 42))
+    check(lambda: store.heartbeat(42))
+    check(lambda: store.resume_run(42, {}))
 
 
 def test_list_runs_filters_and_orders_oldest_first(store):
@@ -293,9 +419,9 @@ def test_runs_persist_across_processes(db):
         store = open_store({str(db)!r})
         info = RunInfo("linf_v2", "mnist", "inf", 8 / 255, None, 7, 2, {{"a": 1}}, "cpu", {{"python": "3"}})
         run_id = store.create_run(info)
-        store.record_results(run_id, result=EvaluationResult(samples=1, clean_accuracy=0.5), config={{"a": 2}},
-                             samples=[SampleResult(3, 1, 1, {{"pgd": True}}, {{"ibp": (True, 0.25)}})],
-                             train_seconds=1.0, eval_seconds=2.0)
+        store.record_evaluation(run_id, result=EvaluationResult(samples=1, clean_accuracy=0.5), config={{}}, environment={{}},
+                                samples=[SampleResult(3, 1, 1, {{"pgd": True}}, {{"ibp": (True, 0.25)}})],
+                                seconds=2.0, run_config={{"a": 2}}, finish=True)
         store.close()
         print(run_id)
         """
@@ -358,62 +484,6 @@ def test_non_finite_floats_are_refused_in_json_columns(store, db):
     assert store.list_runs() == []
 
 
-# -- the schema version -------------------------------------------------------------------------------
-
-
-def stored_version(db: Path) -> int:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT version FROM schema_meta").fetchone()[0]
-
-
-def test_a_new_database_records_the_schema_version(store, db):
-    assert stored_version(db) == _sql.SCHEMA_VERSION == 2
-
-
-def test_an_older_database_is_migrated_in_order(db, monkeypatch):
-    SqlStore.open(str(db)).close()  # a schema-2 database
-    calls = []
-
-    def two_to_three(conn):
-        calls.append(2)
-        conn.exec_driver_sql("CREATE TABLE added_in_three (x INTEGER)")
-
-    def three_to_four(conn):
-        calls.append(3)
-
-    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 4)
-    monkeypatch.setattr(_sql, "_MIGRATIONS", {2: two_to_three, 3: three_to_four})
-    SqlStore.open(str(db)).close()
-    assert calls == [2, 3]
-    assert stored_version(db) == 4
-    SqlStore.open(str(db)).close()
-    assert calls == [2, 3]  # nothing left to do
-
-
-def test_a_failed_migration_leaves_the_database_as_it_was(db, monkeypatch):
-    store = SqlStore.open(str(db))
-    run_id = store.create_run(make_info())
-    store.close()
-
-    def two_to_three(conn):
-        conn.exec_driver_sql("CREATE TABLE added_in_three (x INTEGER)")
-
-    monkeypatch.setattr(_sql, "SCHEMA_VERSION", 4)
-    monkeypatch.setattr(_sql, "_MIGRATIONS", {2: two_to_three})  # no way from 3 to 4
-    with pytest.raises(UsageError, match="no migration from schema 3 to 4"):
-        SqlStore.open(str(db))
-    assert stored_version(db) == 2
-    with sqlite3.connect(db) as conn:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert "added_in_three" not in tables  # the DDL was rolled back with the rest
-    monkeypatch.undo()
-    store = SqlStore.open(str(db))
-    try:
-        assert store.get_run(run_id).status == RUNNING
-    finally:
-        store.close()
-
-
 # -- errors on open -----------------------------------------------------------------------------------
 
 
@@ -446,23 +516,12 @@ def test_a_directory_given_as_the_database(tmp_path):
     assert "is a directory" in open_error(str(tmp_path))
 
 
-def test_a_database_from_a_newer_harness(tmp_path):
-    path = tmp_path / "future.db"
-    SqlStore.open(str(path)).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_meta SET version = 5")
-    assert open_error(str(path)) == (
-        f"database '{path}' was written by a newer harness (schema 5, this harness understands up to 2)"
-    )
-    assert stored_version(path) == 5
-
-
 def test_a_database_of_someone_else_with_a_runs_table(tmp_path):
     path = tmp_path / "other.db"
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE runs (name TEXT)")
     message = open_error(str(path))
-    assert str(path) in message and "no harness schema version" in message
+    assert str(path) in message and "has harness table(s) runs but no schema revision" in message
 
 
 @pytest.mark.parametrize(
@@ -490,7 +549,7 @@ def test_a_directory_that_is_not_writable(tmp_path):
     directory.chmod(0o500)
     try:
         message = open_error(str(directory / "runs.db"))
-        assert message == f"cannot open database '{directory / 'runs.db'}': directory {directory} is not writable"
+        assert message.startswith(f"cannot open database '{directory / 'runs.db'}': directory {directory} is not writable")
     finally:
         directory.chmod(0o700)
 
@@ -502,7 +561,7 @@ def test_non_finite_numbers_are_refused_and_nothing_is_stored(tmp_path):
     run_id = store.create_run(make_info())
     result = EvaluationResult(samples=1, clean_accuracy=0.5, certifiers=(CertifierResult("x", accuracy=0.5, radius=RadiusStats(float("nan"), 0.0)),))
     with pytest.raises(HarnessError, match="certifier 'x' radius"):
-        store.record_results(run_id, result=result, samples=[], config={}, train_seconds=1.0, eval_seconds=1.0)
+        store.record_evaluation(run_id, result=result, samples=[], config={}, environment={}, seconds=1.0, finish=True)
     record = store.get_run(run_id)
     assert record.status == "running" and record.result is None
     store.close()
