@@ -566,8 +566,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
         code = exc.exit_code
-    except click.exceptions.Abort:  # click turns KeyboardInterrupt (Ctrl-C, our SIGTERM handler) into Abort
-        click.echo("interrupted", err=True)
+    except click.exceptions.Abort as exc:  # click turns KeyboardInterrupt (Ctrl-C, a stop signal) into Abort
+        cause = exc.__cause__
+        said = one_line(cause) if isinstance(cause, KeyboardInterrupt) and str(cause) else ""
+        click.echo(f"interrupted: {said}" if said else "interrupted", err=True)
         code = 130
     except UsageError as exc:
         if debug:

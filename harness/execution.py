@@ -157,7 +157,7 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
                     evaluation={"config": final["evaluation"], "environment": env, "seconds": eval_seconds},
                     result=evaluation.result, samples=evaluation.samples, reason=recorded.reason,
                 )
-                path = write_pending((run_dir or Path.cwd()) / (FILENAME if run_dir else f"results-run-{run_id}.json"), pending)
+                path = write_pending((run_dir or Path.cwd()).absolute() / (FILENAME if run_dir else f"results-run-{run_id}.json"), pending)
                 raise ResultsNotRecorded(
                     f"run {run_id} finished, but {store.name} could not record it ({recorded.reason}); its results are in "
                     f"{path}: record them with `harness import {path}`"
@@ -200,7 +200,7 @@ class _Outcome:
 def _write(store: Store, write: Any, progress: Progress, what: str) -> _Outcome:
     """Do one write to the store, retrying while the store is unavailable; a gone store is not retried."""
     for attempt, pause in enumerate((0.0, *RECORD_RETRIES_S)):
-        if pause:
+        if attempt:
             progress.log(f"retrying in {pause:.0f} s (attempt {attempt + 1} of {len(RECORD_RETRIES_S) + 1})")
             time.sleep(pause)
         try:

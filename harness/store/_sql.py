@@ -974,9 +974,13 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
         if target.path is not None:
             # Write-ahead logging lets readers (a leaderboard) run while a run is being recorded; it persists in the file.
             # Outside any transaction (SQLite refuses the switch inside one): on the driver's connection, which never begins one.
+            # A reader polling the new file holds a shared lock for a moment: wait for it, as for any writer.
             raw = engine.raw_connection()
             try:
-                raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
+                driver: Any = raw.driver_connection
+                driver.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+                if driver.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    driver.execute("PRAGMA journal_mode = WAL")
             finally:
                 raw.close()
     finally:
