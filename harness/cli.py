@@ -90,8 +90,13 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def with_store(f: Callable[..., Any] | None = None, *, readonly: bool = False) -> Any:
-    """Open the ``--db`` store for the command (read-only for the read commands), print its warnings, close it afterwards."""
+def with_store(f: Callable[..., Any] | None = None, *, readonly: bool = False, lists: bool = False) -> Any:
+    """Open the ``--db`` store for the command (read-only for the read commands), print its warnings, close it afterwards.
+
+    ``lists``: a command that lists runs gets ``store=None`` when the default
+    database does not exist yet (nothing was recorded: an empty list, not an
+    error); a database named with ``--db`` or ``$HARNESS_DB`` must exist.
+    """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         @db_option
@@ -99,6 +104,9 @@ def with_store(f: Callable[..., Any] | None = None, *, readonly: bool = False) -
         def wrapper(db: str, **kwargs: Any) -> Any:
             from harness.store import open_store
 
+            source = click.get_current_context().get_parameter_source("db")
+            if lists and source == click.core.ParameterSource.DEFAULT and not Path(db).exists():
+                return f(store=None, **kwargs)
             store = open_store(db, readonly=readonly)
             try:
                 return f(store=store, **kwargs)
@@ -332,8 +340,8 @@ def _warn_about_problems(catalog: Catalog) -> None:
 @click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
               help="Numbers reported in papers: beside measured runs, for every setting, or none.")
 @format_option(("table", "markdown", "csv", "json"))
-@with_store(readonly=True)
-def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, fmt: str) -> None:
+@with_store(readonly=True, lists=True)
+def leaderboard(store: Store | None, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, fmt: str) -> None:
     """Finished runs grouped by (dataset, norm, eps), ranked by certified accuracy.
 
     Numbers reported in papers are shown beside them, marked "reported".
@@ -347,14 +355,14 @@ def leaderboard(store: Store, dataset: str | None, norm: str | None, eps: float 
     from harness import leaderboard as lb
     from harness import render
 
-    runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps)
+    runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps) if store else []
     catalog = state().catalog
     if dataset is not None and not runs:
         _check_dataset(dataset, store, catalog.names("dataset"))
     groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
     if not groups and fmt in ("table", "markdown"):
         filters = _filters(dataset=dataset, norm=norm, eps=None if eps is None else format_eps(eps))
-        click.echo(render.nothing_matches(store.list_runs(), filters, finished=True))
+        click.echo(render.nothing_matches(store.list_runs() if store else [], filters, finished=True))
         return
     click.echo(render.leaderboard(groups, fmt))
 
@@ -364,11 +372,11 @@ def _filters(**given: str | None) -> list[str]:
     return [f"--{name} {value}" for name, value in given.items() if value is not None]
 
 
-def _check_dataset(dataset: str, store: Store, registered: list[str]) -> None:
+def _check_dataset(dataset: str, store: Store | None, registered: list[str]) -> None:
     """A ``--dataset`` filter that matches nothing: a UsageError if no run and no plugin knows the name (a typo)."""
     from harness.errors import unknown_name
 
-    known = {r.info.dataset for r in store.list_runs()} | set(registered)
+    known = {r.info.dataset for r in (store.list_runs() if store else [])} | set(registered)
     if dataset not in known:
         raise unknown_name("dataset", dataset, known)
 
@@ -400,8 +408,8 @@ def show(store: Store, run_id: int, n_samples: int, fmt: str) -> None:
 @cli.command()
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only runs with this status.")
 @click.option("--dataset", default=None, help="Only this dataset.")
-@with_store(readonly=True)
-def runs(store: Store, status: str | None, dataset: str | None) -> None:
+@with_store(readonly=True, lists=True)
+def runs(store: Store | None, status: str | None, dataset: str | None) -> None:
     """List recorded runs, whatever their status.
 
     \b
@@ -410,11 +418,12 @@ def runs(store: Store, status: str | None, dataset: str | None) -> None:
     """
     from harness import render
 
-    records = store.list_runs(status=status, dataset=dataset)
+    records = store.list_runs(status=status, dataset=dataset) if store else []
     if not records:
         if dataset is not None:
             _check_dataset(dataset, store, state().catalog.names("dataset"))
-        click.echo(render.nothing_matches(store.list_runs(), _filters(status=status, dataset=dataset), finished=False))
+        everything = store.list_runs() if store else []
+        click.echo(render.nothing_matches(everything, _filters(status=status, dataset=dataset), finished=False))
         return
     click.echo(render.run_list(records, stale=_stale))
 
