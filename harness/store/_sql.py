@@ -480,9 +480,14 @@ def _checked(
     """Each row's values, converted and type-checked one by one, and what could not be (``table.column ...``)."""
     dialect = session.get_bind().dialect
     columns = list(source.columns)
-    converters: list[Callable[[Any], Any] | None] = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
     statement = select(*(type_coerce(c, NullType()).label(c.name) for c in columns)).where(*conditions).order_by(*order_by)
-    for raw in session.execute(statement):
+    rows = session.connection().execute(statement)
+    # The driver's type of each column (some dialects' conversions depend on it), then SQLAlchemy's conversion for it.
+    driver_types = [d[1] for d in rows.cursor.description] if rows.cursor is not None and rows.cursor.description else [None] * len(columns)
+    converters: list[Callable[[Any], Any] | None] = [
+        c.type.dialect_impl(dialect).result_processor(dialect, driver_type) for c, driver_type in zip(columns, driver_types)
+    ]
+    for raw in rows:
         values: dict[str, Any] = {}
         problems: list[str] = []
         for column, convert, value in zip(columns, converters, raw):
@@ -949,7 +954,7 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
         with target.engine(readonly=True).connect() as conn:
             current = _migrate.revision_of(conn, target.name)
         if current is not None:
-            raise _run_db_upgrade(target, "it is a server database (back it up first)")
+            raise _run_db_upgrade(target, "it is a server database, to be backed up first")
     engine = target.engine(readonly=False, timeout=0.0 if automatic else None, foreign_keys=False)
     try:
         with engine.connect() as conn:
@@ -967,7 +972,7 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
                 done = Upgrade(target.name, REVISION, REVISION, None)
             else:
                 if automatic and current < REVISION and target.path is None:
-                    raise _run_db_upgrade(target, "it is a server database (back it up first)")
+                    raise _run_db_upgrade(target, "it is a server database, to be backed up first")
                 done = _migrate.upgrade(conn, target.name, current, target.path)
             conn.commit()
         if target.path is not None:

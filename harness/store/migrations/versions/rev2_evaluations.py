@@ -245,7 +245,8 @@ def _keep_run_ids_unique(bind: Connection, postgresql: bool) -> None:
 
 def _free_postgresql_names(bind: Connection) -> None:
     """Index-backed constraint names and sequences are schema-wide in PostgreSQL: give revision 1's theirs."""
-    bind.execute(text("ALTER SEQUENCE IF EXISTS runs_id_seq RENAME TO rev1_runs_id_seq"))
+    for name in ("runs", "schema_meta"):  # the tables whose integer key is a SERIAL
+        bind.execute(text(f"ALTER SEQUENCE IF EXISTS {name}_id_seq RENAME TO rev1_{name}_id_seq"))
     rows = bind.execute(text(
         "SELECT c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
         "WHERE k.contype = 'p' AND c.relname LIKE 'rev1\\_%' AND c.relnamespace = current_schema()::regnamespace"
