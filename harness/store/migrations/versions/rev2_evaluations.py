@@ -41,6 +41,8 @@ from sqlalchemy import (
     text,
 )
 
+from harness.errors import HarnessError
+
 revision = "2"
 down_revision = "1"
 branch_labels = None
@@ -224,8 +226,9 @@ def _check_copied(bind: Connection, name: str) -> None:
     old = bind.execute(text(f"SELECT count(*) FROM rev1_{name}")).scalar_one()
     new = bind.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
     if old != new:
-        raise RuntimeError(
-            f"{old - new} of the {old} rows of table {name} belong to no evaluation (a run without a results row); nothing was changed"
+        raise HarnessError(
+            f"cannot upgrade: {old - new} of the {old} rows of table {name} belong to no evaluation (a run without a results row); "
+            "nothing was changed"
         )
 
 
