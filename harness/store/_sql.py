@@ -131,10 +131,14 @@ class SqlStore(Store):
             if revision is None or revision < REVISION:
                 if readonly and revision is None:
                     raise UsageError(f"cannot open database {target.name!r}: it is empty (harness run creates the schema)")
+                if target.path is None and revision is not None:
+                    raise _run_db_upgrade(target, "it is a server database, to be backed up first")
                 done = _upgrade_if_safe(target, automatic=True)
                 if done.from_revision != done.to_revision:
                     notes.append(str(done))
             _read(engine, target.name, _migrate.check_tables)
+            if target.path is not None and not readonly:
+                _use_wal(engine)
             store = cls(engine, target.name, readonly=readonly, path=target.path)
         except SQLAlchemyError as exc:
             engine.dispose()
@@ -950,11 +954,6 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
             raise _run_db_upgrade(target, "its file is read-only")
         if not os.access(target.path.parent, os.W_OK | os.X_OK):
             raise _run_db_upgrade(target, "its directory is read-only")
-    if automatic and target.path is None:
-        with target.engine(readonly=True).connect() as conn:
-            current = _migrate.revision_of(conn, target.name)
-        if current is not None:
-            raise _run_db_upgrade(target, "it is a server database, to be backed up first")
     engine = target.engine(readonly=False, timeout=0.0 if automatic else None, foreign_keys=False)
     try:
         with engine.connect() as conn:
@@ -976,16 +975,27 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
                 done = _migrate.upgrade(conn, target.name, current, target.path)
             conn.commit()
         if target.path is not None:
-            # Write-ahead logging lets readers (a leaderboard) run while a run is being recorded; it persists in the file.
-            # Outside any transaction (SQLite refuses the switch inside one): on the driver's connection, which never begins one.
-            raw = engine.raw_connection()
-            try:
-                raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
-            finally:
-                raw.close()
+            _use_wal(engine)
     finally:
         engine.dispose()
     return done
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a harness SQLite file to write-ahead logging, if it is not yet: readers (a leaderboard) then never wait on a writer.
+
+    The mode persists in the file. SQLite refuses the switch inside a transaction, so it goes through the driver's
+    connection, which never begins one; a file busy now keeps its mode (the next writable open tries again).
+    """
+    raw = engine.raw_connection()
+    try:
+        connection = cast(sqlite3.Connection, raw.driver_connection)
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error:
+        pass
+    finally:
+        raw.close()
 
 
 def _run_db_upgrade(target: _Target, why: str) -> UsageError:
