@@ -398,7 +398,7 @@ def harness_catalog() -> Callable[..., Catalog]:
 
 @pytest.fixture
 def harness_store(tmp_path: Path) -> Iterator[Store]:
-    """A fresh results database in ``tmp_path``."""
+    """A fresh results database, ``tmp_path / "results.db"``: where ``harness_cli`` finds it by default (the read commands never create one)."""
     from harness.store import open_store
 
     store = open_store(str(tmp_path / "results.db"))

@@ -170,7 +170,7 @@ source = "test"
 """
 
 
-def test_malformed_values_are_one_problem_each_and_the_good_rows_load(tmp_path, harness_cli):
+def test_malformed_values_are_one_problem_each_and_the_good_rows_load(tmp_path, harness_cli, harness_store):
     presets, reported = tmp_path / "malformed.toml", tmp_path / "reported.toml"
     presets.write_text(MALFORMED)
     reported.write_text(MALFORMED_REPORTED)

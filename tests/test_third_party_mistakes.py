@@ -70,7 +70,15 @@ def broken_site(tmp_path_factory):
                              {"broken_plugin": BROKEN, "misspelt_plugin": MISSPELT})
 
 
-def test_a_broken_plugin_leaves_help_and_leaderboard_working_and_names_the_switch(broken_site, tmp_path):
+@pytest.fixture
+def results_db(tmp_path):
+    """An empty results.db in ``tmp_path``, where the commands run (a read command never creates one)."""
+    from harness.store import open_store
+
+    open_store(str(tmp_path / "results.db")).close()
+
+
+def test_a_broken_plugin_leaves_help_and_leaderboard_working_and_names_the_switch(broken_site, tmp_path, results_db):
     for args in (["--help"], ["leaderboard"], ["plugins"]):
         r = harness_process(args, pythonpath=broken_site, cwd=tmp_path)
         assert r.returncode == 0, (args, r.stderr)
@@ -85,7 +93,7 @@ def test_a_broken_plugin_leaves_help_and_leaderboard_working_and_names_the_switc
     assert "run" in harness_process(["--help"], pythonpath=broken_site, cwd=tmp_path).stdout
 
 
-def test_disabling_the_broken_plugins_silences_them_and_check_lists_them(broken_site, tmp_path):
+def test_disabling_the_broken_plugins_silences_them_and_check_lists_them(broken_site, tmp_path, results_db):
     quiet = harness_process(["leaderboard"], pythonpath=broken_site, cwd=tmp_path, env_extra={"HARNESS_DISABLE_PLUGINS": "broken,misspelt"})
     assert quiet.returncode == 0 and quiet.stderr == ""
     check = harness_process(["plugins", "--check"], pythonpath=broken_site, cwd=tmp_path)

@@ -23,7 +23,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, inspect, text
 
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
 from harness.store import Upgrade
 from harness.store._schema import REVISION, metadata
 from harness.store.migrations import legacy
@@ -103,7 +103,10 @@ def upgrade(conn: Connection, name: str, current: int, path: Path | None) -> Upg
     if conn.dialect.name == "sqlite":
         broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
         if broken:
-            raise RuntimeError(f"the upgrade of {name!r} left {len(broken)} rows whose foreign keys point nowhere (first: {tuple(broken[0])})")
+            raise HarnessError(
+                f"cannot upgrade database {name!r}: it would leave {len(broken)} rows whose foreign keys point nowhere "
+                f"(first: {tuple(broken[0])}); nothing was changed"
+            )
     return Upgrade(name, current, REVISION, None if backup is None else str(backup))
 
 

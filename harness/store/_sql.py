@@ -132,10 +132,14 @@ class SqlStore(Store):
             if revision is None or revision < REVISION:
                 if readonly and revision is None:
                     raise UsageError(f"cannot open database {target.name!r}: it is empty (harness run creates the schema)")
+                if target.path is None and revision is not None:
+                    raise _run_db_upgrade(target, "it is a server database, to be backed up first")
                 done = _upgrade_if_safe(target, automatic=True)
                 if done.from_revision != done.to_revision:
                     notes.append(str(done))
             _read(engine, target.name, _migrate.check_tables)
+            if target.path is not None and not readonly:
+                _use_wal(engine)
             store = cls(engine, target.name, readonly=readonly, path=target.path)
         except SQLAlchemyError as exc:
             engine.dispose()
@@ -481,9 +485,14 @@ def _checked(
     """Each row's values, converted and type-checked one by one, and what could not be (``table.column ...``)."""
     dialect = session.get_bind().dialect
     columns = list(source.columns)
-    converters: list[Callable[[Any], Any] | None] = [c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns]
     statement = select(*(type_coerce(c, NullType()).label(c.name) for c in columns)).where(*conditions).order_by(*order_by)
-    for raw in session.execute(statement):
+    rows = session.connection().execute(statement)
+    # The driver's type of each column (some dialects' conversions depend on it), then SQLAlchemy's conversion for it.
+    driver_types = [d[1] for d in rows.cursor.description] if rows.cursor is not None and rows.cursor.description else [None] * len(columns)
+    converters: list[Callable[[Any], Any] | None] = [
+        c.type.dialect_impl(dialect).result_processor(dialect, driver_type) for c, driver_type in zip(columns, driver_types)
+    ]
+    for raw in rows:
         values: dict[str, Any] = {}
         problems: list[str] = []
         for column, convert, value in zip(columns, converters, raw):
@@ -946,11 +955,6 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
             raise _run_db_upgrade(target, "its file is read-only")
         if not os.access(target.path.parent, os.W_OK | os.X_OK):
             raise _run_db_upgrade(target, "its directory is read-only")
-    if automatic and target.path is None:
-        with target.engine(readonly=True).connect() as conn:
-            current = _migrate.revision_of(conn, target.name)
-        if current is not None:
-            raise _run_db_upgrade(target, "it is a server database (back it up first)")
     engine = target.engine(readonly=False, timeout=0.0 if automatic else None, foreign_keys=False)
     try:
         with engine.connect() as conn:
@@ -968,24 +972,32 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
                 done = Upgrade(target.name, REVISION, REVISION, None)
             else:
                 if automatic and current < REVISION and target.path is None:
-                    raise _run_db_upgrade(target, "it is a server database (back it up first)")
+                    raise _run_db_upgrade(target, "it is a server database, to be backed up first")
                 done = _migrate.upgrade(conn, target.name, current, target.path)
             conn.commit()
         if target.path is not None:
-            # Write-ahead logging lets readers (a leaderboard) run while a run is being recorded; it persists in the file.
-            # Outside any transaction (SQLite refuses the switch inside one): on the driver's connection, which never begins one.
-            # A reader polling the new file holds a shared lock for a moment: wait for it, as for any writer.
-            raw = engine.raw_connection()
-            try:
-                driver: Any = raw.driver_connection
-                driver.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-                if driver.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    driver.execute("PRAGMA journal_mode = WAL")
-            finally:
-                raw.close()
+            _use_wal(engine)
     finally:
         engine.dispose()
     return done
+
+
+def _use_wal(engine: Engine) -> None:
+    """Switch a harness SQLite file to write-ahead logging, if it is not yet: readers (a leaderboard) then never wait on a writer.
+
+    The mode persists in the file. SQLite refuses the switch inside a transaction, so it goes through the driver's
+    connection, which never begins one; a file busy now keeps its mode (the next writable open tries again).
+    """
+    raw = engine.raw_connection()
+    try:
+        connection = cast(sqlite3.Connection, raw.driver_connection)
+        connection.execute("PRAGMA busy_timeout = 5000")  # a reader polling the file holds a shared lock for a moment
+        if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            connection.execute("PRAGMA journal_mode = WAL")
+    except sqlite3.Error:
+        pass
+    finally:
+        raw.close()
 
 
 def _run_db_upgrade(target: _Target, why: str) -> UsageError:

@@ -138,7 +138,8 @@ def test_a_tiny_run_end_to_end(harness_cli, harness_tiny_data):
     assert "lmt" in board and "global-lipschitz" in board
 
 
-def test_the_reported_row_is_on_the_leaderboard(harness_cli):
+def test_the_reported_row_is_on_the_leaderboard(harness_cli, harness_store):
+    # harness_store: an empty results.db where harness_cli runs (a read command never creates one)
     board = harness_cli("leaderboard", "--reported", "all", "--dataset", "mnist", plugins=[harness_example]).out
     assert "LMT ReLU MLP (example: its quick preset, measured)" in board
 

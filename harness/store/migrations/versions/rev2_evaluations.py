@@ -41,6 +41,8 @@ from sqlalchemy import (
     text,
 )
 
+from harness.errors import HarnessError
+
 revision = "2"
 down_revision = "1"
 branch_labels = None
@@ -224,8 +226,9 @@ def _check_copied(bind: Connection, name: str) -> None:
     old = bind.execute(text(f"SELECT count(*) FROM rev1_{name}")).scalar_one()
     new = bind.execute(text(f"SELECT count(*) FROM {name}")).scalar_one()
     if old != new:
-        raise RuntimeError(
-            f"{old - new} of the {old} rows of table {name} belong to no evaluation (a run without a results row); nothing was changed"
+        raise HarnessError(
+            f"cannot upgrade: {old - new} of the {old} rows of table {name} belong to no evaluation (a run without a results row); "
+            "nothing was changed"
         )
 
 
@@ -245,7 +248,8 @@ def _keep_run_ids_unique(bind: Connection, postgresql: bool) -> None:
 
 def _free_postgresql_names(bind: Connection) -> None:
     """Index-backed constraint names and sequences are schema-wide in PostgreSQL: give revision 1's theirs."""
-    bind.execute(text("ALTER SEQUENCE IF EXISTS runs_id_seq RENAME TO rev1_runs_id_seq"))
+    for name in ("runs", "schema_meta"):  # the tables whose integer key is a SERIAL
+        bind.execute(text(f"ALTER SEQUENCE IF EXISTS {name}_id_seq RENAME TO rev1_{name}_id_seq"))
     rows = bind.execute(text(
         "SELECT c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
         "WHERE k.contype = 'p' AND c.relname LIKE 'rev1\\_%' AND c.relnamespace = current_schema()::regnamespace"
