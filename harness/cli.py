@@ -165,6 +165,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
 @click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
               help="Where the trained weights and config go (run-ID/).")
+@click.option("--checkpoint-every", type=int, default=1, show_default=True, metavar="EPOCHS",
+              help="Write a checkpoint every this many epochs (and at least every 30 minutes, and at the end).")
 @click.option("--no-save", is_flag=True, help="Save neither checkpoints nor the trained weights (the run cannot be resumed).")
 @click.option("--resume", "resume_id", type=click.IntRange(1, 2**63 - 1), default=None, metavar="RUN_ID",
               help="Continue an interrupted, failed or stale run from its last checkpoint, with its stored configuration.")

@@ -120,7 +120,8 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
             checkpoints = None
             if run_dir is not None:
                 checkpoints = Checkpointing(
-                    directory=run_dir, resume=checkpoint, on_saved=lambda saved: _record_checkpoint(store, run_id, saved, progress),
+                    directory=run_dir, resume=checkpoint, every_epochs=plan.request.checkpoint_every,
+                    on_saved=lambda saved: _record_checkpoint(store, run_id, saved, progress),
                 )
             ctx = TrainContext(
                 threat=plan.threat, device=plan.device, seed=plan.seed, generator=generator, progress=progress,

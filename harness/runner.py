@@ -58,6 +58,7 @@ class RunRequest:
     overrides: Sequence[str] = ()
     data_dir: Path | None = None
     save_dir: Path | None = None
+    checkpoint_every: int = 1  # epochs between checkpoints (and at least every 30 minutes)
 
 
 @dataclass
@@ -291,6 +292,8 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     for flag, value in sizes:
         if value is not None and value < 1:
             raise UsageError(f"{flag} {value} is out of range; it must be >= 1")
+    if request.checkpoint_every < 1:
+        raise UsageError(f"--checkpoint-every {request.checkpoint_every} is out of range; it must be >= 1 (epochs)")
     if request.no_preset and request.preset is not None:
         raise UsageError("--preset and --no-preset exclude each other")
     if request.preset is not None:

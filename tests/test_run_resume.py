@@ -148,5 +148,7 @@ def test_resume_refuses_what_would_change_the_run_and_runs_that_cannot_resume(ha
     assert finished.code == 2 and "run 1 is finished: nothing to resume" in finished.err
     missing = harness_cli("run", "--resume", "7")
     assert missing.code == 2 and "no run with id 7" in missing.err
+    every = harness_cli("run", *TINY, "--checkpoint-every", "0")
+    assert every.code == 2 and "--checkpoint-every 0 is out of range; it must be >= 1" in every.err
     neither = harness_cli("run")
     assert neither.code == 2 and "--plugin" in neither.err and "--resume" in neither.err
