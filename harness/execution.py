@@ -110,7 +110,7 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
 
     train_seconds: float | None = None
     try:
-        with Heartbeat(lambda: _beat(store, run_id), progress.log):
+        with Heartbeat(lambda: _beat(store, run_id), progress.log) as heartbeat:
             params = sum(p.numel() for p in model.parameters())
             progress.log(
                 f"run {run_id}: {plan.key(plan.trainer)} on {plan.key(plan.dataset)}, {plan.threat}, preset {config['preset']}, "
@@ -146,6 +146,7 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
             evaluation = _evaluate(plan, model, splits.test_images, splits.test_labels, test_index, progress)
             eval_seconds = time.perf_counter() - start
             final = plan.config(evaluation.result)
+            heartbeat.stop()  # the final write ends the run; a heartbeat after it would be refused
             recorded = _record_evaluation(store, run_id, plan, evaluation, final, env, eval_seconds, progress)
             if not recorded:
                 pending = PendingResults(
