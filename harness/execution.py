@@ -79,6 +79,7 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
     train_index = eval_indices(splits.train_images.shape[0], plan.request.train_samples)
     test_index = eval_indices(splits.test_images.shape[0], plan.request.eval_samples)
     save_dir = prepare_save_dir(plan.request.save_dir)
+    save_dir = save_dir.absolute() if save_dir is not None else None  # recorded paths work from any directory
 
     torch.manual_seed(plan.seed)
     generator = torch.Generator(device=plan.device).manual_seed(plan.seed)

@@ -178,8 +178,10 @@ def _cell(c: CertifierResult, samples: int) -> CertifierCell:
 
 
 def resumable(record: RunRecord, stale: str | None) -> bool:
-    """Whether ``harness run --resume`` can continue the run (interrupted, failed, or running but stale; trained here)."""
-    return record.info.origin != "external" and (record.status in ("interrupted", "failed") or stale is not None)
+    """Whether ``harness run --resume`` can continue the run (interrupted, failed, or running but stale; trained here,
+    by a harness that stored the run's request)."""
+    stored_request = isinstance(record.info.config, dict) and "request" in record.info.config  # runs of older harnesses lack it
+    return record.info.origin != "external" and stored_request and (record.status in ("interrupted", "failed") or stale is not None)
 
 
 def _status(record: RunRecord, stale: str | None) -> str:
