@@ -101,3 +101,16 @@ def test_a_database_deleted_or_replaced_during_the_run_is_noticed(harness_cli, s
         assert listed.code == 0 and "no runs recorded" in listed.out
     imported = harness_cli("import", str(results), "--db", "fresh.db")
     assert imported.code == 0 and "a new run" in imported.out, imported.err
+
+
+@pytest.mark.parametrize("lr", ["1e30", "3"], ids=["non-finite", "finite-blow-up"])
+def test_a_diverging_run_stops_at_once_and_is_recorded_failed_with_the_reason(harness_cli, shared_data, lr):
+    r = harness_cli(
+        "run", "--plugin", "crm", "--dataset", "mnist", "--preset", "quick", "--epochs", "2", "--train-samples", "1024",
+        "--eval-samples", "16", "--set", f"trainer.lr={lr}", "--set", "trainer.robust_start_epoch=0", "--data-dir", str(shared_data),
+    )
+    assert r.code == 1 and "training diverged" in r.err
+    shown = json.loads(harness_cli("show", "1", "--format", "json").out)
+    assert shown["status"] == "failed" and "training diverged" in shown["error"] and "epoch 1/2" in shown["error"]
+    assert shown["evaluations"] == []  # never evaluated, so never on the leaderboard
+    assert "no run has finished yet: 1 failed" in harness_cli("leaderboard").out
