@@ -204,7 +204,40 @@ class _Attacked:
     error: str | None = None
 
 
+#: Seed of the evaluation's random draws (an attack's random start): the same model, samples and components give the
+#: same evaluation, whatever ran before it in the process (training, a resumed run's restored generators).
+EVAL_SEED = 0
+
+
 def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    threat: ThreatModel,
+    *,
+    attackers: Sequence[Attacker],
+    certifiers: Sequence[Certifier],
+    device: torch.device,
+    indices: torch.Tensor | None = None,
+    batch_size: int = 500,
+    progress: Progress | None = None,
+    names: Callable[[Attacker | Certifier], str] | None = None,
+) -> Evaluation:
+    """Evaluate ``model`` on uint8 ``images`` (``N×C×H×W``) and ``labels``, reproducibly.
+
+    The global RNG is seeded with :data:`EVAL_SEED` for the evaluation and
+    restored afterwards. See :func:`_evaluate` for the rest.
+    """
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(EVAL_SEED)
+        return _evaluate(
+            model, images, labels, threat, attackers=attackers, certifiers=certifiers, device=device, indices=indices,
+            batch_size=batch_size, progress=progress, names=names,
+        )
+
+
+def _evaluate(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,

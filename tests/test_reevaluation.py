@@ -115,3 +115,42 @@ def test_unsafe_weights_are_refused_without_being_executed(trained, harness_cli,
                     "--data-dir", str(trained))
     assert r.code == 2 and "cannot read weights file" in r.err and len(r.err.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+def test_an_evaluation_is_reproducible_whatever_the_global_random_state(trained, harness_cli, tmp_path):
+    """The attacks' random starts are seeded: the same model, samples and components give the same evaluation."""
+    from harness.store import open_store
+
+    for seed in (1, 2):
+        torch.manual_seed(seed)  # the CLI runs in this process: a different global state before each evaluation
+        r = harness_cli("eval", "1", "--eval-samples", "32", "--set", "attacker.pgd.steps=1", "--data-dir", str(trained))
+        assert r.code == 0, r.err
+    store = open_store(str(tmp_path / "results.db"), readonly=True)
+    try:
+        first, second = store.get_run(1).evaluations[1:]
+        assert [a.accuracy for a in first.result.attacks] == [a.accuracy for a in second.result.attacks]
+        assert store.samples(1, first.id) == store.samples(1, second.id)
+    finally:
+        store.close()
+
+
+def test_evaluating_leaves_the_callers_random_state_as_it_was():
+    from harness.evaluation import evaluate
+    from harness.options import parse_options
+    from harness.testing import make_catalog
+    from harness.threat import ThreatModel
+
+    pgd = make_catalog().entry("attacker", "pgd").component
+    attacker = pgd(parse_options(pgd.Options, {"steps": 2}, "pgd"))  # its random start draws from the global RNG
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    images = torch.randint(0, 256, (6, 1, 2, 2), dtype=torch.uint8)
+    labels = torch.randint(0, 3, (6,))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    first = evaluate(model, images, labels, ThreatModel("inf", 0.1), attackers=[attacker], certifiers=[], device=torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+    torch.manual_seed(8)  # another state before the second evaluation: the same outcome
+    second = evaluate(model, images, labels, ThreatModel("inf", 0.1), attackers=[attacker], certifiers=[], device=torch.device("cpu"))
+    assert first.samples == second.samples
