@@ -90,12 +90,16 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def with_store(f: Callable[..., Any] | None = None, *, readonly: bool = False, lists: bool = False) -> Any:
+def with_store(
+    f: Callable[..., Any] | None = None, *, readonly: bool = False, lists: bool = False, existing_for: tuple[str, ...] = ()
+) -> Any:
     """Open the ``--db`` store for the command (read-only for the read commands), print its warnings, close it afterwards.
 
     ``lists``: a command that lists runs gets ``store=None`` when the default
     database does not exist yet (nothing was recorded: an empty list, not an
     error); a database named with ``--db`` or ``$HARNESS_DB`` must exist.
+    ``existing_for``: parameters (a run id) that, when given, need an existing
+    SQLite file: a lookup that fails creates no database.
     """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -107,6 +111,9 @@ def with_store(f: Callable[..., Any] | None = None, *, readonly: bool = False, l
             source = click.get_current_context().get_parameter_source("db")
             if lists and source == click.core.ParameterSource.DEFAULT and not Path(db).exists():
                 return f(store=None, **kwargs)
+            wanted = [kwargs[name] for name in existing_for if kwargs.get(name) is not None]
+            if wanted and "://" not in db and not Path(db).exists():
+                raise UsageError(f"no database at {db!r}, so no run {wanted[0]} (give --db, or harness run creates one)")
             store = open_store(db, readonly=readonly)
             try:
                 return f(store=store, **kwargs)
@@ -170,7 +177,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-save", is_flag=True, help="Save neither checkpoints nor the trained weights (the run cannot be resumed).")
 @click.option("--resume", "resume_id", type=click.IntRange(1, 2**63 - 1), default=None, metavar="RUN_ID",
               help="Continue an interrupted, failed or stale run from its last checkpoint, with its stored configuration.")
-@with_store
+@with_store(existing_for=("resume_id",))
 def run(store: Store, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
     """Train with a trainer (--plugin), evaluate the model uniformly and record the run.
 
@@ -242,7 +249,7 @@ def run(store: Store, no_save: bool, resume_id: int | None, attacks: tuple[str, 
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="Evaluation device.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_DATA", default=None,
               help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
-@with_store
+@with_store(existing_for=("run_id",))
 def evaluate(store: Store, run_id: int | None, weights: Path | None, model: str | None, dataset: str | None, eps: float | None,
              norm: str, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
     """Evaluate a stored model again (a new evaluation of RUN_ID), or a model trained elsewhere (--weights).

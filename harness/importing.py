@@ -15,7 +15,11 @@ def import_pending(store: Store, pending: PendingResults) -> tuple[int, str]:
     finished with that configuration is refused (importing twice would count
     it twice); anything else becomes a new run.
     """
-    request = pending.run.get("config", {}).get("request")
+    request = pending.run["config"].get("request")
+    origin = {"database": pending.database, "run_id": pending.run_id, "result": pending.fingerprint()}
+    for record in store.list_runs():
+        if isinstance(record.info.config, dict) and record.info.config.get("imported_from") == origin:
+            raise UsageError(f"these results were already imported into {store.name} as run {record.id}; nothing to import")
     target: int | None = None
     if pending.run_id is not None:
         try:
@@ -28,21 +32,25 @@ def import_pending(store: Store, pending: PendingResults) -> tuple[int, str]:
         if existing is not None and same and existing.status == RUNNING:
             target = pending.run_id
     how = f"completed run {target}, which was still running" if target is not None else "a new run"
+    config = pending.run["config"]
     if target is None:
         r = pending.run
-        target = store.create_run(
-            RunInfo(
-                trainer=r["trainer"], dataset=r["dataset"], norm=r["norm"], eps=float(r["eps"]), preset=r.get("preset"),
-                seed=int(r["seed"]), epochs=r.get("epochs"), config=r["config"], device=r["device"], environment=r["environment"],
+        config = {**config, "imported_from": origin}  # a second import of the same file, into any database, is refused
+        try:
+            info = RunInfo(
+                trainer=str(r["trainer"]), dataset=str(r["dataset"]), norm=str(r["norm"]), eps=float(r["eps"]), preset=r.get("preset"),
+                seed=int(r["seed"]), epochs=r.get("epochs"), config=config, device=str(r["device"]), environment=dict(r["environment"]),
             )
-        )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"the results file's run is incomplete: {exc!r}") from None
+        target = store.create_run(info)
     t = pending.training
     weights = WeightsFile(**t["weights"]) if t.get("weights") else None
     store.record_training(target, train_seconds=float(t.get("train_seconds") or 0.0), weights=weights,
-                          training={"epochs": t.get("history", [])}, config=pending.run["config"])
+                          training={"epochs": t.get("history", [])}, config=config)
     e = pending.evaluation
     store.record_evaluation(
         target, result=pending.result, samples=pending.samples, config=e["config"], environment=e["environment"],
-        seconds=float(e.get("seconds") or 0.0), run_config=pending.run["config"], finish=True,
+        seconds=float(e.get("seconds") or 0.0), run_config=config, finish=True,
     )
     return target, how

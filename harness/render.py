@@ -189,13 +189,22 @@ def _status(record: RunRecord, stale: str | None) -> str:
     return text + (f", resumable: harness run --resume {record.id}" if resumable(record, stale) else "")
 
 
+def _trainer_line(record: RunRecord) -> str:
+    info = record.info
+    if info.origin == "external":
+        model = info.config.get("model") if isinstance(info.config, dict) else None
+        name = model.get("name") if isinstance(model, dict) else "?"
+        return f"  trainer     none: an external model ({name}), trained elsewhere and evaluated here"
+    return f"  trainer     {info.trainer} (preset {info.preset or '—'}, seed {info.seed}, {info.epochs or '—'} epochs)"
+
+
 def run_details(record: RunRecord, samples: list[SampleResult], *, stale: str | None = None) -> str:
     """What ``harness show`` prints: the run, its results per component, why others did not apply, its configuration."""
     info = record.info
     env = info.environment
     lines = [
         f"run {record.id}: {_status(record, stale)}",
-        f"  trainer     {info.trainer} (preset {info.preset}, seed {info.seed}, {info.epochs} epochs)",
+        _trainer_line(record),
         f"  threat      {info.dataset}, l_{info.norm} eps={format_eps(info.eps)}",
         f"  created     {record.created_at:%Y-%m-%d %H:%M:%S} UTC"
         + (f", ended {record.finished_at:%Y-%m-%d %H:%M:%S}" if record.finished_at else ""),

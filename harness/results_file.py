@@ -12,6 +12,7 @@ The file is plain JSON (``format`` 1), written atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -77,6 +78,11 @@ class PendingResults:
     samples: list[SampleResult]
     reason: str  # why it was not recorded
 
+    def fingerprint(self) -> str:
+        """The sha256 of the result and per-sample outcomes: what makes two results files the same results."""
+        text = json.dumps([result_to_json(self.result), samples_to_json(self.samples)], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
@@ -91,9 +97,18 @@ class PendingResults:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PendingResults:
+    def from_json(cls, data: Any) -> PendingResults:
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
         if data.get("format") != FORMAT:
             raise ValueError(f"format {data.get('format')!r}, this harness reads format {FORMAT}")
+        for key, kind in (("database", str), ("run", dict), ("training", dict), ("evaluation", dict), ("result", dict), ("samples", list)):
+            if not isinstance(data.get(key), kind):
+                raise ValueError(f"its field {key!r} is missing or not a JSON {'object' if kind is dict else kind.__name__}")
+        if data.get("run_id") is not None and (not isinstance(data["run_id"], int) or isinstance(data["run_id"], bool)):
+            raise ValueError(f"its run_id {data['run_id']!r} is not an integer")
+        if not isinstance(data["run"].get("config"), dict) or not isinstance(data["evaluation"].get("config"), dict):
+            raise ValueError("its run or evaluation has no configuration object")
         return cls(
             database=str(data["database"]),
             run_id=data.get("run_id"),
@@ -130,5 +145,5 @@ def read_pending(path: Path) -> PendingResults:
         return PendingResults.from_json(data)
     except FileNotFoundError:
         raise UsageError(f"no results file at {str(path)!r}") from None
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise UsageError(f"{str(path)!r} is not a harness results file: {one_line(exc)}") from None

@@ -114,3 +114,27 @@ def test_a_diverging_run_stops_at_once_and_is_recorded_failed_with_the_reason(ha
     assert shown["status"] == "failed" and "training diverged" in shown["error"] and "epoch 1/2" in shown["error"]
     assert shown["evaluations"] == []  # never evaluated, so never on the leaderboard
     assert "no run has finished yet: 1 failed" in harness_cli("leaderboard").out
+
+
+@pytest.mark.parametrize("content", ["[]", '{"format": 1}', "not json"])
+def test_a_malformed_results_file_is_one_line(harness_cli, tmp_path, content):
+    (tmp_path / "bad.json").write_text(content)
+    r = harness_cli("import", "bad.json", "--db", "any.db")
+    assert r.code == 2 and r.err.startswith("error: 'bad.json' is not a harness results file: ") and len(r.err.splitlines()) == 1
+
+
+def test_the_same_results_imported_twice_into_another_database_are_refused(harness_cli, shared_data, tmp_path, monkeypatch):
+    from harness.store import StoreGone
+    from harness.store._sql import SqlStore
+
+    def gone(self, *args, **kwargs):
+        raise StoreGone("results.db was replaced by another database")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SqlStore, "record_evaluation", gone)
+        assert harness_cli("run", *TINY, "--data-dir", str(shared_data)).code == 1
+    results = str(tmp_path / "runs" / "run-1" / "results.json")
+    first = harness_cli("import", results, "--db", "other.db")
+    assert first.code == 0 and "as run 1 (a new run)" in first.out, first.err
+    second = harness_cli("import", results, "--db", "other.db")
+    assert second.code == 2 and "already imported into other.db as run 1" in second.err

@@ -96,6 +96,8 @@ def test_eval_of_weights_trained_elsewhere_is_an_external_run(trained, harness_c
     assert shown["evaluations"][0]["result"]["clean_accuracy"] == _show(harness_cli, 1)["evaluations"][0]["result"]["clean_accuracy"]
     board = harness_cli("leaderboard").out
     assert "external linf_dist_net" in board
+    shown_text = harness_cli("show", "2").out
+    assert "none: an external model (linf_dist_net)" in shown_text and "None" not in shown_text.split("configuration:")[0]
     wrong = harness_cli("eval", "--weights", "elsewhere.pt", "--model", "linf_dist_net", "--dataset", "mnist", "--eps", "0.1",
                         "--data-dir", str(trained))
     assert wrong.code == 2 and "does not fit the model" in wrong.err
@@ -154,3 +156,10 @@ def test_evaluating_leaves_the_callers_random_state_as_it_was():
     torch.manual_seed(8)  # another state before the second evaluation: the same outcome
     second = evaluate(model, images, labels, ThreatModel("inf", 0.1), attackers=[attacker], certifiers=[], device=torch.device("cpu"))
     assert first.samples == second.samples
+
+
+def test_a_lookup_in_a_database_that_does_not_exist_creates_none(harness_cli, tmp_path):
+    for args in (["eval", "3"], ["run", "--resume", "4"]):
+        r = harness_cli(*args)
+        assert r.code == 2 and f"no database at 'results.db', so no run {args[-1]}" in r.err
+    assert not (tmp_path / "results.db").exists()
