@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -81,17 +81,30 @@ class CheckpointNotSaved(HarnessError):
 
 
 def save_atomic(obj: Any, path: str | Path) -> int:
-    """Write ``obj`` with ``torch.save`` to ``path`` atomically; return the bytes written.
+    """Write ``obj`` with ``torch.save`` to ``path`` atomically (:func:`write_atomic`); return the bytes written.
 
-    The temporary file (``.NAME.PID.tmp`` in the same directory) is removed on
-    any failure, and the exception re-raised (``torch.save`` reports a full
-    disk as a ``RuntimeError``).
+    ``torch.save`` reports a full disk as a ``RuntimeError``; it is re-raised like any other failure.
+    """
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_text_atomic(path: str | Path, text: str) -> int:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`write_atomic`); return the bytes written."""
+    return write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> int:
+    """Call ``write`` on a temporary file beside ``path``, fsync it, rename it over ``path``, fsync the directory.
+
+    A reader sees the old file or the new one, never a part. The temporary file
+    (``.NAME.PID.tmp``) is removed on any failure, Ctrl-C included, and the
+    exception re-raised. Returns the bytes written.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()

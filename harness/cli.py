@@ -21,13 +21,14 @@ import click
 
 from harness.commands import DEVICES, format_option
 from harness.errors import HarnessDeprecationWarning, HarnessError, PluginError, UsageError, one_line
+from harness.liveness import stale_reason
 from harness.plugins import DISABLE_ENV, LoadedPlugins, load_plugins
 from harness.store import STATUSES
 from harness.threat import NORMS, format_eps, parse_eps, parse_norm
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
-    from harness.store import RunRecord, Store
+    from harness.store import Store
 
 DEFAULT_DB = "results.db"
 
@@ -411,7 +412,7 @@ def show(store: Store, run_id: int, n_samples: int, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(render.run_json(record, samples), indent=2))
     else:
-        click.echo(render.run_details(record, samples, stale=_stale(record)))
+        click.echo(render.run_details(record, samples, stale=stale_reason(record)))
 
 
 @cli.command()
@@ -434,7 +435,7 @@ def runs(store: Store | None, status: str | None, dataset: str | None) -> None:
         everything = store.list_runs() if store else []
         click.echo(render.nothing_matches(everything, _filters(status=status, dataset=dataset), finished=False))
         return
-    click.echo(render.run_list(records, stale=_stale))
+    click.echo(render.run_list(records, stale=stale_reason))
 
 
 @cli.group()
@@ -488,12 +489,6 @@ def db_upgrade(db: str) -> None:
     from harness.store import upgrade_database
 
     click.echo(str(upgrade_database(db)))
-
-
-def _stale(record: RunRecord) -> str | None:
-    from harness.liveness import stale_reason
-
-    return stale_reason(record)
 
 
 @cli.command()

@@ -70,6 +70,12 @@ def resolve_device(choice: str) -> torch.device:
     raise UsageError(f"unknown device {choice!r}; valid: auto, cpu, cuda")
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously), so that a timer read next measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda: {torch.cuda.get_device_name(device)}"

@@ -23,15 +23,18 @@ error) and none of its verdicts count.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
 import torch
 from torch import nn
 
 from harness.components import Attacker, Certificate, Certifier
+from harness.env import synchronize
 from harness.errors import HarnessError, one_line
 from harness.numerics import beyond_bound
 from harness.options import options_dict
@@ -65,11 +68,6 @@ class ComponentFailed(HarnessError):
 
 def _batches(n: int, batch_size: int) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_in_ball(adv: object, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -204,11 +202,29 @@ class _Attacked:
     error: str | None = None
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 #: Seed of the evaluation's random draws (an attack's random start): the same model, samples and components give the
 #: same evaluation, whatever ran before it in the process (training, a resumed run's restored generators).
 EVAL_SEED = 0
 
 
+def _seeded(evaluate: Callable[P, R]) -> Callable[P, R]:
+    """Run ``evaluate`` with the global RNG seeded with :data:`EVAL_SEED`, and the caller's RNG state restored afterwards."""
+
+    @functools.wraps(evaluate)
+    def seeded(*args: P.args, **kwargs: P.kwargs) -> R:
+        device: torch.device = kwargs["device"]  # type: ignore[assignment]  # keyword-only in evaluate()
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(EVAL_SEED)
+            return evaluate(*args, **kwargs)
+
+    return seeded
+
+
+@_seeded
 def evaluate(
     model: nn.Module,
     images: torch.Tensor,
@@ -223,35 +239,7 @@ def evaluate(
     progress: Progress | None = None,
     names: Callable[[Attacker | Certifier], str] | None = None,
 ) -> Evaluation:
-    """Evaluate ``model`` on uint8 ``images`` (``N×C×H×W``) and ``labels``, reproducibly.
-
-    The global RNG is seeded with :data:`EVAL_SEED` for the evaluation and
-    restored afterwards. See :func:`_evaluate` for the rest.
-    """
-    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda):
-        torch.manual_seed(EVAL_SEED)
-        return _evaluate(
-            model, images, labels, threat, attackers=attackers, certifiers=certifiers, device=device, indices=indices,
-            batch_size=batch_size, progress=progress, names=names,
-        )
-
-
-def _evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    threat: ThreatModel,
-    *,
-    attackers: Sequence[Attacker],
-    certifiers: Sequence[Certifier],
-    device: torch.device,
-    indices: torch.Tensor | None = None,
-    batch_size: int = 500,
-    progress: Progress | None = None,
-    names: Callable[[Attacker | Certifier], str] | None = None,
-) -> Evaluation:
-    """Evaluate ``model`` on uint8 ``images`` (``N×C×H×W``) and ``labels``.
+    """Evaluate ``model`` on uint8 ``images`` (``N×C×H×W``) and ``labels``, reproducibly (seeded, see :func:`_seeded`).
 
     ``indices`` are the dataset indices of the rows (stored per sample).
     ``certifiers`` that do not apply to the model are reported with their
@@ -372,7 +360,7 @@ def _certify(
                 elif radius is not None:
                     raise ComponentFailed("certify() returned radii for some batches only")
                 task.advance(len(part), certified=f"{certified[rows[: s.stop]].float().mean().item():.2%}")
-        _sync(device)
+        synchronize(device)
     except Exception as exc:  # isolated: recorded against this certifier  # noqa: BLE001
         outcome.error = _fail_message(exc)
         progress.log(f"certifier {name!r} failed: {outcome.error}")
@@ -413,7 +401,7 @@ def _attack(
                 # ones count as not robust), so that the last line shows exactly the number that is stored.
                 seen = int(attack_rows[s.stop - 1]) + 1 if s.stop < len(attack_rows) else n
                 task.advance(len(rows), robust=f"{alive[:seen].float().mean().item():.2%}")
-        _sync(device)
+        synchronize(device)
     except Exception as exc:  # isolated: recorded against this attack  # noqa: BLE001
         outcome.error = _fail_message(exc)
         progress.log(f"attack {name!r} failed: {outcome.error}")

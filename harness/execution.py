@@ -22,15 +22,17 @@ evaluation. What can go wrong on the way, and what happens:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.checkpoint import Checkpointing, load_checkpoint, save_weights, sha256_file
-from harness.env import device_name, environment
+from harness.checkpoint import Checkpointing, load_checkpoint, save_weights, sha256_file, write_text_atomic
+from harness.env import device_name, environment, synchronize
 from harness.errors import HarnessError, TrainingDiverged, TrainingInterrupted, UsageError, one_line
 from harness.evaluation import Evaluation, eval_indices, evaluate
 from harness.liveness import Heartbeat, StopRequest, stop_on_signals
@@ -74,7 +76,7 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
     for note in plan.notes:
         progress.log(note)
     splits = plan.dataset.load(plan.data_dir)
-    check_sample_counts(plan.request, splits, plan.key(plan.dataset))
+    check_sample_counts(splits, plan.key(plan.dataset), train_samples=plan.request.train_samples, eval_samples=plan.request.eval_samples)
     info = plan.dataset.info
     train_index = eval_indices(splits.train_images.shape[0], plan.request.train_samples)
     test_index = eval_indices(splits.test_images.shape[0], plan.request.eval_samples)
@@ -87,22 +89,21 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
     data = TrainData(info, splits.train_images[train_index].to(plan.device), splits.train_labels[train_index].to(plan.device))
     config = plan.config()
     env = environment(plan.plugin_versions)
+    run_info = RunInfo(
+        trainer=plan.key(plan.trainer),
+        dataset=plan.key(plan.dataset),
+        norm=plan.threat.norm,
+        eps=plan.threat.eps,
+        preset=plan.preset.name if plan.preset else None,
+        seed=plan.seed,
+        epochs=plan.epochs,
+        config=config,
+        device=device_name(plan.device),
+        environment=env,
+    )
     checkpoint: dict[str, Any] | None = None
     if resume is None:
-        run_id = store.create_run(
-            RunInfo(
-                trainer=plan.key(plan.trainer),
-                dataset=plan.key(plan.dataset),
-                norm=plan.threat.norm,
-                eps=plan.threat.eps,
-                preset=plan.preset.name if plan.preset else None,
-                seed=plan.seed,
-                epochs=plan.epochs,
-                config=config,
-                device=device_name(plan.device),
-                environment=env,
-            )
-        )
+        run_id = store.create_run(run_info)
     else:
         run_id = resume.id
         checkpoint = _last_checkpoint(resume, save_dir, progress)
@@ -134,10 +135,10 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
                 plan.trainer.fit(model, data, ctx)
             finally:
                 stop.checkpoints = None
-            _sync(plan.device)
-            train_seconds = (checkpoint or {}).get("seconds", 0.0) + time.perf_counter() - start
-            if checkpoints is not None and checkpoints.last is not None:  # every process of the run, as the last save counted
-                train_seconds = checkpoints.last["train_seconds"]
+            synchronize(plan.device)
+            # Every process of the run, as the last save counted it (the final save failing: this process, and the resumed one's).
+            last = checkpoints.last if checkpoints is not None else None
+            train_seconds = last["train_seconds"] if last else (checkpoint or {}).get("seconds", 0.0) + time.perf_counter() - start
             weights = _save_model(run_dir, model, config, progress) if run_dir is not None else None
             _write(store, lambda: store.record_training(
                 run_id, train_seconds=train_seconds or 0.0, weights=weights, training={"epochs": ctx.history}, config=config,
@@ -148,21 +149,18 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
             eval_seconds = time.perf_counter() - start
             final = plan.config(evaluation.result)
             heartbeat.stop()  # the final write ends the run; a heartbeat after it would be refused
-            recorded = _record_evaluation(store, run_id, plan, evaluation, final, env, eval_seconds, progress)
-            if not recorded:
+            problem = _record_evaluation(store, run_id, evaluation, final, env, eval_seconds, progress)
+            if problem is not None:
                 pending = PendingResults(
-                    database=store.name, run_id=run_id,
-                    run={"config": final, "trainer": plan.key(plan.trainer), "dataset": plan.key(plan.dataset),
-                         "norm": plan.threat.norm, "eps": plan.threat.eps, "preset": plan.preset.name if plan.preset else None,
-                         "seed": plan.seed, "epochs": plan.epochs, "device": device_name(plan.device), "environment": env},
-                    training={"train_seconds": train_seconds, "weights": weights.__dict__ if weights else None,
+                    database=store.name, run_id=run_id, run=dataclasses.asdict(run_info) | {"config": final},
+                    training={"train_seconds": train_seconds, "weights": dataclasses.asdict(weights) if weights else None,
                               "history": ctx.history},
                     evaluation={"config": final["evaluation"], "environment": env, "seconds": eval_seconds},
-                    result=evaluation.result, samples=evaluation.samples, reason=recorded.reason,
+                    result=evaluation.result, samples=evaluation.samples, reason=problem,
                 )
                 path = write_pending((run_dir or Path.cwd()).absolute() / (FILENAME if run_dir else f"results-run-{run_id}.json"), pending)
                 raise ResultsNotRecorded(
-                    f"run {run_id} finished, but {store.name} could not record it ({recorded.reason}); its results are in "
+                    f"run {run_id} finished, but {store.name} could not record it ({problem}); its results are in "
                     f"{path}: record them with `harness import {path}`"
                 )
             if run_dir is not None and run_dir.is_dir():
@@ -190,18 +188,9 @@ class ResultsNotRecorded(HarnessError):
     """A run finished but the store could not take its results; they are in a results file (exit status 1)."""
 
 
-class _Outcome:
-    """Whether a write to the store happened, and if not, why."""
-
-    def __init__(self, reason: str | None = None) -> None:
-        self.reason = reason or ""
-
-    def __bool__(self) -> bool:
-        return not self.reason
-
-
-def _write(store: Store, write: Any, progress: Progress, what: str) -> _Outcome:
-    """Do one write to the store, retrying while the store is unavailable; a gone store is not retried."""
+def _write(store: Store, write: Callable[[], object], progress: Progress, what: str) -> str | None:
+    """Do one write to the store, retrying while the store is unavailable (a gone store is not retried); why it failed, or None."""
+    problem = None
     for attempt, pause in enumerate((0.0, *RECORD_RETRIES_S)):
         if attempt:
             progress.log(f"retrying in {pause:.0f} s (attempt {attempt + 1} of {len(RECORD_RETRIES_S) + 1})")
@@ -209,20 +198,19 @@ def _write(store: Store, write: Any, progress: Progress, what: str) -> _Outcome:
         try:
             store.check_alive()
             write()
-            return _Outcome()
+            return None
         except StoreGone as exc:
             progress.log(f"warning: could not record {what}: {exc}")
-            return _Outcome(one_line(exc))
+            return one_line(exc)
         except StoreUnavailable as exc:
             progress.log(f"warning: could not record {what}: {exc}")
-            reason = one_line(exc)
-    return _Outcome(reason)
+            problem = one_line(exc)
+    return problem
 
 
 def _record_evaluation(
-    store: Store, run_id: int, plan: Plan, evaluation: Evaluation, final: dict[str, Any], env: dict[str, Any],
-    seconds: float, progress: Progress,
-) -> _Outcome:
+    store: Store, run_id: int, evaluation: Evaluation, final: dict[str, Any], env: dict[str, Any], seconds: float, progress: Progress,
+) -> str | None:
     def write() -> None:
         store.record_evaluation(
             run_id, result=evaluation.result, samples=evaluation.samples, config=final["evaluation"], environment=env,
@@ -248,7 +236,6 @@ def _evaluate(
         progress=progress,
         names=plan.key,
     )
-    _sync(plan.device)
     if plan.request.certifiers is not None:
         for name, reason in sorted(evaluation.result.not_applicable.items()):
             progress.log(f"warning: certifier {name!r}, asked for with --certifier, did not apply: {reason}")
@@ -297,17 +284,7 @@ def _save_model(run_dir: Path, model: torch.nn.Module, config: dict[str, Any], p
 
 
 def _write_config(directory: Path, config: dict[str, Any]) -> None:
-    save_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
-
-
-def save_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: float | None) -> None:
@@ -317,9 +294,6 @@ def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: flo
         pass
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 __all__ = ["ResultsNotRecorded", "UsageError", "execute"]

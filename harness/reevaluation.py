@@ -31,10 +31,18 @@ from harness.data.files import default_data_dir
 from harness.env import device_name, environment, resolve_device
 from harness.errors import UsageError, one_line
 from harness.evaluation import Evaluation, eval_indices, evaluate
-from harness.options import options_dict, parse_options
+from harness.options import parse_options
 from harness.progress import Progress, SilentProgress
 from harness.results import EvaluationResult
-from harness.runner import evaluation_components, evaluation_config, jsonable, split_overrides
+from harness.runner import (
+    RecordsComponents,
+    check_at_least_one,
+    check_sample_counts,
+    evaluation_components,
+    evaluation_config,
+    jsonable,
+    split_overrides,
+)
 from harness.store import EXTERNAL, FINISHED, RunInfo, RunRecord, Store, WeightsFile
 from harness.threat import ThreatModel
 
@@ -53,7 +61,7 @@ class EvaluationRequest:
 
 
 @dataclass
-class EvaluationPlan:
+class EvaluationPlan(RecordsComponents):
     """A validated evaluation of one model."""
 
     request: EvaluationRequest
@@ -71,26 +79,16 @@ class EvaluationPlan:
     entries: dict[int, Entry] = field(default_factory=dict)
     plugin_versions: dict[str, str | None] = field(default_factory=dict)
 
-    def key(self, component: Any) -> str:
-        entry = self.entries.get(id(component))
-        return entry.key if entry else component.name
-
-    def component(self, component: Any, **extra: Any) -> dict[str, Any]:
-        entry = self.entries.get(id(component))
-        return {"name": self.key(component), "plugin": entry.plugin if entry else None, **extra, "options": options_dict(component.options)}
-
     def config(self, result: EvaluationResult | None = None) -> dict[str, Any]:
         r = self.request
         return evaluation_config(
-            self.component, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
+            self.describe, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
             requested=r.certifiers is not None, result=result,
         )
 
 
 def _check_sizes(request: EvaluationRequest) -> None:
-    for flag, value in (("--eval-samples", request.eval_samples), ("--eval-batch-size", request.eval_batch_size)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} {value} is out of range; it must be >= 1")
+    check_at_least_one({"--eval-samples": request.eval_samples, "--eval-batch-size": request.eval_batch_size})
 
 
 def _components(catalog: Catalog, request: EvaluationRequest, norm: str, model_overrides_allowed: bool) -> tuple[
@@ -190,10 +188,8 @@ def execute_evaluation(plan: EvaluationPlan, store: Store, *, progress: Progress
     """Rebuild, load, evaluate and record; return (run id, evaluation id). An external model becomes a run first."""
     progress = progress or SilentProgress()
     splits = plan.dataset.load(plan.data_dir)
-    n_test = splits.test_images.shape[0]
-    if plan.request.eval_samples is not None and plan.request.eval_samples > n_test:
-        raise UsageError(f"--eval-samples {plan.request.eval_samples} exceeds the {n_test} test samples of {plan.dataset_key!r}")
-    index = eval_indices(n_test, plan.request.eval_samples)
+    check_sample_counts(splits, plan.dataset_key, eval_samples=plan.request.eval_samples)
+    index = eval_indices(splits.test_images.shape[0], plan.request.eval_samples)
     model = plan.model.build(plan.dataset.info)
     load_weights(Path(plan.weights.path), model)
     model = model.to(plan.device).eval()
@@ -217,7 +213,7 @@ def execute_evaluation(plan: EvaluationPlan, store: Store, *, progress: Progress
                 epochs=None, device=device_name(plan.device), environment=env, origin=EXTERNAL,
                 config=jsonable({
                     "trainer": None, "dataset": plan.dataset_key, "threat": {"norm": plan.threat.norm, "eps": plan.threat.eps},
-                    "model": plan.component(plan.model), "weights": plan.weights.path, "evaluation": config,
+                    "model": plan.describe(plan.model), "weights": plan.weights.path, "evaluation": config,
                 }),
             ),
             plan.weights,

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.checkpoint import write_text_atomic
 from harness.errors import UsageError, one_line
 from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
 
@@ -122,19 +121,9 @@ class PendingResults:
 
 
 def write_pending(path: Path, pending: PendingResults) -> Path:
-    """Write ``pending`` to ``path`` atomically (a temporary file beside it, fsync, rename); return the path."""
+    """Write ``pending`` to ``path`` atomically; return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(pending.to_json(), indent=1, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(pending.to_json(), indent=1, allow_nan=False) + "\n")
     return path
 
 

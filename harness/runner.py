@@ -61,8 +61,25 @@ class RunRequest:
     checkpoint_every: int = 1  # epochs between checkpoints (and at least every 30 minutes)
 
 
+class RecordsComponents:
+    """How a plan's components are recorded: under their catalog keys, with their plugin and options.
+
+    ``entries`` maps ``id(component)`` to its catalog entry (a dataclass field of the plan).
+    """
+
+    entries: dict[int, Entry]
+
+    def key(self, component: Any) -> str:
+        entry = self.entries.get(id(component))
+        return entry.key if entry else component.name
+
+    def describe(self, component: Any, **extra: Any) -> dict[str, Any]:
+        entry = self.entries.get(id(component))
+        return {"name": self.key(component), "plugin": entry.plugin if entry else None, **extra, "options": options_dict(component.options)}
+
+
 @dataclass
-class Plan:
+class Plan(RecordsComponents):
     """A validated run, ready to execute. Components are recorded under their catalog keys."""
 
     request: RunRequest
@@ -84,14 +101,6 @@ class Plan:
     def epochs(self) -> int | None:
         return getattr(self.trainer.options, "epochs", None)
 
-    def key(self, component: Any) -> str:
-        entry = self.entries.get(id(component))
-        return entry.key if entry else component.name
-
-    def _component(self, component: Any, **extra: Any) -> dict[str, Any]:
-        entry = self.entries.get(id(component))
-        return {"name": self.key(component), "plugin": entry.plugin if entry else None, **extra, "options": options_dict(component.options)}
-
     def config(self, result: EvaluationResult | None = None) -> dict[str, Any]:
         """The full resolved configuration, as stored with the run.
 
@@ -101,19 +110,19 @@ class Plan:
         """
         r = self.request
         evaluation = evaluation_config(
-            self._component, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
+            self.describe, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
             requested=r.certifiers is not None, result=result,
         )
         return jsonable(
             {
-                "trainer": self._component(self.trainer),
+                "trainer": self.describe(self.trainer),
                 "dataset": self.key(self.dataset),
                 "threat": {"norm": self.threat.norm, "eps": self.threat.eps},
                 "preset": self.preset.name if self.preset else None,
                 "preset_source": self.preset.source if self.preset else None,
                 "seed": self.seed,
                 "device": {"requested": r.device, "used": str(self.device)},
-                "model": self._component(self.model),
+                "model": self.describe(self.model),
                 "train_samples": r.train_samples,
                 "evaluation": evaluation,
                 "overrides": list(r.overrides),
@@ -288,12 +297,10 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     trainer_cls: Any = trainer_entry.component
     if request.epochs is not None and request.epochs < 1:
         raise UsageError(f"--epochs {request.epochs} is out of range; it must be >= 1")
-    sizes = (("--eval-samples", request.eval_samples), ("--train-samples", request.train_samples), ("--eval-batch-size", request.eval_batch_size))
-    for flag, value in sizes:
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} {value} is out of range; it must be >= 1")
-    if request.checkpoint_every < 1:
-        raise UsageError(f"--checkpoint-every {request.checkpoint_every} is out of range; it must be >= 1 (epochs)")
+    check_at_least_one({
+        "--eval-samples": request.eval_samples, "--train-samples": request.train_samples,
+        "--eval-batch-size": request.eval_batch_size, "--checkpoint-every": request.checkpoint_every,
+    })
     if request.no_preset and request.preset is not None:
         raise UsageError("--preset and --no-preset exclude each other")
     if request.preset is not None:
@@ -376,14 +383,21 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     )
 
 
-def check_sample_counts(request: RunRequest, splits: Splits, dataset: str) -> None:
+def check_at_least_one(values: dict[str, int | None]) -> None:
+    """Every count given (flag → value; ``None``: not given) is at least 1, else a UsageError naming it."""
+    for flag, value in values.items():
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} {value} is out of range; it must be >= 1")
+
+
+def check_sample_counts(splits: Splits, dataset: str, *, train_samples: int | None = None, eval_samples: int | None = None) -> None:
     """Refuse ``--train-samples`` / ``--eval-samples`` beyond the split sizes (known once the data is loaded).
 
     Capping them silently would record a configuration that the run did not use.
     """
     for flag, value, n, split in (
-        ("--train-samples", request.train_samples, splits.train_images.shape[0], "training"),
-        ("--eval-samples", request.eval_samples, splits.test_images.shape[0], "test"),
+        ("--train-samples", train_samples, splits.train_images.shape[0], "training"),
+        ("--eval-samples", eval_samples, splits.test_images.shape[0], "test"),
     ):
         if value is not None and value > n:
             raise UsageError(f"{flag} {value} exceeds the {n} {split} samples of {dataset!r}; give at most {n} (or leave it out to use them all)")

@@ -182,11 +182,11 @@ def test_sigterm_during_training_is_recorded_through_the_cli(harness_cli, monkey
 
 def test_sample_counts_up_to_the_split_sizes_are_accepted_and_beyond_refused():
     splits = Blobs().load(None)  # 256 training and 64 test samples
-    check_sample_counts(RunRequest(trainer="fit", dataset="blobs", train_samples=256, eval_samples=64), splits, "blobs")
+    check_sample_counts(splits, "blobs", train_samples=256, eval_samples=64)
     with pytest.raises(UsageError, match=r"^--eval-samples 65 exceeds the 64 test samples of 'blobs'; give at most 64 \(or leave it out"):
-        check_sample_counts(RunRequest(trainer="fit", dataset="blobs", eval_samples=65), splits, "blobs")
+        check_sample_counts(splits, "blobs", eval_samples=65)
     with pytest.raises(UsageError, match=r"^--train-samples 257 exceeds the 256 training samples of 'blobs'; give at most 256"):
-        check_sample_counts(RunRequest(trainer="fit", dataset="blobs", train_samples=257), splits, "blobs")
+        check_sample_counts(splits, "blobs", train_samples=257)
 
 
 @pytest.mark.parametrize(
