@@ -349,18 +349,24 @@ def _warn_about_problems(catalog: Catalog) -> None:
 @click.option("--eps", type=EpsType(), default=None, help="Only this radius (0.3, 8/255).")
 @click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
               help="Numbers reported in papers: beside measured runs, for every setting, or none.")
+@click.option("--per-seed", is_flag=True, help="A row for every run, instead of one row (mean ± std) for runs that differ only by seed.")
 @format_option(("table", "markdown", "csv", "json"))
 @with_store(readonly=True, lists=True)
-def leaderboard(store: Store | None, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, fmt: str) -> None:
-    """Finished runs grouped by (dataset, norm, eps), ranked by certified accuracy.
+def leaderboard(
+    store: Store | None, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, per_seed: bool, fmt: str,
+) -> None:
+    """Finished runs grouped by (dataset, norm, eps), ranked by mean certified accuracy.
 
-    Numbers reported in papers are shown beside them, marked "reported".
+    Runs that differ only by seed are one row: mean ± sample standard deviation
+    (n runs) of each accuracy; --per-seed shows every run apart. Numbers
+    reported in papers are shown beside them, marked "reported".
 
     \b
     Examples:
       harness leaderboard
       harness leaderboard --dataset cifar10 --eps 8/255 --format markdown
       harness leaderboard --reported all     # also the papers' numbers for settings not run yet
+      harness leaderboard --per-seed --format json
     """
     from harness import leaderboard as lb
     from harness import render
@@ -369,7 +375,7 @@ def leaderboard(store: Store | None, dataset: str | None, norm: str | None, eps:
     catalog = state().catalog
     if dataset is not None and not runs:
         _check_dataset(dataset, store, catalog.names("dataset"))
-    groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
+    groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, per_seed=per_seed)
     if not groups and fmt in ("table", "markdown"):
         filters = _filters(dataset=dataset, norm=norm, eps=None if eps is None else format_eps(eps))
         click.echo(render.nothing_matches(store.list_runs() if store else [], filters, finished=True))

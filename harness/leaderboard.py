@@ -1,13 +1,22 @@
 """The leaderboard as data: finished runs and reported numbers, grouped and ranked.
 
-Runs are grouped by (dataset, norm, eps) and ranked by certified accuracy
-(ties: clean accuracy). Numbers reported in papers sit beside them, marked as
-reported and never ranked. Rendering lives in :mod:`harness.render`.
+Runs are grouped by (dataset, norm, eps). Within a group, runs that differ
+only by seed (:func:`seed_group_key`) make one row: the mean, the sample
+standard deviation and n of their clean, attacked and certified accuracy (and
+of each certifier's), every run's own numbers kept beside (``Row.runs``). Rows
+are ranked by mean certified accuracy (ties: mean clean accuracy). Numbers
+reported in papers sit beside them, marked as reported and never ranked.
+Rendering lives in :mod:`harness.render`.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from harness.reported import ReportedResult
 from harness.store import RunRecord
@@ -15,14 +24,97 @@ from harness.threat import format_eps, same_eps
 
 REPORTED_CHOICES = ("runs", "all", "none")
 
+#: Top-level keys of a run's stored configuration that do not make it a different configuration:
+#: the seed; where it ran (``device``; ``data_dir``, ``save_dir`` and ``checkpoint_every`` live only in
+#: ``request``); what merely names or explains a resolved value (``preset_source``; ``request`` and
+#: ``overrides``, whose every effect is in the resolved trainer, model, threat, preset and evaluation);
+#: sweep bookkeeping (``sweep``); and ``evaluation``, which is taken from the evaluation the row shows instead.
+IGNORED_CONFIG_KEYS = frozenset({"seed", "device", "request", "overrides", "preset_source", "sweep", "evaluation"})
+#: Keys of an evaluation's configuration that do not make it a different one: why the other certifiers did
+#: not apply (a consequence of the model, not a choice).
+IGNORED_EVALUATION_KEYS = frozenset({"not_applicable"})
+
+
+def configuration_key(config: Mapping[str, Any], evaluation: Mapping[str, Any] | None = None) -> str:
+    """What two runs must share to differ only by seed, as a canonical JSON string (equal strings: the same configuration).
+
+    ``config`` is a run's stored configuration (``RunInfo.config``); ``evaluation`` the configuration of the
+    evaluation whose numbers are compared (``EvaluationRecord.config``; default ``config["evaluation"]``).
+    Everything in them counts (trainer and model with their plugins and every resolved option, epochs among
+    them; dataset; threat model; preset; train samples; evaluation samples, subset seed, batch size, attackers
+    and certifiers with their options; any key a later harness adds) except :data:`IGNORED_CONFIG_KEYS` and
+    :data:`IGNORED_EVALUATION_KEYS`. The radius is compared to 4 significant digits, so ``8/255`` and a typed
+    ``0.03137`` agree.
+    """
+    kept: dict[str, Any] = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+    threat = kept.get("threat")
+    if isinstance(threat, dict) and isinstance(threat.get("eps"), int | float):
+        kept["threat"] = {**threat, "eps": f"{threat['eps']:.4g}"}
+    if evaluation is None:
+        evaluation = config.get("evaluation") if isinstance(config.get("evaluation"), dict) else {}
+    kept["evaluation"] = {k: v for k, v in (evaluation or {}).items() if k not in IGNORED_EVALUATION_KEYS}
+    return json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def seed_group_key(run: RunRecord) -> str:
+    """The key under which the leaderboard groups ``run`` with the runs that differ from it only by seed.
+
+    :func:`configuration_key` of the run's configuration and of the evaluation the leaderboard shows (its
+    most complete, ``run.best``). An external model (``harness eval --weights``: no seed) or a run stored
+    without a configuration groups with no other run.
+    """
+    config = run.info.config
+    if run.info.origin == "external" or not isinstance(config, dict) or not config:
+        return json.dumps({"run": run.id})
+    return configuration_key(config, run.best.config if run.best is not None and isinstance(run.best.config, dict) else None)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Mean, sample standard deviation (``None`` for fewer than 2 values) and count of the values given."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Spread:
+        """Over the values that are not ``None`` (a run whose attack failed has no attacked accuracy)."""
+        present = [v for v in values if v is not None and math.isfinite(v)]
+        if not present:
+            return cls(None, None, 0)
+        return cls(statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else None, len(present))
+
 
 @dataclass
 class CertifierCell:
-    """One certifier's number in a row: its accuracy, over how many samples where it certified a subset, or its error."""
+    """One certifier's number in a row: its accuracy, over how many samples where it certified a subset, or its error.
+
+    In a row of several seeds: ``accuracy`` is the mean over the runs where it did not fail, ``std`` their
+    sample standard deviation, ``n`` how many they are; ``error`` is set only when it failed in every run.
+    """
 
     accuracy: float | None
     samples: int | None = None
     error: str | None = None
+    std: float | None = None
+    n: int | None = None
+
+
+@dataclass
+class SeedRun:
+    """One run of a row that groups several seeds: its own numbers."""
+
+    seed: int | None
+    run_id: int
+    evaluation_id: int | None
+    clean: float | None
+    robust: float | None
+    certified: float | None
+    by_certifier: dict[str, CertifierCell] = field(default_factory=dict)
+    train_seconds: float | None = None
+    eval_samples: int | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -32,6 +124,14 @@ class Row:
     ``trainer`` is the trainer's key (for a reported row, the trainer that
     reproduces the method, if any); ``label`` is how the row is named: the
     trainer for a measured run, the paper's name for a reported one.
+
+    A measured row stands for the ``n`` runs that differ only by seed: ``clean``,
+    ``robust`` and ``certified`` are their means, ``*_std`` the sample standard
+    deviations (``None`` when n = 1), ``seeds`` and ``runs`` every run's own
+    numbers (in seed order; n = 1 included). ``run_id``,
+    ``evaluation_id`` and ``evaluations`` are the run's when n = 1, else ``None``/0.
+    A reported row has the paper's ``n`` (``None``: not stated) and says whether its
+    numbers are a ``median`` or a ``mean`` (``statistic``).
     """
 
     kind: str  # "measured" or "reported"
@@ -55,6 +155,13 @@ class Row:
     source: str | None = None
     #: Components that failed in this run's evaluation, one line each.
     errors: list[str] = field(default_factory=list)
+    clean_std: float | None = None
+    robust_std: float | None = None
+    certified_std: float | None = None
+    n: int | None = 1
+    statistic: str | None = None  # "mean" over seeds; for a reported row what the paper reports ("median", "mean")
+    seeds: list[int | None] = field(default_factory=list)
+    runs: list[SeedRun] = field(default_factory=list)
 
 
 @dataclass
@@ -65,36 +172,86 @@ class Group:
     rows: list[Row]
 
 
-def _row_from_run(run: RunRecord) -> Row:
+def _label(run: RunRecord) -> str:
+    if run.info.origin == "external":
+        model = run.info.config.get("model") if isinstance(run.info.config, dict) else None
+        return f"external {model.get('name') if isinstance(model, dict) else ''}".strip()
+    return run.info.trainer
+
+
+def _seed_run(run: RunRecord) -> SeedRun:
     result = run.result
     by_certifier: dict[str, CertifierCell] = {}
     if result is not None:
         for c in result.certifiers:
             subset = c.samples if c.error is None and c.samples < result.samples else None
             by_certifier[c.name] = CertifierCell(accuracy=c.accuracy, samples=subset, error=c.error)
-    label = run.info.trainer
-    if run.info.origin == "external":
-        model = run.info.config.get("model") if isinstance(run.info.config, dict) else None
-        label = f"external {model.get('name') if isinstance(model, dict) else ''}".strip()
-    train_samples = run.info.config.get("train_samples") if isinstance(run.info.config, dict) else None
-    return Row(
-        kind="measured",
-        label=label,
-        trainer=run.info.trainer,
-        preset=run.info.preset,
+    return SeedRun(
+        seed=run.info.seed,
+        run_id=run.id,
+        evaluation_id=run.best.id if run.best else None,
         clean=result.clean_accuracy if result else None,
         robust=result.robust_accuracy if result else None,
         certified=result.certified_accuracy if result else None,
         by_certifier=by_certifier,
-        attack=result.attack_label() if result else None,
-        epochs=run.info.epochs,
         train_seconds=run.train_seconds,
         eval_samples=result.samples if result else None,
-        train_samples=train_samples,
-        run_id=run.id,
-        evaluation_id=run.best.id if run.best else None,
-        evaluations=len(run.evaluations),
         errors=result.errors if result else [],
+    )
+
+
+def _certifier_spread(runs: list[SeedRun]) -> dict[str, CertifierCell]:
+    """Each certifier's mean ± std over the runs where it ran without error; its error if it failed in all."""
+    cells: dict[str, CertifierCell] = {}
+    for name in dict.fromkeys(name for r in runs for name in r.by_certifier):
+        mine = [r.by_certifier[name] for r in runs if name in r.by_certifier]
+        ok = [c for c in mine if c.error is None]
+        if not ok:
+            cells[name] = CertifierCell(accuracy=None, error=mine[0].error, n=0)
+            continue
+        spread = Spread.of(c.accuracy for c in ok)
+        samples = {c.samples for c in ok}
+        cells[name] = CertifierCell(accuracy=spread.mean, samples=samples.pop() if len(samples) == 1 else None, std=spread.std, n=spread.n)
+    return cells
+
+
+def _row_from_runs(group: list[RunRecord]) -> Row:
+    """One row for runs that differ only by seed (one run: that run's numbers, n = 1)."""
+    group = sorted(group, key=lambda r: (r.info.seed if r.info.seed is not None else -1, r.id))
+    runs = [_seed_run(r) for r in group]
+    first = group[0]
+    single = len(group) == 1
+    clean, robust, certified = (Spread.of(getattr(r, k) for r in runs) for k in ("clean", "robust", "certified"))
+    train = Spread.of(r.train_seconds for r in runs)
+    samples = {r.eval_samples for r in runs}
+    attacks = {r.result.attack_label() if r.result else None for r in group}
+    train_samples = first.info.config.get("train_samples") if isinstance(first.info.config, dict) else None
+    errors = runs[0].errors if single else [f"run {r.run_id} (seed {r.seed}): {e}" for r in runs for e in r.errors]
+    return Row(
+        kind="measured",
+        label=_label(first),
+        trainer=first.info.trainer,
+        preset=first.info.preset,
+        clean=clean.mean,
+        robust=robust.mean,
+        certified=certified.mean,
+        by_certifier=runs[0].by_certifier if single else _certifier_spread(runs),
+        attack=attacks.pop() if len(attacks) == 1 else None,
+        epochs=first.info.epochs,
+        train_seconds=train.mean,
+        eval_samples=samples.pop() if len(samples) == 1 else None,
+        train_samples=train_samples,
+        run_id=first.id if single else None,
+        evaluation_id=runs[0].evaluation_id if single else None,
+        evaluations=len(first.evaluations) if single else 0,
+        errors=errors,
+        clean_std=clean.std,
+        robust_std=robust.std,
+        certified_std=certified.std,
+        n=len(runs),
+        statistic=None if single else "mean",
+        seeds=[r.seed for r in runs],
+        runs=runs,
     )
 
 
@@ -110,6 +267,11 @@ def _row_from_reported(result: ReportedResult) -> Row:
         attack=result.attack,
         epochs=result.epochs,
         source=result.source,
+        clean_std=result.clean_std,
+        robust_std=result.pgd_std,
+        certified_std=result.certified_std,
+        n=result.runs,
+        statistic=result.statistic,
     )
 
 
@@ -121,9 +283,12 @@ def build(
     norm: str | None = None,
     eps: float | None = None,
     reported_rows: str = "runs",
+    per_seed: bool = False,
 ) -> list[Group]:
     """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them.
 
+    Runs that differ only by seed (the same :func:`seed_group_key`) make one row
+    (mean ± std over them); ``per_seed`` gives every run a row of its own.
     ``reported_rows``: "runs" shows reported numbers in groups that have a
     measured run, "all" in every group, "none" nowhere.
     """
@@ -148,9 +313,14 @@ def build(
         groups.append(Group(dataset=d, norm=n, eps=e, rows=[]))
         return groups[-1]
 
+    by_key: dict[tuple[int, str], list[RunRecord]] = {}
     for run in runs:
         if wanted(run.info.dataset, run.info.norm, run.info.eps):
-            group(run.info.dataset, run.info.norm, run.info.eps).rows.append(_row_from_run(run))
+            g = group(run.info.dataset, run.info.norm, run.info.eps)
+            key = json.dumps({"run": run.id}) if per_seed else seed_group_key(run)
+            by_key.setdefault((id(g), key), []).append(run)
+    for g in groups:
+        g.rows = [_row_from_runs(members) for (gid, _), members in by_key.items() if gid == id(g)]
     measured = list(groups)
     if reported_rows != "none":
         for result in reported:

@@ -19,7 +19,7 @@ from harness.threat import format_eps
 
 FORMATS = ("table", "markdown", "csv", "json")
 
-_COLUMNS = ("rank", "trainer", "preset", "clean", "attack", "certified", "by certifier", "epochs", "train time", "n", "run")
+_COLUMNS = ("rank", "trainer", "preset", "seeds", "clean", "attack", "certified", "by certifier", "epochs", "train time", "samples", "run")
 
 
 def percent(value: float | None) -> str:
@@ -36,11 +36,28 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def certifier_cell(name: str, cell: CertifierCell) -> str:
-    """``crown 0.00 (of 100)``, or ``liar ERROR`` for a certifier that failed."""
-    if cell.error is not None:
+def spread(value: float | None, std: float | None, n: int | None, *, of: int | None = None, statistic: str | None = None) -> str:
+    """A percentage over several runs: ``93.33 ± 0.08 (3)``; ``93.33`` for one run; ``93.20 (median of 8)``.
+
+    ``n`` counts the values behind ``value``; ``of``, when more, the runs of the row (``40.00 ± 1.00 (2 of 3)``:
+    one run had no such number). ``statistic`` names what a value without a ``std`` is over its ``n`` runs.
+    """
+    if value is None:
+        return "—"
+    count = "" if n is None else (f"{n} of {of}" if of is not None and of > n else str(n))
+    if std is not None:
+        return f"{percent(value)} ± {100 * std:.2f} ({count})"
+    if n is not None and (n > 1 or (of or 0) > 1):
+        return f"{percent(value)} ({statistic} of {count})" if statistic else f"{percent(value)} ({count})"
+    return percent(value)
+
+
+def certifier_cell(name: str, cell: CertifierCell, of: int | None = None) -> str:
+    """``crown 0.00 (of 100)``, ``interval 30.00 ± 1.00 (3)`` over seeds, or ``liar ERROR`` for a certifier that failed."""
+    if cell.error is not None and not cell.n:
         return f"{name} ERROR"
-    return f"{name} {percent(cell.accuracy)}" + (f" (of {cell.samples})" if cell.samples is not None else "")
+    value = spread(cell.accuracy, cell.std, cell.n, of=of) if of is not None and of > 1 else percent(cell.accuracy)
+    return f"{name} {value}" + (f" (of {cell.samples})" if cell.samples is not None else "")
 
 
 def _cells(row: Row) -> list[str]:
@@ -49,15 +66,25 @@ def _cells(row: Row) -> list[str]:
     preset = row.preset or ("reported" if reported else "—")
     if row.train_samples:
         preset += f" (train {row.train_samples})"
-    attack = percent(row.robust) + (f" {row.attack}" if row.attack and row.robust is not None else "")
+
+    def stat(key: str) -> str:
+        value, std = getattr(row, key), getattr(row, f"{key}_std")
+        if reported:
+            return spread(value, std, row.n, statistic=row.statistic)
+        values = sum(getattr(r, key) is not None for r in row.runs)
+        return spread(value, std, values, of=row.n)
+
+    attack = stat("robust") + (f" {row.attack}" if row.attack and row.robust is not None else "")
+    seeds = ",".join("—" if s is None else str(s) for s in row.seeds) or "—"
     return [
         "reported" if reported else str(row.rank),
         row.label + (" (errors)" if row.errors else ""),
         preset,
-        percent(row.clean),
+        seeds,
+        stat("clean"),
         attack,
-        percent(row.certified),
-        ", ".join(certifier_cell(k, v) for k, v in row.by_certifier.items()) or "—",
+        stat("certified"),
+        ", ".join(certifier_cell(k, v, row.n) for k, v in row.by_certifier.items()) or "—",
         "—" if row.epochs is None else str(row.epochs),
         duration(row.train_seconds),
         n,
@@ -66,9 +93,9 @@ def _cells(row: Row) -> list[str]:
 
 
 def _run_cell(row: Row) -> str:
-    """The run id; with several evaluations, also which one the row shows (``3 eval 5 of 2``)."""
+    """The run id; with several evaluations, also which one the row shows (``3 eval 5 of 2``); over seeds, every run id."""
     if row.run_id is None:
-        return "—"
+        return ",".join(str(r.run_id) for r in row.runs) or "—"
     return str(row.run_id) + (f" eval {row.evaluation_id} of {row.evaluations}" if row.evaluations > 1 else "")
 
 
@@ -90,12 +117,15 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["dataset", "norm", "eps", "kind", "rank", "trainer", "label", "preset", "clean", "robust", "attack",
-                         "certified", "by_certifier", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source", "errors"])
+                         "certified", "by_certifier", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source", "errors",
+                         "n", "statistic", "clean_std", "robust_std", "certified_std", "seeds", "run_ids", "runs"])
         for g in groups:
             for r in g.rows:
                 writer.writerow([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.trainer, r.label, r.preset, r.clean, r.robust, r.attack,
                                  r.certified, json.dumps({k: asdict(v) for k, v in r.by_certifier.items()}), r.epochs, r.train_seconds,
-                                 r.eval_samples, r.train_samples, r.run_id, r.source, json.dumps(r.errors)])
+                                 r.eval_samples, r.train_samples, r.run_id, r.source, json.dumps(r.errors),
+                                 r.n, r.statistic, r.clean_std, r.robust_std, r.certified_std, json.dumps(r.seeds),
+                                 json.dumps([s.run_id for s in r.runs]), json.dumps([asdict(s) for s in r.runs])])
         return buf.getvalue().rstrip("\n")
     if not groups:
         return "no finished runs yet (harness run --plugin NAME --dataset NAME)"

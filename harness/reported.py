@@ -14,7 +14,12 @@ File format (``registry/reported/*.toml``)::
     attack = "PGD-100"          # what the attack column means for this row
     epochs = 450
     source = "Zhang et al., ICLR 2022, Table 2 (median of 8 runs)"
+    runs = 8                    # over how many runs, where the source says; omit otherwise
+    statistic = "median"        # what the numbers are over those runs: "median" or "mean"
+    certified_std = 0.33        # percent: a standard deviation the source prints (also clean_std, pgd_std)
 
+``runs``, ``statistic`` and the ``*_std`` keys are optional and are filled only
+from the source: a row says nothing about its spread unless the paper does.
 The key was called ``method`` before; files that still say ``method`` load,
 with a deprecation warning.
 """
@@ -29,7 +34,9 @@ from pathlib import Path
 from harness.datafile import DataFile, RowError, Table, read_rows
 from harness.errors import HarnessDeprecationWarning
 
-_KEYS = {"trainer", "method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source"}
+_KEYS = {"trainer", "method", "label", "dataset", "norm", "eps", "clean", "pgd", "certified", "attack", "epochs", "source",
+         "runs", "statistic", "clean_std", "pgd_std", "certified_std"}
+STATISTICS = ("median", "mean")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,12 @@ class ReportedResult:
     trainer: str | None = None
     attack: str | None = None
     epochs: int | None = None
+    #: Over how many runs the numbers are (``None``: the source does not say), and what they are over them.
+    runs: int | None = None
+    statistic: str | None = None
+    clean_std: float | None = None
+    pgd_std: float | None = None
+    certified_std: float | None = None
 
 
 def _percent(row: Table, key: str) -> float | None:
@@ -70,6 +83,18 @@ def _read_row(row: Table, file: str, plugin: str) -> ReportedResult:
     epochs = row.integer("epochs")
     if epochs is not None and epochs < 1:
         raise RowError(f"'epochs' must be >= 1, got {epochs}")
+    runs = row.integer("runs")
+    if runs is not None and runs < 1:
+        raise RowError(f"'runs' must be >= 1, got {runs}")
+    statistic = row.optional_text("statistic")
+    if statistic is not None and statistic not in STATISTICS:
+        raise RowError(f"'statistic' must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    stds = {key: _percent(row, key) for key in ("clean_std", "pgd_std", "certified_std")}
+    for key, std in stds.items():
+        if std is not None and (runs is None or runs < 2):
+            raise RowError(f"{key!r} needs 'runs' >= 2 (a standard deviation over how many runs?), got runs = {runs}")
+    if statistic is not None and (runs is None or runs < 2):
+        raise RowError(f"'statistic' needs 'runs' >= 2, got runs = {runs}")
     trainer = row.optional_text("trainer")
     if "method" in row.raw:
         if trainer is not None:
@@ -91,6 +116,11 @@ def _read_row(row: Table, file: str, plugin: str) -> ReportedResult:
         trainer=trainer,
         attack=row.optional_text("attack"),
         epochs=epochs,
+        runs=runs,
+        statistic=statistic,
+        clean_std=stds["clean_std"],
+        pgd_std=stds["pgd_std"],
+        certified_std=stds["certified_std"],
     )
 
 
