@@ -45,6 +45,10 @@ def configuration_key(config: Mapping[str, Any], evaluation: Mapping[str, Any] |
     and certifiers with their options; any key a later harness adds) except :data:`IGNORED_CONFIG_KEYS` and
     :data:`IGNORED_EVALUATION_KEYS`. The radius is compared to 4 significant digits, so ``8/255`` and a typed
     ``0.03137`` agree.
+
+    Before a run is evaluated, ``config["evaluation"]`` lists the certifiers requested (names, or ``null`` for
+    every one that applies), after it those that ran (with their options): compare runs in the same state, or
+    pass ``evaluation={}`` to compare the training configuration alone.
     """
     kept: dict[str, Any] = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
     threat = kept.get("threat")
@@ -313,14 +317,14 @@ def build(
         groups.append(Group(dataset=d, norm=n, eps=e, rows=[]))
         return groups[-1]
 
-    by_key: dict[tuple[int, str], list[RunRecord]] = {}
+    members: dict[int, dict[str, list[RunRecord]]] = {}  # id(group) → configuration key → its runs, in order met
     for run in runs:
         if wanted(run.info.dataset, run.info.norm, run.info.eps):
             g = group(run.info.dataset, run.info.norm, run.info.eps)
             key = json.dumps({"run": run.id}) if per_seed else seed_group_key(run)
-            by_key.setdefault((id(g), key), []).append(run)
+            members.setdefault(id(g), {}).setdefault(key, []).append(run)
     for g in groups:
-        g.rows = [_row_from_runs(members) for (gid, _), members in by_key.items() if gid == id(g)]
+        g.rows = [_row_from_runs(same) for same in members[id(g)].values()]
     measured = list(groups)
     if reported_rows != "none":
         for result in reported:

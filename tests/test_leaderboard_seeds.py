@@ -140,6 +140,10 @@ def test_a_radius_typed_two_ways_is_the_same_configuration_and_external_models_n
     exact = changed("threat.eps", 8 / 255, seed=0)
     assert leaderboard.configuration_key(typed) == leaderboard.configuration_key(exact)
     assert leaderboard.configuration_key(config(0)) != leaderboard.configuration_key(changed("threat.eps", 0.1))
+    # evaluation={} compares the training configuration alone (a run before and after its evaluation, say).
+    other_evaluation = changed("evaluation.samples", 5)
+    assert leaderboard.configuration_key(other_evaluation) != leaderboard.configuration_key(config(0))
+    assert leaderboard.configuration_key(other_evaluation, {}) == leaderboard.configuration_key(config(0), {})
     external = [run(1, 0.3, origin="external"), run(2, 0.3, origin="external")]
     assert [r.n for r in rows(external)] == [1, 1]
     bare = [run(1, 0.3, cfg={}), run(2, 0.3, cfg={})]  # no stored configuration: nothing to compare
