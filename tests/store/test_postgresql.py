@@ -1,12 +1,9 @@
 """The store on PostgreSQL: a round trip, a read-only open, and revision 1 upgraded to the fresh schema.
 
-Opt-in: set ``HARNESS_TEST_POSTGRES_URL`` to a database the tests may empty,
-e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/harness_test``; skipped otherwise.
+Each test gets a fresh database from ``harness_postgres_url`` (a throwaway server, or ``$HARNESS_TEST_POSTGRES_URL``).
 """
 
 from __future__ import annotations
-
-import os
 
 import pytest
 from sqlalchemy import create_engine, inspect, text
@@ -15,24 +12,21 @@ from harness.errors import UsageError
 from harness.results import CertifierResult, EvaluationResult, RadiusStats
 from harness.store import RunInfo, SampleResult, _migrate, database_revision, open_store, upgrade_database
 
-URL = os.environ.get("HARNESS_TEST_POSTGRES_URL")
-pytestmark = pytest.mark.skipif(not URL, reason="set HARNESS_TEST_POSTGRES_URL to a PostgreSQL database the tests may empty")
-
 RESULT = EvaluationResult(samples=2, clean_accuracy=0.5, certified_accuracy=0.5,
                           certifiers=(CertifierResult("ibp", {}, 0.5, 2, RadiusStats(0.1, 0.05), 1.0),))
 SAMPLES = [SampleResult(0, 1, 1, {}, {"ibp": (True, 0.1)}), SampleResult(1, 2, 3, {}, {"ibp": (False, None)})]
 
 
-def empty() -> None:
-    engine = create_engine(URL)
+def empty(url: str) -> None:
+    engine = create_engine(url)
     with engine.begin() as conn:
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
 
 
-def schema() -> dict:
-    engine = create_engine(URL)
+def schema(url: str) -> dict:
+    engine = create_engine(url)
     try:
         i = inspect(engine)
         return {t: (sorted((c["name"], str(c["type"]), c["nullable"], str(c["default"])) for c in i.get_columns(t)),
@@ -42,8 +36,8 @@ def schema() -> dict:
         engine.dispose()
 
 
-def test_a_round_trip_and_a_read_only_open():
-    empty()
+def test_a_round_trip_and_a_read_only_open(harness_postgres_url):
+    URL = harness_postgres_url
     store = open_store(URL)
     try:
         run_id = store.create_run(RunInfo("linf_v2", "mnist", "inf", 0.3, None, 1, 1, {"a": 1}, "cpu", {}))
@@ -61,11 +55,11 @@ def test_a_round_trip_and_a_read_only_open():
         reader.close()
 
 
-def test_revision_1_is_upgraded_by_harness_db_upgrade_only_to_the_fresh_schema():
-    empty()
+def test_revision_1_is_upgraded_by_harness_db_upgrade_only_to_the_fresh_schema(harness_postgres_url):
+    URL = harness_postgres_url
     open_store(URL).close()
-    fresh = schema()
-    empty()
+    fresh = schema(URL)
+    empty(URL)
     engine = create_engine(URL)
     with engine.begin() as conn:
         from alembic import command
@@ -86,7 +80,7 @@ def test_revision_1_is_upgraded_by_harness_db_upgrade_only_to_the_fresh_schema()
     assert database_revision(URL).revision == 1
     done = upgrade_database(URL)
     assert (done.from_revision, done.to_revision, done.backup) == (1, 2, None)
-    assert schema() == fresh
+    assert schema(URL) == fresh
     store = open_store(URL)
     try:
         (record,) = store.list_runs()
