@@ -127,18 +127,21 @@ class PostgresServer:
                 user = pwd.getpwnam(SERVICE_USER)
             except KeyError:
                 raise PostgresNotFound(f"running as root, and there is no {SERVICE_USER!r} user to run PostgreSQL as") from None
-        self.directory = Path(tempfile.mkdtemp(prefix="harness-pg-"))
-        if self._as_user:
-            os.chown(self.directory, user.pw_uid, user.pw_gid)
-        atexit.register(self.stop)
+        if self._started:
+            return self
+        if self.directory is None:  # a new server; else one halted by halt(), started again on its port
+            self.directory = Path(tempfile.mkdtemp(prefix="harness-pg-"))
+            if self._as_user:
+                os.chown(self.directory, user.pw_uid, user.pw_gid)
+            atexit.register(self.stop)
+            self._run([str(self.bindir / "initdb"), "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                       "--no-locale", "--no-sync"], "initdb")
         data = self.directory / "data"
-        self._run([str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-locale",
-                   "--no-sync"], "initdb")
         options = {"listen_addresses": "127.0.0.1", "unix_socket_directories": str(self.directory), **self.settings}
         if not self.durable:
             options.update(fsync="off", synchronous_commit="off", full_page_writes="off")
         for attempt in range(3):  # another process may take the free port between the probe and the start
-            self.port = _free_port()
+            self.port = self.port or _free_port()
             flags = " ".join(f"-c {k}={shlex.quote(str(v))}" for k, v in {"port": self.port, **options}.items())
             try:
                 self._run([str(self.bindir / "pg_ctl"), "-D", str(data), "-o", flags, "-l", str(self.log), "-t", "60", "-w", "start"],
@@ -148,8 +151,15 @@ class PostgresServer:
                 if attempt == 2 or "already in use" not in self.log_tail():
                     self.stop()
                     raise
+                self.port = None
         self._started = True
         return self
+
+    def halt(self) -> None:
+        """Stop the server but keep its data: :meth:`start` starts it again on the same port (a server that went away, for tests)."""
+        if self._started and self.directory is not None:
+            self._started = False
+            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop"], "pg_ctl stop")
 
     def stop(self) -> None:
         """Stop the server (``-m fast``: open connections are ended) and delete its directory; safe to call twice."""

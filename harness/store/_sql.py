@@ -474,7 +474,7 @@ class SqlStore(Store):
 
     def _cause(self, exc: BaseException) -> str:
         cause = _one_line(exc)
-        if isinstance(exc, OperationalError) and "locked" in cause:
+        if isinstance(exc, OperationalError) and ("locked" in cause or "lock timeout" in cause):
             cause += f" (busy for more than {_BUSY_TIMEOUT_S:g} s)"
         return cause
 
@@ -768,8 +768,11 @@ def _now() -> datetime:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The driver's own message when there is one (without SQLAlchemy's statement and links), on one line."""
-    return one_line(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
+    """The driver's own message when there is one (without SQLAlchemy's statement and links, or PostgreSQL's context), on one line."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None)  # psycopg: the message without DETAIL/CONTEXT
+        return " ".join(primary.split()) if isinstance(primary, str) and primary.strip() else one_line(exc.orig)
+    return one_line(exc)
 
 
 def _unavailable(exc: DBAPIError) -> bool:
