@@ -137,7 +137,7 @@ class SqlStore(Store):
                     raise UsageError(f"cannot open database {target.name!r}: it is empty (harness run creates the schema)")
                 if target.path is None and revision is not None:
                     raise _run_db_upgrade(target, "it is a server database, to be backed up first")
-                done = _upgrade_if_safe(target, automatic=True)
+                done = _upgrade_if_safe(target, automatic=True, empty=revision is None)
                 if done.from_revision != done.to_revision:
                     notes.append(str(done))
             _read(engine, target.name, _migrate.check_tables)
@@ -974,14 +974,19 @@ def _read(engine: Engine, name: str, check: Callable[[Connection, str], Any]) ->
         return check(conn, name)
 
 
-def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
-    """Create the schema of an empty database, or upgrade an older one: only when safe if ``automatic``, else as ``harness db upgrade``."""
+def _upgrade_if_safe(target: _Target, *, automatic: bool, empty: bool = False) -> Upgrade:
+    """Create the schema of an empty database, or upgrade an older one: only when safe if ``automatic``, else as ``harness db upgrade``.
+
+    An automatic upgrade takes the write lock only if it is free now; the schema of an ``empty`` database (as read before
+    the lock) is created waiting the busy timeout for it, so that processes starting together on a new database (a sweep)
+    each open it, the first creating the schema.
+    """
     if automatic and target.path is not None and target.path.exists():
         if not os.access(target.path, os.W_OK):
             raise _run_db_upgrade(target, "its file is read-only")
         if not os.access(target.path.parent, os.W_OK | os.X_OK):
             raise _run_db_upgrade(target, "its directory is read-only")
-    engine = target.engine(readonly=False, timeout=0.0 if automatic else None, foreign_keys=False)
+    engine = target.engine(readonly=False, timeout=0.0 if automatic and not empty else None, foreign_keys=False)
     try:
         with engine.connect() as conn:
             try:
