@@ -74,8 +74,15 @@ def test_every_command_works_on_postgresql_and_never_shows_or_stores_the_passwor
     imported = cli("import", str(results))
     assert "as run 2" in imported.out
     assert cli("import", str(results), code=2).err.count("already") == 1
-    assert [r["status"] for r in json.loads(cli("show", "2", "--format", "json").out)["evaluations"][:0]] == []
     assert json.loads(cli("show", "2", "--format", "json").out)["status"] == "finished"
+
+    # $HARNESS_DB instead of --db: the same, and an error names the database without its password.
+    monkeypatch.setenv("HARNESS_DB", url)
+    for args, code in ((["runs"], 0), (["show", "99"], 2), (["db", "current"], 0)):
+        r = harness_cli(*args, plugins=[harness_tiny_data])
+        outputs.append(r.out + r.err)
+        assert r.code == code, r.err
+    assert outputs[-2].strip() == f"error: no run with id 99 in {shown}"
 
     # The password: never in any output, file written, or row stored; the URL is named with *** where it is named.
     said = "\n".join(outputs)
