@@ -209,6 +209,7 @@ class SqlStore(Store):
         )
         for key, value in values.items():
             setattr(row, key, value)
+        _check_lengths(RunRow, {c.name: getattr(row, c.name, None) for c in table(RunRow).columns})
         with self._write() as session:
             session.add(row)
             session.flush()
@@ -314,7 +315,7 @@ class SqlStore(Store):
         """
         if status not in (FAILED, INTERRUPTED):
             raise ValueError(f"a run can only be marked {FAILED!r} or {INTERRUPTED!r}, not {status!r}")
-        values: dict[str, Any] = {"status": status, "error": error, "finished_at": _now()}
+        values: dict[str, Any] = {"status": status, "error": _text(error), "finished_at": _now()}
         if train_seconds is not None:
             values["train_seconds"] = float(train_seconds)
         with self._write() as session:
@@ -693,7 +694,7 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
     }
     attack_rows = [
         {"attack": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
-         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": a.error}
+         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": _text(a.error)}
         for a in result.attacks
     ]
     certifier_rows = [
@@ -701,7 +702,7 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
          "accuracy": _float(c.accuracy), "samples": int(c.samples),
          "mean_radius": None if c.radius is None else float(c.radius.mean),
          "median_radius": None if c.radius is None else float(c.radius.median),
-         "seconds": _float(c.seconds), "error": c.error}
+         "seconds": _float(c.seconds), "error": _text(c.error)}
         for c in result.certifiers
     ]
     sample_rows: list[dict[str, Any]] = []
@@ -715,6 +716,15 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
         for certifier, (certified, radius) in s.certificates.items():
             certificate_rows.append({"idx": idx, "certifier": certifier, "certified": bool(certified),
                                      "radius": None if radius is None else float(radius)})
+    checks: list[tuple[type, list[dict[str, Any]]]] = [
+        (AttackResultRow, attack_rows),
+        (CertifierResultRow, certifier_rows),
+        (AttackRow, [{"attack": a} for a in {a for s in samples for a in s.attacks}]),
+        (CertificateRow, [{"certifier": c} for c in {c for s in samples for c in s.certificates}]),
+    ]
+    for row_class, checked in checks:
+        for values in checked:
+            _check_lengths(row_class, values)
     return [
         (ResultRow, [summary]),
         (AttackResultRow, attack_rows),
@@ -723,6 +733,24 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
         (AttackRow, sample_attack_rows),
         (CertificateRow, certificate_rows),
     ]
+
+
+def _text(message: str | None) -> str | None:
+    """An error message as a database text: a NUL character (an exception's message can hold one; PostgreSQL's text cannot) as ``\\x00``."""
+    return None if message is None else message.replace("\x00", "\\x00")
+
+
+def _check_lengths(row_class: type, values: dict[str, Any]) -> None:
+    """Every text fits its column's length: PostgreSQL would refuse a longer one, SQLite keep it; both refuse it here, the same way.
+
+    :raises HarnessError: naming the column, its length and the value; nothing is stored.
+    """
+    for column in table(row_class).columns:
+        length = getattr(column.type, "length", None)
+        value = values.get(column.name)
+        if length is not None and isinstance(value, str) and len(value) > length:
+            raise HarnessError(f"{column.table.name}.{column.name} holds at most {length} characters, and {_short(value)} has {len(value)}; "
+                               "nothing was stored")
 
 
 def _weights(weights: WeightsFile | None) -> dict[str, Any]:
