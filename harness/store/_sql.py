@@ -918,6 +918,17 @@ def _server_connect_args(url: URL) -> dict[str, Any]:
     return args
 
 
+def database_name(url: str) -> str:
+    """How messages name the database at ``url``: as written, with every password (the userinfo's, query parameters named
+    like one, and their URL-encoded forms) replaced by ``***``; a file path as it is. Opens nothing."""
+    if "://" not in url:
+        return url
+    try:
+        return _Target.resolve(url, readonly=True).name
+    except UsageError:  # not a URL SQLAlchemy reads: hide what looks like a password
+        return _hide_url_text(url)
+
+
 def _secret(key: str) -> bool:
     return "password" in key.lower() or "secret" in key.lower() or key.lower() in ("token", "passfile")
 

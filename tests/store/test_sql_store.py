@@ -592,3 +592,19 @@ def test_an_error_message_with_a_nul_character_is_recorded(store):
     run_id = store.create_run(make_info())
     store.mark_ended(run_id, FAILED, "ValueError: bad byte \x00 in input")
     assert store.get_run(run_id).error == "ValueError: bad byte \\x00 in input"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://u:hunter2@db.example:5432/runs", "postgresql://u:***@db.example:5432/runs"),
+        ("postgresql+psycopg://u@h/db?password=hunter2&sslmode=require", "postgresql+psycopg://u@h/db?password=***&sslmode=require"),
+        ("postgresql://u:hun%40ter2@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:hunter2@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+        ("results.db", "results.db"),
+    ],
+)
+def test_database_name_hides_every_password_and_opens_nothing(url, shown):
+    from harness.store import database_name
+
+    assert database_name(url) == shown
