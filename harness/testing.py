@@ -15,7 +15,13 @@ plugin package's tests get these fixtures without importing anything:
 ``harness_cli``
     runs ``harness ARGS`` in-process in a temporary directory with only the
     built-in plugins and the plugin modules you pass, and returns the exit
-    code, stdout and stderr.
+    code, stdout and stderr;
+``harness_postgres_url``
+    the URL of a fresh, empty PostgreSQL database for one test, on the
+    session's server (``harness_postgres_server``): the server of
+    ``$HARNESS_TEST_POSTGRES_URL`` if set, else a throwaway one started for the
+    session (:mod:`harness.testing_postgres`); skipped, saying why, only when
+    no PostgreSQL binaries can be found.
 
 :func:`check_certifier_sound` is the contract test every certifier must
 pass: each certified sample is classified correctly, survives the given
@@ -404,6 +410,54 @@ def harness_store(tmp_path: Path) -> Iterator[Store]:
     store = open_store(str(tmp_path / "results.db"))
     yield store
     store.close()
+
+
+@pytest.fixture(scope="session")
+def harness_postgres_server() -> Iterator[str]:
+    """The URL of a PostgreSQL server for the session: ``$HARNESS_TEST_POSTGRES_URL``, else a throwaway server, stopped at the end.
+
+    Skips (naming what is missing) when there is no URL and no PostgreSQL binaries; a server that is found but does not start
+    fails, with its log. Tests take their databases from ``harness_postgres_url``.
+    """
+    import os
+
+    from harness.testing_postgres import PostgresNotFound, PostgresServer
+
+    given = os.environ.get("HARNESS_TEST_POSTGRES_URL")
+    if given:
+        yield given
+        return
+    try:
+        server = PostgresServer()
+    except PostgresNotFound as exc:
+        pytest.skip(str(exc))
+    with server:
+        yield server.url()
+
+
+@pytest.fixture
+def harness_postgres_url(harness_postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test (``postgresql+psycopg://...``), dropped afterwards.
+
+    On the server of ``harness_postgres_server``. Where its user may not create databases (a
+    ``$HARNESS_TEST_POSTGRES_URL`` for one database), that database's ``public`` schema is emptied instead.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from harness.testing_postgres import drop_database, empty_schema, fresh_database
+
+    try:
+        url = fresh_database(harness_postgres_server)
+    except DBAPIError as exc:
+        if "permission denied" not in str(exc):
+            raise
+        empty_schema(harness_postgres_server)
+        yield harness_postgres_server
+        return
+    try:
+        yield url
+    finally:
+        drop_database(url)
 
 
 @pytest.fixture

@@ -50,6 +50,7 @@ from sqlalchemy import (
     event,
     insert,
     select,
+    text,
     type_coerce,
     update,
 )
@@ -100,6 +101,8 @@ from harness.threat import EPS_REL_TOL, same_eps
 _BUSY_TIMEOUT_S = 30.0
 #: A read-only store waits this long at most, and only on what SQLite itself is doing (a log recovery), never on a writer.
 _READ_TIMEOUT_S = 5.0
+#: The PostgreSQL advisory lock that schema creation and upgrades hold (any fixed number: "harness" in ASCII).
+_SCHEMA_LOCK = 0x68_61_72_6E_65_73_73
 _BEGIN = "harness_sqlite_begin"  # execution option: the statement that begins a SQLite transaction
 
 
@@ -471,7 +474,7 @@ class SqlStore(Store):
 
     def _cause(self, exc: BaseException) -> str:
         cause = _one_line(exc)
-        if isinstance(exc, OperationalError) and "locked" in cause:
+        if isinstance(exc, OperationalError) and ("locked" in cause or "lock timeout" in cause):
             cause += f" (busy for more than {_BUSY_TIMEOUT_S:g} s)"
         return cause
 
@@ -765,8 +768,11 @@ def _now() -> datetime:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The driver's own message when there is one (without SQLAlchemy's statement and links), on one line."""
-    return one_line(exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc)
+    """The driver's own message when there is one (without SQLAlchemy's statement and links, or PostgreSQL's context), on one line."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        primary = getattr(getattr(exc.orig, "diag", None), "message_primary", None)  # psycopg: the message without DETAIL/CONTEXT
+        return " ".join(primary.split()) if isinstance(primary, str) and primary.strip() else one_line(exc.orig)
+    return one_line(exc)
 
 
 def _unavailable(exc: DBAPIError) -> bool:
@@ -815,6 +821,8 @@ class _Target:
                 sa_url = make_url(url)
             except (ArgumentError, ValueError):  # a port that is not a number is a ValueError
                 raise UsageError(f"cannot open database {_hide_url_text(url)!r}: not a valid SQLAlchemy URL") from None
+            if sa_url.drivername == "postgresql":  # SQLAlchemy's default driver is psycopg2; harness depends on psycopg 3
+                sa_url = sa_url.set(drivername="postgresql+psycopg")
             plain = [s for s in (sa_url.password, *(_query_secrets(sa_url))) if s]
             secrets = sorted({*plain, *(quote(s, safe="") for s in plain), *(quote_plus(s) for s in plain)}, key=len, reverse=True)
             name = _hide_url_text(url)  # as the user wrote it, but never its passwords
@@ -849,7 +857,7 @@ class _Target:
                 wait = _BUSY_TIMEOUT_S if timeout is None else timeout
                 engine = create_engine(self.url, connect_args={"timeout": wait})
             else:
-                engine = create_engine(self.url, pool_pre_ping=True)
+                engine = create_engine(self.url, pool_pre_ping=True, connect_args=_server_connect_args(self.url))
                 if readonly and engine.dialect.name == "postgresql":
                     engine = engine.execution_options(postgresql_readonly=True)
         except NoSuchModuleError:
@@ -862,6 +870,24 @@ class _Target:
             event.listen(engine, "connect", _sqlite_connect(foreign_keys=foreign_keys))
             event.listen(engine, "begin", _sqlite_begin)
         return engine
+
+
+def _server_connect_args(url: URL) -> dict[str, Any]:
+    """PostgreSQL: a write waits on another's lock at most the busy timeout (then StoreUnavailable, as with SQLite's busy
+    timeout), and an unreachable server is given up on after 10 s; what the URL sets itself is kept.
+
+    Schema creation waits on the same timeout (not SQLite's zero wait of an automatic upgrade): it takes a moment, and
+    processes that open one new database together must each get it.
+    """
+    if url.get_backend_name() != "postgresql":
+        return {}
+    wait = _BUSY_TIMEOUT_S
+    args: dict[str, Any] = {}
+    if "connect_timeout" not in url.query:
+        args["connect_timeout"] = 10
+    if "options" not in url.query:
+        args["options"] = f"-c lock_timeout={max(1, round(wait * 1000))}"
+    return args
 
 
 def _secret(key: str) -> bool:
@@ -960,6 +986,9 @@ def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
         with engine.connect() as conn:
             try:
                 conn.execution_options(**{_BEGIN: "BEGIN IMMEDIATE"}).begin()
+                if conn.dialect.name == "postgresql":
+                    # SQLite's BEGIN IMMEDIATE, on a server: processes opening one empty database at once create its schema once
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
             except OperationalError as exc:
                 if automatic and "locked" in str(exc):
                     raise _run_db_upgrade(target, "another process is writing to it now") from None

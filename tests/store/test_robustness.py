@@ -18,6 +18,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from harness.errors import HarnessError, UsageError
 from harness.results import AttackResult, EvaluationResult
@@ -57,7 +58,8 @@ def one_line_usage_error(call) -> str:
     return message
 
 
-def make_db(path: Path, finished: int = 1, running: int = 0) -> Path:
+def make_db(path, finished: int = 1, running: int = 0):
+    """Fill the database at ``path`` (a file path or a URL) with runs; return ``path``."""
     store = open_store(str(path))
     try:
         for _ in range(finished):
@@ -229,20 +231,41 @@ def test_an_unrelated_sqlite_file_is_refused_and_left_as_it_was(harness_cli, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.db"]
 
 
-def test_a_missing_table_or_column_is_found_at_open(tmp_path):
-    db = make_db(tmp_path / "r.db")
-    with sqlite3.connect(db) as conn:
-        conn.execute("ALTER TABLE runs DROP COLUMN resumes")
-    conn.close()
+def execute(db: str, *statements: str) -> None:
+    """Run SQL on the database at ``db`` (a path or a URL) apart from the store, as another program would."""
+    engine = create_engine(db if "://" in db else f"sqlite:///{db}")
+    try:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
+
+
+def test_a_missing_table_or_column_is_found_at_open(db):
+    make_db(db)
+    execute(db, "ALTER TABLE runs DROP COLUMN resumes")
     for readonly in (False, True):
-        message = one_line_usage_error(lambda: open_store(str(db), readonly=readonly))  # noqa: B023
+        message = one_line_usage_error(lambda: open_store(db, readonly=readonly))  # noqa: B023
         assert message == f"cannot open database '{db}': its table 'runs' has no column 'resumes' (revision 2 has it)"
-    db = make_db(tmp_path / "r2.db")
-    with sqlite3.connect(db) as conn:
-        conn.execute("DROP TABLE sample_certificates")
-    conn.close()
-    message = one_line_usage_error(lambda: open_store(str(db)))
+    execute(db, "ALTER TABLE runs ADD COLUMN resumes INTEGER", "DROP TABLE sample_certificates")
+    message = one_line_usage_error(lambda: open_store(db))
     assert message == f"cannot open database '{db}': its table 'sample_certificates' is missing (revision 2 has it)"
+
+
+def test_a_read_only_store_writes_nothing_and_an_empty_database_is_not_read(db):
+    assert one_line_usage_error(lambda: open_store(db, readonly=True)) in (
+        f"no database at '{db}' (harness run creates it)",  # SQLite: no file
+        f"cannot open database '{db}': it is empty (harness run creates the schema)",  # a server database without tables
+    )
+    make_db(db)
+    store = open_store(db, readonly=True)
+    try:
+        with pytest.raises(HarnessError, match="opened read-only"):
+            store.create_run(make_info())
+        assert [r.status for r in store.list_runs()] == ["finished"]
+    finally:
+        store.close()
 
 
 def test_a_server_that_cannot_be_reached_is_one_line_without_its_password(harness_cli):
@@ -386,6 +409,33 @@ def test_a_bad_row_leaves_its_run_out_with_a_warning(tmp_path, harness_cli, stat
         assert line.startswith("warning: run 2 in results.db cannot be read and is left out: ") and problem in line
     cli_error(harness_cli("show", "2"), "error: run 2 in results.db cannot be read: ", problem)
     assert harness_cli("show", "1").code == 0
+
+
+@pytest.mark.parametrize(
+    "statement, problem",
+    [
+        ("UPDATE evaluations SET config = '5' WHERE id = 2", "evaluation 2: evaluations.config holds 5, not a JSON object"),
+        ("UPDATE runs SET environment = '[1, 2]' WHERE id = 2", "runs.environment holds [1, 2], not a JSON object"),
+        ("DELETE FROM results WHERE evaluation_id = 2", "evaluation 2: results has no row for it"),
+    ],
+)
+def test_a_bad_row_that_postgresql_types_allow_leaves_its_run_out(harness_postgres_url, harness_cli, statement, problem):
+    # Only what a PostgreSQL column accepts: its types and checks refuse the rest of the SQLite cases above.
+    db = make_db(harness_postgres_url, finished=3)
+    execute(db, statement)
+    store = open_store(db, readonly=True)
+    try:
+        assert [r.id for r in store.list_runs()] == [1, 3]
+        (warning,) = store.warnings
+        assert warning.startswith(f"run 2 in {db} cannot be read and is left out: ") and problem in warning, warning
+    finally:
+        store.close()
+    for args in (["runs"], ["leaderboard", "--reported", "none"]):
+        r = harness_cli(*args, "--db", db)
+        assert r.code == 0, r.err
+        (line,) = r.err.strip().splitlines()
+        assert line.startswith(f"warning: run 2 in {db} cannot be read and is left out: ") and problem in line
+    cli_error(harness_cli("show", "2", "--db", db), f"error: run 2 in {db} cannot be read: ", problem)
 
 
 def test_bad_per_sample_rows_are_one_line(tmp_path):

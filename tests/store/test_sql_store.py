@@ -9,9 +9,9 @@ import sys
 import textwrap
 from dataclasses import replace
 from datetime import UTC
-from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError, UsageError
@@ -103,30 +103,36 @@ def finish(store: SqlStore, run_id: int, samples: list[SampleResult] | None = No
     return evaluate(store, run_id, make_result(clean=clean), samples, finish=True, run_config=config if config is not None else {"final": True})
 
 
-def rows(db: Path, table: str) -> int:
-    with sqlite3.connect(db) as conn:
-        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-
-
-@pytest.fixture
-def db(tmp_path) -> Path:
-    return tmp_path / "runs.db"
+def rows(db: str, table: str) -> int:
+    """How many rows ``table`` holds, read apart from the store; ``db`` is a path or a URL."""
+    engine = create_engine(db if "://" in db else f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(text(f"SELECT count(*) FROM {table}")))
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture
 def store(db):
-    s = SqlStore.open(str(db))
+    s = SqlStore.open(db)
     yield s
     s.close()
 
 
-def test_open_store_gives_a_sql_store_and_creates_the_file(db):
-    store = open_store(str(db))
+def test_open_store_gives_a_sql_store_and_creates_the_schema(db):
+    store = open_store(db)
     try:
         assert isinstance(store, SqlStore)
-        assert db.is_file()
+        assert rows(db, "runs") == 0
     finally:
         store.close()
+
+
+def test_open_store_creates_the_sqlite_file(tmp_path):  # SQLite only: a file
+    store = open_store(str(tmp_path / "runs.db"))
+    store.close()
+    assert (tmp_path / "runs.db").is_file()
 
 
 def test_a_new_run_is_running_and_its_info_round_trips(store):
@@ -400,7 +406,7 @@ def test_eps_matching_works_both_ways(store):
 def test_a_second_store_on_the_same_file_sees_the_runs(store, db):
     run_id = store.create_run(make_info())
     finish(store, run_id)
-    other = SqlStore.open(str(db))
+    other = SqlStore.open(db)
     try:
         assert other.get_run(run_id) == store.get_run(run_id)
         assert other.samples(run_id) == store.samples(run_id)
@@ -416,7 +422,7 @@ def test_runs_persist_across_processes(db):
         f"""
         from harness.results import EvaluationResult
         from harness.store import open_store, RunInfo, SampleResult
-        store = open_store({str(db)!r})
+        store = open_store({db!r})
         info = RunInfo("linf_v2", "mnist", "inf", 8 / 255, None, 7, 2, {{"a": 1}}, "cpu", {{"python": "3"}})
         run_id = store.create_run(info)
         store.record_evaluation(run_id, result=EvaluationResult(samples=1, clean_accuracy=0.5), config={{}}, environment={{}},
@@ -429,7 +435,7 @@ def test_runs_persist_across_processes(db):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     run_id = int(done.stdout.strip())
-    store = open_store(str(db))
+    store = open_store(db)
     try:
         record = store.get_run(run_id)
         assert (record.status, record.info.seed, record.info.eps, record.result.clean_accuracy) == (FINISHED, 7, 8 / 255, 0.5)
@@ -449,8 +455,11 @@ def test_a_bare_relative_path_is_relative_to_the_cwd(tmp_path, monkeypatch):
     assert (tmp_path / "relative.db").is_file()
 
 
-def test_a_sqlite_url_opens_the_same_database(store, db):
+def test_a_sqlite_url_opens_the_same_database(tmp_path):  # SQLite only: a path and a sqlite:/// URL
+    db = tmp_path / "runs.db"
+    store = open_store(str(db))
     run_id = store.create_run(make_info())
+    store.close()
     other = open_store(f"sqlite:///{db}")
     try:
         assert other.get_run(run_id).info == make_info()
@@ -554,10 +563,8 @@ def test_a_directory_that_is_not_writable(tmp_path):
         directory.chmod(0o700)
 
 
-def test_non_finite_numbers_are_refused_and_nothing_is_stored(tmp_path):
-    from harness.errors import HarnessError
-
-    store = SqlStore.open(str(tmp_path / "r.db"))
+def test_non_finite_numbers_are_refused_and_nothing_is_stored(db):
+    store = SqlStore.open(db)
     run_id = store.create_run(make_info())
     result = EvaluationResult(samples=1, clean_accuracy=0.5, certifiers=(CertifierResult("x", accuracy=0.5, radius=RadiusStats(float("nan"), 0.0)),))
     with pytest.raises(HarnessError, match="certifier 'x' radius"):
