@@ -1,0 +1,204 @@
+"""Sweeps without Ray (one cell after another in this process) on SQLite: validation, plan, idempotency, retries, status.
+
+Ray is hidden in every test here (``sys.modules["ray"] = None``), whatever is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness import DatasetInfo, hookimpl
+from harness.scaffold import BatchLoss, EpochTrainer, Step
+
+INFO = DatasetInfo(name="blobs", num_classes=2, shape=(1, 2, 2), mean=(0.5,), std=0.25)
+
+
+def blobs(n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    centre = torch.where(labels[:, None] == 1, 200.0, 55.0)
+    images = (centre + 20 * torch.randn(n, 4, generator=g)).clamp(0, 255).to(torch.uint8).view(n, 1, 2, 2)
+    return images, labels
+
+
+class Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x.flatten(1))
+
+
+@dataclass(frozen=True)
+class FlakyOptions:
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 0.1
+
+
+class Flaky(EpochTrainer):
+    """Cross-entropy that raises in its second epoch while ``failures`` says so (one less each time)."""
+
+    name = "flaky"
+    description = "a trainer that fails its first attempts (test)"
+    model = "linear"
+    Options = FlakyOptions
+    failures = 0
+
+    def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.SGD(model.parameters(), lr=self.options.lr)
+
+    def schedule(self, step: Step) -> dict[str, float]:
+        if step.epoch == 1 and step.index == 0 and Flaky.failures > 0:
+            Flaky.failures -= 1
+            raise RuntimeError("flaky failed on purpose")
+        return {"lr": self.options.lr}
+
+    def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
+        logits = model(images)
+        return BatchLoss(F.cross_entropy(logits, labels), logits)
+
+
+class BlobsPlugin:
+    @hookimpl
+    def register_datasets(self):
+        from harness import Dataset, Splits
+
+        class Blobs(Dataset):
+            name = "blobs"
+            description = "two Gaussian blobs as 1x2x2 images (test data)"
+            info = INFO
+
+            def load(self, root, *, download=True):
+                return Splits(*blobs(256), *blobs(64, seed=1))
+
+        return [Blobs]
+
+    @hookimpl
+    def register_models(self):
+        from harness import Model
+
+        class LinearModel(Model):
+            name = "linear"
+            description = "a linear classifier (test)"
+
+            def build(self, data):
+                return Linear()
+
+        return [LinearModel]
+
+    @hookimpl
+    def register_trainers(self):
+        return [Flaky]
+
+
+QUICK = ["--plugin", "flaky", "--dataset", "blobs", "--eps", "0.01", "--certifier", "interval", "--attack", "pgd",
+         "--set", "attacker.pgd.steps=2"]
+
+
+@pytest.fixture
+def sweep(harness_cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray, whatever is installed
+    monkeypatch.setattr(Flaky, "failures", 0)
+
+    def run(*args: str):
+        return harness_cli("sweep", *args, plugins=[BlobsPlugin()])
+
+    return run
+
+
+def test_without_ray_the_cells_run_one_by_one_and_a_rerun_does_nothing(sweep, tmp_path):
+    r = sweep(*QUICK, "--seeds", "2")
+    assert r.code == 0, r.err
+    out = r.out
+    assert "2 cells: 0 finished, 0 running elsewhere, 0 to resume, 0 to retry, 0 failed (gave up), 2 new" in out
+    assert "Ray is not installed: running the 2 cells one after another in this process (pip install 'harness-bench[ray]'" in out
+    assert out.count(": queued") == 2 and out.count(": finished: run ") == 2
+    assert "2 finished (2 now), 0 failed" in out
+    assert "epoch" not in out + r.err  # training output goes to the cells' logs
+    logs = sorted((tmp_path / "runs" / "sweeps").glob("quick-*/*.log"))
+    assert len(logs) == 2 and all("epoch 2/2" in log.read_text() for log in logs)
+
+    again = sweep(*QUICK, "--seeds", "2")
+    assert again.code == 0, again.err
+    assert "2 cells: 2 finished" in again.out and "nothing to do: every cell of sweep" in again.out
+    assert "queued" not in again.out and "Ray" not in again.out
+
+    status = sweep(*QUICK, "--seeds", "2", "--status", "--format", "json")
+    rows = json.loads(status.out)["cells"]
+    assert [(r["run"], r["status"], r["resumes"]) for r in rows] == [(1, "finished", 0), (2, "finished", 0)]
+    assert all(r["clean"] is not None for r in rows)
+    table = sweep(*QUICK, "--seeds", "2", "--status").out
+    assert "flaky blobs l_inf 0.01 seed 0" in table and "sweep quick-" in table and "2 finished" in table
+
+
+def test_a_run_started_by_hand_with_the_same_request_is_the_cells_run(sweep, harness_cli):
+    by_hand = harness_cli("run", *QUICK, "--seed", "1", plugins=[BlobsPlugin()])
+    assert by_hand.code == 0, by_hand.err
+    r = sweep(*QUICK, "--seeds", "1,2")
+    assert "1 finished" in r.out and "1 new" in r.out and r.out.count(": queued") == 1
+
+
+def test_a_failed_cell_is_retried_from_its_checkpoint_then_finishes(sweep, monkeypatch):
+    monkeypatch.setattr(Flaky, "failures", 1)
+    r = sweep(*QUICK, "--seeds", "0,")
+    assert r.code == 0, r.out + r.err
+    assert "failed: run 1: RuntimeError: flaky failed on purpose" in r.out
+    assert "retrying: run 1, retry 1 of 2" in r.out
+    assert "finished: run 1" in r.out
+    status = json.loads(sweep(*QUICK, "--seeds", "0,", "--status", "--format", "json").out)["cells"]
+    assert status[0]["status"] == "finished" and status[0]["resumes"] == 1
+
+
+def test_a_cell_that_keeps_failing_is_given_up_after_its_retries_and_retry_failed_tries_once_more(sweep, monkeypatch):
+    monkeypatch.setattr(Flaky, "failures", 100)
+    r = sweep(*QUICK, "--seeds", "0,", "--retries", "1")
+    assert r.code == 1
+    assert r.out.count("failed: run 1") == 2 and "retrying: run 1, retry 1 of 1" in r.out
+    assert r.err.strip().splitlines()[-1].startswith("error: 1 cells of sweep quick-")
+
+    again = sweep(*QUICK, "--seeds", "0,", "--retries", "1")
+    assert again.code == 1 and "1 failed (gave up)" in again.out and "--retry-failed tries it again" in again.out
+    assert "queued" not in again.out
+
+    monkeypatch.setattr(Flaky, "failures", 0)
+    retried = sweep(*QUICK, "--seeds", "0,", "--retries", "1", "--retry-failed")
+    assert retried.code == 0, retried.out + retried.err
+    assert "queued to retry run 1" in retried.out and "finished: run 1" in retried.out
+
+
+def test_every_cell_is_planned_before_anything_runs(sweep, tmp_path):
+    r = sweep("--plugin", "flaky", "--dataset", "blobs", "--eps", "0.01,0.02", "--set", "trainer.lrr=0.1")
+    assert r.code == 2
+    assert r.err.strip().startswith("error: cell flaky blobs l_inf 0.01 trainer.lrr=0.1:") and "'lrr'" in r.err
+    assert len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+    r = sweep("--plugin", "flaky", "--dataset", "blobs", "--eps", "0.01", "--preset", "quick")
+    assert r.code == 2 and "cell flaky blobs l_inf 0.01 quick" in r.err
+
+
+def test_the_quick_form_and_a_spec_file_exclude_each_other(sweep, tmp_path):
+    (tmp_path / "s.toml").write_text('plugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\n')
+    r = sweep("s.toml", "--seeds", "2")
+    assert r.code == 2 and "--seeds is a quick-form option" in r.err
+    r = sweep("--dataset", "blobs")
+    assert r.code == 2 and "give a spec file (harness sweep SPEC.toml) or the quick form's --plugin" in r.err
+
+
+def test_dry_run_shows_the_plan_and_runs_nothing(sweep, tmp_path):
+    (tmp_path / "s.toml").write_text('name = "dry"\nplugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\nseeds = 2\n'
+                                     'certifiers = ["interval"]\n')
+    r = sweep("s.toml", "--dry-run")
+    assert r.code == 0, r.err
+    assert "sweep dry (s.toml): 2 cells:" in r.out and "no GPU-hours estimate" in r.out
+    assert "cell flaky blobs l_inf 0.01 seed 1: new (no run yet)" in r.out and "dry run: 2 cells would run" in r.out
+    assert not (tmp_path / "runs").exists()
