@@ -13,10 +13,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import HarnessError, UsageError, one_line
@@ -182,6 +186,24 @@ def ray_available() -> bool:
     return True
 
 
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a scheduler, a closed terminal) stop the driver as Ctrl-C does: a KeyboardInterrupt (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_sweep(
     spec: Spec,
     store: Store,
@@ -248,18 +270,10 @@ def run_sweep(
         submit(state.cell, state.action == Action.RETRY, what)
     stopping = False
     try:
-        while executor.pending():
-            done = executor.wait(POLL_S)
-            _report_changes(store, cells, seen, {j.cell.id for j in getattr(executor, "refs", {}).values()}, echo)
-            for job, outcome in done:
-                summary.outcomes[outcome.cell] = outcome
-                echo(cell_line(job.cell.label, outcome_text(outcome)))
-                again = _retry(store, outcome, retries, use_ray, stopping)
-                if again is not None:
-                    submit(job.cell, True, again)
-                elif outcome.status == INTERRUPTED and not use_ray:
-                    stopping = True  # Ctrl-C (or a stop signal) reached this process: stop the sweep here
-                    executor.stop()
+        with _stopped_by_signals():
+            _loop(executor, store, cells, seen, summary, echo, retries, use_ray, submit)
+    except _Stopped:
+        stopping = True
     except KeyboardInterrupt:
         stopping = True
         echo(f"interrupted: stopping {executor.pending()} running cells (each writes a checkpoint; rerun the sweep to resume them)")
@@ -279,6 +293,32 @@ def run_sweep(
     if stopping:
         raise KeyboardInterrupt(f"sweep {spec.name} interrupted; rerun it to resume its cells")
     return summary
+
+
+class _Stopped(Exception):
+    """A cell run in this process was interrupted: the sweep stops after it."""
+
+
+def _loop(
+    executor: Executor, store: Store, cells: dict[str, Cell], seen: dict[str, Any], summary: Summary, echo: Callable[[str], None],
+    retries: int, use_ray: bool, submit: Callable[[Cell, bool, str], None],
+) -> None:
+    """Wait for the tasks, report each change, retry what may be retried, until none is left."""
+    stopped = False
+    while executor.pending():
+        done = executor.wait(POLL_S)
+        _report_changes(store, cells, seen, {j.cell.id for j in getattr(executor, "refs", {}).values()}, echo)
+        for job, outcome in done:
+            summary.outcomes[outcome.cell] = outcome
+            echo(cell_line(job.cell.label, outcome_text(outcome)))
+            again = _retry(store, outcome, retries, use_ray, stopped)
+            if again is not None:
+                submit(job.cell, True, again)
+            elif outcome.status == INTERRUPTED and not use_ray:
+                stopped = True  # Ctrl-C (or a stop signal) reached this process during the cell: the sweep stops here
+                executor.stop()
+    if stopped:
+        raise _Stopped
 
 
 def summary_line(spec: Spec, summary: Summary) -> str:

@@ -53,6 +53,7 @@ class Flaky(EpochTrainer):
     model = "linear"
     Options = FlakyOptions
     failures = 0
+    interrupts = 0
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(model.parameters(), lr=self.options.lr)
@@ -61,6 +62,9 @@ class Flaky(EpochTrainer):
         if step.epoch == 1 and step.index == 0 and Flaky.failures > 0:
             Flaky.failures -= 1
             raise RuntimeError("flaky failed on purpose")
+        if step.epoch == 1 and step.index == 0 and Flaky.interrupts > 0:
+            Flaky.interrupts -= 1
+            raise KeyboardInterrupt("SIGINT")  # as Ctrl-C does, in the middle of training
         return {"lr": self.options.lr}
 
     def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
@@ -109,6 +113,7 @@ QUICK = ["--plugin", "flaky", "--dataset", "blobs", "--eps", "0.01", "--certifie
 def sweep(harness_cli, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # no Ray, whatever is installed
     monkeypatch.setattr(Flaky, "failures", 0)
+    monkeypatch.setattr(Flaky, "interrupts", 0)
 
     def run(*args: str):
         return harness_cli("sweep", *args, plugins=[BlobsPlugin()])
@@ -174,6 +179,19 @@ def test_a_cell_that_keeps_failing_is_given_up_after_its_retries_and_retry_faile
     retried = sweep(*QUICK, "--seeds", "0,", "--retries", "1", "--retry-failed")
     assert retried.code == 0, retried.out + retried.err
     assert "queued to retry run 1" in retried.out and "finished: run 1" in retried.out
+
+
+def test_an_interrupted_sweep_stops_and_the_next_one_resumes_its_cell(sweep, monkeypatch):
+    monkeypatch.setattr(Flaky, "interrupts", 1)
+    r = sweep(*QUICK, "--seeds", "2")
+    assert r.code == 130
+    assert "interrupted: run 1" in r.out and r.out.count(": queued") == 2 and "finished: run" not in r.out  # the sweep stopped
+    assert "interrupted: sweep quick-" in r.err and "rerun it to resume its cells" in r.err
+    again = sweep(*QUICK, "--seeds", "2")
+    assert again.code == 0, again.out + again.err
+    assert "1 to resume" in again.out and "1 new" in again.out and "queued to resume run 1 (interrupted:" in again.out
+    cells = json.loads(sweep(*QUICK, "--seeds", "2", "--status", "--format", "json").out)["cells"]
+    assert [(c["run"], c["status"], c["resumes"]) for c in cells] == [(1, "finished", 1), (2, "finished", 0)]
 
 
 def test_every_cell_is_planned_before_anything_runs(sweep, tmp_path):
