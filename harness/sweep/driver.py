@@ -155,7 +155,9 @@ class OnRay:
         self.refs[ref] = job
 
     def wait(self, timeout: float) -> list[tuple[CellJob, Outcome]]:
-        ready, _ = self.ray.wait(list(self.refs), num_returns=len(self.refs), timeout=timeout)
+        ready, waiting = self.ray.wait(list(self.refs), num_returns=1, timeout=timeout)  # back as soon as one ends
+        if ready and waiting:
+            ready += self.ray.wait(waiting, num_returns=len(waiting), timeout=0)[0]
         done = []
         for ref in ready:
             job = self.refs.pop(ref)

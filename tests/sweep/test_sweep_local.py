@@ -220,3 +220,9 @@ def test_dry_run_shows_the_plan_and_runs_nothing(sweep, tmp_path):
     assert "sweep dry (s.toml): 2 cells:" in r.out and "no GPU-hours estimate" in r.out
     assert "cell flaky blobs l_inf 0.01 seed 1: new (no run yet)" in r.out and "dry run: 2 cells would run" in r.out
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_cluster_address_without_ray_installed_is_one_line(sweep, tmp_path):
+    r = sweep(*QUICK, "--address", "10.0.0.1:6379")
+    assert r.code == 2
+    assert r.err.strip() == "error: --address 10.0.0.1:6379 needs Ray, which is not installed: pip install 'harness-bench[ray]'"
