@@ -342,7 +342,7 @@ def _report_changes(store: Store, cells: dict[str, Cell], seen: dict[str, Any], 
     if not running:
         return
     try:
-        runs = runs_by_key(store.list_runs())
+        runs = runs_by_key(store.list_runs(status="running"))  # only running runs make these lines
     except HarnessError:
         return  # the store is busy: the next look will see it
     for cell_id in running:
