@@ -19,6 +19,7 @@ file, appended to on every attempt, never to the driver; the driver gets an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -134,6 +135,7 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
     from harness.runner import plan_resume, plan_run
     from harness.store import FAILED as RUN_FAILED
     from harness.store import FINISHED as RUN_FINISHED
+    from harness.store import INTERRUPTED as RUN_INTERRUPTED
     from harness.store import RUNNING, open_store
     from harness.sweep.spec import with_where
     from harness.sweep.state import runs_by_key
@@ -156,7 +158,9 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
                 outcome.status, outcome.reason, outcome.retryable = FAILED, f"run {run.id} failed: {run.error}", False
                 return
             try:
-                plan = plan_resume(catalog, run, versions, device=device, data_dir=job.data_dir)
+                # This task's own run is resumed though it looks alive (its lost node's heartbeat is not old yet).
+                taken = dataclasses.replace(run, status=RUN_INTERRUPTED) if ours and run.status == RUNNING else run
+                plan = plan_resume(catalog, taken, versions, device=device, data_dir=job.data_dir)
             except HarnessError as exc:
                 outcome.retryable = False
                 raise HarnessError(f"run {run.id} cannot be resumed: {one_line(exc)}") from None

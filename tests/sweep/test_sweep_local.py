@@ -226,3 +226,35 @@ def test_a_cluster_address_without_ray_installed_is_one_line(sweep, tmp_path):
     r = sweep(*QUICK, "--address", "10.0.0.1:6379")
     assert r.code == 2
     assert r.err.strip() == "error: --address 10.0.0.1:6379 needs Ray, which is not installed: pip install 'harness-bench[ray]'"
+
+
+def test_a_retried_task_takes_over_its_own_run_on_another_node_and_leaves_others_alone(sweep, harness_catalog, tmp_path, monkeypatch):
+    """A run alive by its heartbeat on another host: only the Ray task that started it (retried there) resumes it at once."""
+    from harness.store import open_store
+    from harness.sweep.cell import CellJob, run_cell
+    from harness.sweep.spec import quick_spec
+
+    monkeypatch.setattr(Flaky, "interrupts", 1)
+    assert sweep(*QUICK, "--seeds", "0,").code == 130  # run 1 interrupted after its first checkpoint
+    store = open_store(str(tmp_path / "results.db"))
+    # As if a worker on host "node-b" resumed it under Ray task T1, then the node was lost: running, heartbeat fresh.
+    store.resume_run(1, {"host": "node-b", "pid": 4242, "launcher": {"ray_task": "T1"}})
+    store.close()
+    spec = quick_spec(plugins="flaky", datasets="blobs", eps="0.01", norm=None, presets=None, seeds="0,", overrides=["attacker.pgd.steps=2"],
+                      attacks=["pgd"], certifiers=["interval"], gpus=0.0, cpus=1.0, name=None, epochs=None, train_samples=None,
+                      eval_samples=None)
+    job = CellJob(cell=spec.cells[0], sweep=spec.name, db=str(tmp_path / "results.db"), save_dir=tmp_path / "runs",
+                  log=tmp_path / "cell.log")
+    catalog = harness_catalog(BlobsPlugin())
+    other = run_cell(job, catalog=catalog, versions={}, launcher={"ray_task": "T2"})
+    assert other.status == "skipped" and other.reason == "run 1 is running elsewhere (pid 4242 on node-b)"
+    ours = run_cell(job, catalog=catalog, versions={}, launcher={"ray_task": "T1"})
+    assert ours.status == "finished", ours.reason
+    assert ours.run_id == 1 and ours.resumed
+    log = (tmp_path / "cell.log").read_text()
+    assert "was running under this task's earlier attempt (its node or worker was lost): taking it over" in log
+    assert "resumed from epoch 1" in log
+    store = open_store(str(tmp_path / "results.db"), readonly=True)
+    run = store.get_run(1)
+    store.close()
+    assert run.status == "finished" and run.resumes == 2 and run.info.environment["launcher"]["ray_task"] == "T1"
