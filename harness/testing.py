@@ -457,7 +457,7 @@ def harness_postgres_url(harness_postgres_server: str) -> Iterator[str]:
     try:
         yield url
     finally:
-        drop_database(url)
+        drop_database(url, via=harness_postgres_server)
 
 
 @pytest.fixture

@@ -234,13 +234,14 @@ def fresh_database(url: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
-def drop_database(url: str) -> None:
-    """Drop the database of ``url`` (connections to it ended: ``WITH (FORCE)``), connecting to the server's ``postgres`` database."""
+def drop_database(url: str, *, via: str | None = None) -> None:
+    """Drop the database of ``url`` (connections to it ended: ``WITH (FORCE)``), connected to ``via`` (another database of
+    the server; default: its ``postgres`` database)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     target = make_url(url)
-    engine = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    engine = create_engine(via or target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
@@ -283,10 +284,9 @@ def main() -> None:
     try:
         print(server.url(), flush=True)
         print(f"(data and log in {server.directory}; Ctrl-C stops the server and deletes them)", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        for stop in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # SIGINT too where a shell started us with it ignored
+            signal.signal(stop, lambda *_: sys.exit(0))
         signal.pause()
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
 

@@ -61,3 +61,25 @@ def gzip_bomb() -> bytes:
     compressor = zlib.compressobj(9, wbits=31)  # wbits 31: the gzip container
     zeros = bytes(1 << 20)
     return b"".join([*(compressor.compress(zeros) for _ in range(200)), compressor.flush()])
+
+
+# -- the store's backends: tests that take ``db`` run on SQLite and on PostgreSQL ----------------------------------
+# Tests about what only SQLite has (its file: deletion, replacement, permissions, locks, backups, the frozen files of
+# old revisions) use tmp_path directly and say so. The PostgreSQL databases come from ``harness_postgres_url``
+# (harness.testing): a fresh one per test on a throwaway server, skipped only where there are no PostgreSQL binaries.
+
+BACKENDS = ("sqlite", "postgresql")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def db(backend, tmp_path, request) -> str:
+    """A fresh, empty database of ``backend``: the path of a SQLite file not yet there, or a PostgreSQL URL."""
+    if backend == "sqlite":
+        return str(tmp_path / "runs.db")
+    return request.getfixturevalue("harness_postgres_url")
+

@@ -129,13 +129,22 @@ def store(tmp_path):
     s.close()
 
 
+@pytest.fixture
+def any_store(db):
+    """A store on each backend (SQLite, PostgreSQL): what a run records does not depend on it."""
+    s = open_store(db)
+    yield s
+    s.close()
+
+
 def run(store, trainer, certifiers=(), **kw):
     catalog = make_catalog(BlobsPlugin(certifiers))
     plan = plan_run(catalog, RunRequest(trainer=trainer, dataset="blobs", eps=0.01, device="cpu", attacks=["pgd"], **kw))
     return execute(plan, store)
 
 
-def test_a_finished_run_then_a_failed_one(store):
+def test_a_finished_run_then_a_failed_one(any_store):
+    store = any_store
     first = run(store, "fit", epochs=3)
     before = store.samples(first)
     with pytest.raises(RuntimeError, match="boom"):
@@ -147,7 +156,8 @@ def test_a_finished_run_then_a_failed_one(store):
     assert store.get_run(first).result.clean_accuracy > 0.9
 
 
-def test_an_interrupted_run_is_recorded_as_interrupted(store):
+def test_an_interrupted_run_is_recorded_as_interrupted(any_store):
+    store = any_store
     with pytest.raises(KeyboardInterrupt):
         run(store, "ctrl-c")
     (record,) = store.list_runs()

@@ -186,7 +186,9 @@ class Escapes(Attacker):
 
 def linear_problem():
     g = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    with torch.random.fork_rng(devices=[]):  # the same model whatever ran before (the global generator), which is left as it was
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
     images = (torch.rand(100, 1, 4, 4, generator=g) * 255).round().to(torch.uint8)
     with torch.no_grad():
         labels = model(images.float() / 255).argmax(1)

@@ -267,6 +267,17 @@ def open_store(url: str, *, readonly: bool = False) -> Store:
     return SqlStore.open(url, readonly=readonly)
 
 
+def database_name(url: str) -> str:
+    """How to print the database ``url`` names (``--db``, ``$HARNESS_DB``): its passwords replaced by ``***``; opens nothing.
+
+    Every message of the store names its database this way (:attr:`Store.name`); use it wherever else a database URL
+    is shown or stored (a sweep's plan, a job's log, a configuration).
+    """
+    from harness.store._sql import database_name as name
+
+    return name(url)
+
+
 @dataclass(frozen=True)
 class Upgrade:
     """What :func:`upgrade_database` did: from which revision to which (0: schema 1, from before revisions), and its backup."""
@@ -338,6 +349,7 @@ __all__ = [
     "StoreUnavailable",
     "WeightsFile",
     "best_evaluation",
+    "database_name",
     "database_revision",
     "open_store",
     "upgrade_database",

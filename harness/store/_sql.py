@@ -137,7 +137,7 @@ class SqlStore(Store):
                     raise UsageError(f"cannot open database {target.name!r}: it is empty (harness run creates the schema)")
                 if target.path is None and revision is not None:
                     raise _run_db_upgrade(target, "it is a server database, to be backed up first")
-                done = _upgrade_if_safe(target, automatic=True)
+                done = _upgrade_if_safe(target, automatic=True, empty=revision is None)
                 if done.from_revision != done.to_revision:
                     notes.append(str(done))
             _read(engine, target.name, _migrate.check_tables)
@@ -209,6 +209,7 @@ class SqlStore(Store):
         )
         for key, value in values.items():
             setattr(row, key, value)
+        _check_lengths(RunRow, {c.name: getattr(row, c.name, None) for c in table(RunRow).columns})
         with self._write() as session:
             session.add(row)
             session.flush()
@@ -314,7 +315,7 @@ class SqlStore(Store):
         """
         if status not in (FAILED, INTERRUPTED):
             raise ValueError(f"a run can only be marked {FAILED!r} or {INTERRUPTED!r}, not {status!r}")
-        values: dict[str, Any] = {"status": status, "error": error, "finished_at": _now()}
+        values: dict[str, Any] = {"status": status, "error": _text(error), "finished_at": _now()}
         if train_seconds is not None:
             values["train_seconds"] = float(train_seconds)
         with self._write() as session:
@@ -693,7 +694,7 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
     }
     attack_rows = [
         {"attack": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
-         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": a.error}
+         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": _text(a.error)}
         for a in result.attacks
     ]
     certifier_rows = [
@@ -701,7 +702,7 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
          "accuracy": _float(c.accuracy), "samples": int(c.samples),
          "mean_radius": None if c.radius is None else float(c.radius.mean),
          "median_radius": None if c.radius is None else float(c.radius.median),
-         "seconds": _float(c.seconds), "error": c.error}
+         "seconds": _float(c.seconds), "error": _text(c.error)}
         for c in result.certifiers
     ]
     sample_rows: list[dict[str, Any]] = []
@@ -715,6 +716,15 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
         for certifier, (certified, radius) in s.certificates.items():
             certificate_rows.append({"idx": idx, "certifier": certifier, "certified": bool(certified),
                                      "radius": None if radius is None else float(radius)})
+    checks: list[tuple[type, list[dict[str, Any]]]] = [
+        (AttackResultRow, attack_rows),
+        (CertifierResultRow, certifier_rows),
+        (AttackRow, [{"attack": a} for a in {a for s in samples for a in s.attacks}]),
+        (CertificateRow, [{"certifier": c} for c in {c for s in samples for c in s.certificates}]),
+    ]
+    for row_class, checked in checks:
+        for values in checked:
+            _check_lengths(row_class, values)
     return [
         (ResultRow, [summary]),
         (AttackResultRow, attack_rows),
@@ -723,6 +733,24 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
         (AttackRow, sample_attack_rows),
         (CertificateRow, certificate_rows),
     ]
+
+
+def _text(message: str | None) -> str | None:
+    """An error message as a database text: a NUL character (an exception's message can hold one; PostgreSQL's text cannot) as ``\\x00``."""
+    return None if message is None else message.replace("\x00", "\\x00")
+
+
+def _check_lengths(row_class: type, values: dict[str, Any]) -> None:
+    """Every text fits its column's length: PostgreSQL would refuse a longer one, SQLite keep it; both refuse it here, the same way.
+
+    :raises HarnessError: naming the column, its length and the value; nothing is stored.
+    """
+    for column in table(row_class).columns:
+        length = getattr(column.type, "length", None)
+        value = values.get(column.name)
+        if length is not None and isinstance(value, str) and len(value) > length:
+            raise HarnessError(f"{column.table.name}.{column.name} holds at most {length} characters, and {_short(value)} has {len(value)}; "
+                               "nothing was stored")
 
 
 def _weights(weights: WeightsFile | None) -> dict[str, Any]:
@@ -890,6 +918,17 @@ def _server_connect_args(url: URL) -> dict[str, Any]:
     return args
 
 
+def database_name(url: str) -> str:
+    """How messages name the database at ``url``: as written, with every password (the userinfo's, query parameters named
+    like one, and their URL-encoded forms) replaced by ``***``; a file path as it is. Opens nothing."""
+    if "://" not in url:
+        return url
+    try:
+        return _Target.resolve(url, readonly=True).name
+    except UsageError:  # not a URL SQLAlchemy reads: hide what looks like a password
+        return _hide_url_text(url)
+
+
 def _secret(key: str) -> bool:
     return "password" in key.lower() or "secret" in key.lower() or key.lower() in ("token", "passfile")
 
@@ -974,14 +1013,19 @@ def _read(engine: Engine, name: str, check: Callable[[Connection, str], Any]) ->
         return check(conn, name)
 
 
-def _upgrade_if_safe(target: _Target, *, automatic: bool) -> Upgrade:
-    """Create the schema of an empty database, or upgrade an older one: only when safe if ``automatic``, else as ``harness db upgrade``."""
+def _upgrade_if_safe(target: _Target, *, automatic: bool, empty: bool = False) -> Upgrade:
+    """Create the schema of an empty database, or upgrade an older one: only when safe if ``automatic``, else as ``harness db upgrade``.
+
+    An automatic upgrade takes the write lock only if it is free now; the schema of an ``empty`` database (as read before
+    the lock) is created waiting the busy timeout for it, so that processes starting together on a new database (a sweep)
+    each open it, the first creating the schema.
+    """
     if automatic and target.path is not None and target.path.exists():
         if not os.access(target.path, os.W_OK):
             raise _run_db_upgrade(target, "its file is read-only")
         if not os.access(target.path.parent, os.W_OK | os.X_OK):
             raise _run_db_upgrade(target, "its directory is read-only")
-    engine = target.engine(readonly=False, timeout=0.0 if automatic else None, foreign_keys=False)
+    engine = target.engine(readonly=False, timeout=0.0 if automatic and not empty else None, foreign_keys=False)
     try:
         with engine.connect() as conn:
             try:

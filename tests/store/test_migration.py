@@ -11,6 +11,11 @@ certifiers among them, radii, a CROWN subset), a failed, an interrupted and a ki
 The tests read the old rows with ``sqlite3`` first and check that the upgraded
 store says the same things, typed, and that the upgraded schema is the schema
 a new database gets.
+
+SQLite only: the frozen databases are SQLite files, and the backup beside the file, the
+write lock an automatic upgrade needs free, and a newer or unknown revision in a file are
+SQLite's. Revision 1 built by its migration on PostgreSQL and upgraded by ``harness db
+upgrade`` to the fresh schema is ``test_postgresql.py``'s.
 """
 
 from __future__ import annotations

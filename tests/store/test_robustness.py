@@ -4,6 +4,12 @@ Read commands open read-only and never wait on a writer; a database that is
 not there, in memory, someone else's, gone or replaced, or that has a bad row,
 a missing table or column or a bad revision, is said in one line; writes the
 database cannot take now raise StoreUnavailable and leave the run as it was.
+
+The cases that need no file run on both backends (``db``); the rest are SQLite's own: its
+file (read-only, deleted, replaced, overwritten, in a read-only directory), its locks and
+busy timeout, its page limit, and rows its loose typing lets a program spoil. Their
+PostgreSQL counterparts (a row lock past the timeout, a server that goes away, a database
+replaced, bad rows its types allow) are in ``test_postgresql.py`` and below.
 """
 
 from __future__ import annotations

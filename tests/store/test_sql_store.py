@@ -572,3 +572,39 @@ def test_non_finite_numbers_are_refused_and_nothing_is_stored(db):
     record = store.get_run(run_id)
     assert record.status == "running" and record.result is None
     store.close()
+
+
+def test_a_text_longer_than_its_column_is_refused_the_same_on_every_backend(store, db):
+    # PostgreSQL enforces VARCHAR lengths, SQLite does not: the store checks them itself, so both refuse alike.
+    with pytest.raises(HarnessError, match=r"runs.trainer holds at most 100 characters, and 'xxx.* has 101; nothing was stored"):
+        store.create_run(make_info(trainer="x" * 101))
+    assert rows(db, "runs") == 0
+    run_id = store.create_run(make_info(trainer="x" * 100))
+    long_label = replace(make_result(), attacks=(AttackResult("pgd", label="L" * 201, accuracy=0.5, attacked=5),))
+    with pytest.raises(HarnessError, match="attack_results.label holds at most 200 characters"):
+        evaluate(store, run_id, long_label, finish=True)
+    with pytest.raises(HarnessError, match="sample_attacks.attack holds at most 100 characters"):
+        evaluate(store, run_id, samples=[SampleResult(0, 1, 1, {"a" * 101: True})], finish=True)
+    assert store.get_run(run_id).status == RUNNING and rows(db, "evaluations") == 0
+
+
+def test_an_error_message_with_a_nul_character_is_recorded(store):
+    run_id = store.create_run(make_info())
+    store.mark_ended(run_id, FAILED, "ValueError: bad byte \x00 in input")
+    assert store.get_run(run_id).error == "ValueError: bad byte \\x00 in input"
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://u:hunter2@db.example:5432/runs", "postgresql://u:***@db.example:5432/runs"),
+        ("postgresql+psycopg://u@h/db?password=hunter2&sslmode=require", "postgresql+psycopg://u@h/db?password=***&sslmode=require"),
+        ("postgresql://u:hun%40ter2@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u:hunter2@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+        ("results.db", "results.db"),
+    ],
+)
+def test_database_name_hides_every_password_and_opens_nothing(url, shown):
+    from harness.store import database_name
+
+    assert database_name(url) == shown
