@@ -103,7 +103,10 @@ def run_cell(
     job.log.parent.mkdir(parents=True, exist_ok=True)
     outcome = Outcome(job.cell.id, FAILED, host=platform.node(), pid=os.getpid())
     with open(job.log, "a", encoding="utf-8", buffering=1) as stream, redirect_stdout(stream), redirect_stderr(stream):
+        from harness.store import database_name
+
         stream.write(f"== {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC  cell {job.cell.label} ({job.cell.id})  sweep {job.sweep}  "
+                     f"db {database_name(job.db)}  "
                      f"host {outcome.host} pid {outcome.pid}" + "".join(f"  {k} {v}" for k, v in (launcher or {}).items()) + "\n")
         try:
             if threads is not None:

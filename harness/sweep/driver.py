@@ -228,7 +228,7 @@ def run_sweep(
     plans = validate(spec, catalog, versions)
     states = survey(spec.cells, store, retries=retries, retry_failed=retry_failed)
     summary = Summary(states)
-    for line in plan_lines(spec, states, plans):
+    for line in plan_lines(spec, states, plans, store.name):
         echo(line)
     logs = (save_dir / "sweeps" / spec.name).absolute()
     for state in states:

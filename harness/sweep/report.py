@@ -22,8 +22,8 @@ def numbers(values: dict[str, float | None]) -> str:
     return "  ".join(f"{k} {_pct(v)}" for k, v in values.items())
 
 
-def plan_lines(spec: Spec, states: Sequence[CellState], plans: dict[str, Plan]) -> list[str]:
-    """The plan: how many cells, what happens to them, resources and the GPU-hours estimate."""
+def plan_lines(spec: Spec, states: Sequence[CellState], plans: dict[str, Plan], database: str) -> list[str]:
+    """The plan: how many cells, what happens to them, resources and the GPU-hours estimate (``database``: its name, no password)."""
     counts = Counter(s.action for s in states)
     order = (Action.FINISHED, Action.RUNNING, Action.RESUME, Action.RETRY, Action.GAVE_UP, Action.NEW)
     names = {Action.FINISHED: "finished", Action.RUNNING: "running elsewhere", Action.RESUME: "to resume", Action.RETRY: "to retry",
@@ -31,7 +31,7 @@ def plan_lines(spec: Spec, states: Sequence[CellState], plans: dict[str, Plan]) 
     resources = {(c.resources.cpus, c.resources.gpus) for c in spec.cells}
     per_run = "; ".join(f"{cpus:g} CPU, {gpus:g} GPU" for cpus, gpus in sorted(resources))
     lines = [
-        f"sweep {spec.name} ({spec.source}): {len(states)} cells: " + ", ".join(f"{counts[a]} {names[a]}" for a in order),
+        f"sweep {spec.name} ({spec.source}) in {database}: {len(states)} cells: " + ", ".join(f"{counts[a]} {names[a]}" for a in order),
         f"per run: {per_run}; " + estimate([s for s in states if s.action not in (Action.FINISHED, Action.GAVE_UP)], plans),
     ]
     return lines

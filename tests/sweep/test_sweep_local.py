@@ -217,7 +217,7 @@ def test_dry_run_shows_the_plan_and_runs_nothing(sweep, tmp_path):
                                      'certifiers = ["interval"]\n')
     r = sweep("s.toml", "--dry-run")
     assert r.code == 0, r.err
-    assert "sweep dry (s.toml): 2 cells:" in r.out and "no GPU-hours estimate" in r.out
+    assert "sweep dry (s.toml) in results.db: 2 cells:" in r.out and "no GPU-hours estimate" in r.out
     assert "cell flaky blobs l_inf 0.01 seed 1: new (no run yet)" in r.out and "dry run: 2 cells would run" in r.out
     assert not (tmp_path / "runs").exists()
 

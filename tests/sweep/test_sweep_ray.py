@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'harness-bench[ray]'; scripts/setup-venv.sh installs it)")
 
+SECRET = "s3cret-pw"
 TINY = [
     "--plugin", "linf_v2,linf_v1", "--dataset", "mnist", "--preset", "quick", "--seeds", "2", "--epochs", "2",
     "--train-samples", "256", "--eval-samples", "50", "--set", "model.width=64", "--set", "model.depth=3",
@@ -29,6 +30,7 @@ TINY = [
 @dataclass
 class Swept:
     url: str
+    secret: str  # the URL's password
     cwd: Path
     env: dict[str, str]
     code: int
@@ -67,14 +69,19 @@ def _kill_after_first_checkpoint(proc: subprocess.Popen[str], url: str) -> tuple
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory, harness_postgres_server, harness_exe, shared_data):
+    from sqlalchemy.engine import make_url
+
     from harness.testing import builtin_plugins
     from harness.testing_postgres import drop_database, fresh_database
 
     url = fresh_database(harness_postgres_server)
+    # A password (one the trust-authenticating test server ignores, or $HARNESS_TEST_POSTGRES_URL's): never printed, logged or stored.
+    parsed = make_url(url)
+    with_password = url if parsed.password else parsed.set(password=SECRET).render_as_string(hide_password=False)
     cwd = tmp_path_factory.mktemp("sweep")
     env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DB", "HARNESS_DISABLE_PLUGINS", "RAY_ADDRESS")}
     env |= {"HARNESS_ONLY_PLUGINS": ",".join(builtin_plugins()), "RAY_AUTH_MODE": "disabled", "HARNESS_DATA": str(shared_data)}
-    proc = subprocess.Popen([harness_exe, "sweep", *TINY, "--db", url], cwd=cwd, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([harness_exe, "sweep", *TINY, "--db", with_password], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         run_id, pid = _kill_after_first_checkpoint(proc, url)
@@ -82,7 +89,7 @@ def swept(tmp_path_factory, harness_postgres_server, harness_exe, shared_data):
     finally:
         if proc.poll() is None:
             proc.kill()
-    yield Swept(url, cwd, env, proc.returncode, out, err, run_id, pid)
+    yield Swept(with_password, str(make_url(with_password).password), cwd, env, proc.returncode, out, err, run_id, pid)
     drop_database(url)
 
 
@@ -98,6 +105,7 @@ def test_the_sweep_records_four_finished_runs_and_the_killed_one_resumed_once(sw
     assert "on a local Ray instance: 2 CPUs" in swept.out
     assert swept.out.count(": queued") == 4 and "4 finished (4 now), 0 failed" in swept.out
     assert "epoch" not in swept.out + swept.err  # training logs stay in the cells' logs
+    assert ":***@" in swept.out and swept.secret not in swept.out + swept.err
     store = open_store(swept.url, readonly=True)
     try:
         runs = store.list_runs()
@@ -115,13 +123,15 @@ def test_the_sweep_records_four_finished_runs_and_the_killed_one_resumed_once(sw
     assert len(logs) == 4
     retried = [log.read_text() for log in logs if log.read_text().count("== 20") == 2]
     assert len(retried) == 1 and "resumed from epoch 1" in retried[0]
+    assert all(swept.secret not in log.read_text() for log in logs)
+    assert all(swept.secret not in json.dumps([r.info.config, r.info.environment]) for r in runs)
 
 
 def test_rerunning_the_sweep_does_nothing(swept, harness_exe):
     again = _harness(swept, harness_exe, "sweep", *TINY)
     assert again.returncode == 0, again.stderr
     assert "4 cells: 4 finished" in again.stdout and "nothing to do: every cell of sweep quick-" in again.stdout
-    assert "Ray" not in again.stdout and "queued" not in again.stdout
+    assert "Ray" not in again.stdout and "queued" not in again.stdout and swept.secret not in again.stdout + again.stderr
 
 
 def test_status_shows_every_cell_from_the_database(swept, harness_exe):
