@@ -78,24 +78,26 @@ def sweep(spec_file: Path | None, show_status: bool, dry_run: bool, retries: int
                 raise UsageError(f"give a spec file (harness sweep SPEC.toml) or the quick form's {flag} (e.g. {flag} linf_v2,linf_v1)")
         spec = quick_spec(**quick)
     s = state()
-    if show_status:
-        store = open_store(db, readonly=True)
-        try:
-            states = survey(spec.cells, store, retries=retries, retry_failed=retry_failed)
-            click.echo(report.status_table(spec, states, fmt))
-        finally:
-            store.close()
-        return
-    store = open_store(db)  # created here, before any task opens it
+    if show_status or dry_run:
+        # Read-only, and a database not created yet is no error: every cell is new.
+        store = open_store(db, readonly=True) if "://" in db or Path(db).exists() else None
+    else:
+        store = open_store(db)  # created here, before any task opens it
     try:
+        if show_status:
+            click.echo(report.status_table(spec, survey(spec.cells, store, retries=retries, retry_failed=retry_failed), fmt))
+            return
         summary = driver.run_sweep(
             spec, store, db, catalog=s.catalog, versions=s.plugins.versions(), plugins=s.plugins.names(), save_dir=save_dir,
             data_dir=data_dir, address=address, retries=retries, retry_failed=retry_failed, dry_run=dry_run, echo=click.echo,
         )
     finally:
-        store.close()
+        if store is not None:
+            for line in store.warnings:
+                click.echo(f"warning: {line}", err=True)
+            store.close()
     gave_up = [st for st in summary.states if st.action == driver.Action.GAVE_UP]
-    if summary.failed or gave_up:
+    if (summary.failed or gave_up) and not dry_run:
         raise driver.SweepFailed(
             f"{len(summary.failed) + len(gave_up)} cells of sweep {spec.name} failed; harness sweep --status shows why "
             "(each cell's log is under --save-dir/sweeps/)"

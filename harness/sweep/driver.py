@@ -24,6 +24,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import HarnessError, UsageError, one_line
+from harness.store import database_name
 from harness.sweep.cell import FAILED, FINISHED, INTERRUPTED, SKIPPED, CellJob, Outcome, run_cell
 from harness.sweep.report import cell_line, outcome_text, plan_lines
 from harness.sweep.spec import Cell, Spec
@@ -208,7 +209,7 @@ def _stopped_by_signals() -> Iterator[None]:
 
 def run_sweep(
     spec: Spec,
-    store: Store,
+    store: Store | None,
     db: str,
     *,
     catalog: Catalog,
@@ -223,12 +224,15 @@ def run_sweep(
     use_ray: bool | None = None,
     echo: Callable[[str], None] = print,
 ) -> Summary:
-    """Validate, show the plan and run the cells still to run; the :class:`Summary` says how each ended."""
+    """Validate, show the plan and run the cells still to run; the :class:`Summary` says how each ended.
+
+    ``store`` is ``None`` only for a dry run on a database not created yet.
+    """
     start = time.perf_counter()
     plans = validate(spec, catalog, versions)
     states = survey(spec.cells, store, retries=retries, retry_failed=retry_failed)
     summary = Summary(states)
-    for line in plan_lines(spec, states, plans, store.name):
+    for line in plan_lines(spec, states, plans, store.name if store is not None else database_name(db)):
         echo(line)
     logs = (save_dir / "sweeps" / spec.name).absolute()
     for state in states:
@@ -240,6 +244,8 @@ def run_sweep(
     if dry_run:
         echo(f"dry run: {len(todo)} cells would run; their logs would go to {logs}")
         return summary
+    if store is None:
+        raise UsageError(f"no database {database_name(db)} to run sweep {spec.name} into")  # only a dry run may go without one
     if not todo:
         echo(f"nothing to do: every cell of sweep {spec.name} is finished" if all(s.action == Action.FINISHED for s in states)
              else f"nothing to do: no cell of sweep {spec.name} is left to run (harness sweep --status shows them)")

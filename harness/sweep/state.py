@@ -97,7 +97,7 @@ def classify(cell: Cell, run: RunRecord | None, *, retries: int, retry_failed: b
     return CellState(cell, Action.GAVE_UP, run, f"status {run.status!r} unknown to this harness")
 
 
-def survey(cells: list[Cell], store: Store, *, retries: int, retry_failed: bool = False) -> list[CellState]:
-    """Every cell's state, from one read of the store."""
-    runs = runs_by_key(store.list_runs())
+def survey(cells: list[Cell], store: Store | None, *, retries: int, retry_failed: bool = False) -> list[CellState]:
+    """Every cell's state, from one read of the store (``None``: a database not created yet, so every cell is new)."""
+    runs = runs_by_key(store.list_runs()) if store is not None else {}
     return [classify(c, runs.get(c.key), retries=retries, retry_failed=retry_failed) for c in cells]

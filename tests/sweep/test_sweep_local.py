@@ -219,7 +219,9 @@ def test_dry_run_shows_the_plan_and_runs_nothing(sweep, tmp_path):
     assert r.code == 0, r.err
     assert "sweep dry (s.toml) in results.db: 2 cells:" in r.out and "no GPU-hours estimate" in r.out
     assert "cell flaky blobs l_inf 0.01 seed 1: new (no run yet)" in r.out and "dry run: 2 cells would run" in r.out
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results.db").exists()  # nothing created
+    status = sweep("s.toml", "--status")
+    assert status.code == 0 and "2 cells: 2 not started" in status.out and not (tmp_path / "results.db").exists()
 
 
 def test_a_cluster_address_without_ray_installed_is_one_line(sweep, tmp_path):
