@@ -147,6 +147,17 @@ class OnRay:
         self.remote = ray.remote(_ray_task)
         self.refs: dict[Any, CellJob] = {}
 
+    def check_fits(self, cells: list[Cell]) -> None:
+        """On a local instance started here, a cell that needs more than this machine has is a UsageError (Ray would wait forever)."""
+        if not self.started:
+            return  # a cluster may grow (an autoscaler); Ray reports a task no node can take
+        total = self.ray.cluster_resources()
+        for cell in cells:
+            for name, key, value in (("GPUs", "GPU", cell.resources.gpus), ("CPUs", "CPU", cell.resources.cpus)):
+                if value > total.get(key, 0):
+                    raise UsageError(f"cell {cell.label} needs {value:g} {name} per run; this machine has {total.get(key, 0):g} "
+                                     f"(lower --{name.lower()}, or give --address of a Ray cluster that has them)")
+
     def submit(self, job: CellJob) -> None:
         resources = job.cell.resources
         ref = self.remote.options(
@@ -179,6 +190,14 @@ class OnRay:
     def close(self) -> None:
         if self.started:
             self.ray.shutdown()
+
+
+def _check_local_gpus(wanted: float) -> None:
+    import torch
+
+    have = torch.cuda.device_count()
+    if wanted > have:
+        raise UsageError(f"the cells need {wanted:g} GPUs per run; this machine has {have} (lower --gpus, or install Ray and give --address)")
 
 
 def ray_available() -> bool:
@@ -257,9 +276,17 @@ def run_sweep(
                 raise UsageError(f"--address {address} needs Ray, which is not installed: {INSTALL_RAY}")
             echo(f"Ray is not installed: running the {len(todo)} cells one after another in this process "
                  f"({INSTALL_RAY} runs them in parallel, or on a cluster with --address)")
+    needs = max((s.cell.resources for s in todo), key=lambda r: (r.gpus, r.cpus))
+    if not use_ray and needs.gpus > 0:
+        _check_local_gpus(needs.gpus)
     executor: Executor = OnRay(address, retries, echo) if use_ray else InProcess(catalog, versions)
     if isinstance(executor, OnRay):
         summary.ray_start_seconds = executor.start_seconds
+        try:
+            executor.check_fits([s.cell for s in todo])
+        except UsageError:
+            executor.close()
+            raise
     echo(f"logs: {logs}/CELL.log (one per cell)")
     cells = {s.cell.id: s.cell for s in states}
     seen: dict[str, tuple[int, str, int] | None] = {}

@@ -260,3 +260,11 @@ def test_a_retried_task_takes_over_its_own_run_on_another_node_and_leaves_others
     run = store.get_run(1)
     store.close()
     assert run.status == "finished" and run.resumes == 2 and run.info.environment["launcher"]["ray_task"] == "T1"
+
+
+def test_cells_that_need_more_gpus_than_the_machine_has_are_refused_before_running(sweep, monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    r = sweep(*QUICK, "--gpus", "1")
+    assert r.code == 2
+    assert r.err.strip() == "error: the cells need 1 GPUs per run; this machine has 0 (lower --gpus, or install Ray and give --address)"
+    assert not (tmp_path / "runs").exists()
