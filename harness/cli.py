@@ -560,6 +560,14 @@ def _show_deprecations_on_one_line() -> None:
     warnings.showwarning = show
 
 
+def _add_sweep() -> None:
+    from harness.sweep.command import sweep
+
+    cli.add_command(sweep)
+
+
+_add_sweep()
+
 #: The commands the host defines; plugins add theirs to copies of these on every start.
 _CORE_COMMANDS = dict(cli.commands)
 _CORE_BENCH = dict(bench.commands)

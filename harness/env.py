@@ -6,6 +6,8 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -82,7 +84,29 @@ def device_name(device: torch.device) -> str:
     return f"cpu: {cpu_name()} ({torch.get_num_threads()} threads)"
 
 
+#: Who launched the runs this process starts (set by :func:`launched_by`); recorded in their environment.
+_launcher: dict[str, Any] = {}
+
+
+@contextmanager
+def launched_by(**facts: Any) -> Iterator[None]:
+    """Record ``facts`` (a sweep's name and cell, its Ray task and node) as the ``launcher`` of runs started or resumed in the block.
+
+    A run's environment is replaced when it is resumed, so this always says who runs it now:
+    a retried Ray task recognises the run its lost attempt was running.
+    """
+    previous = dict(_launcher)
+    _launcher.clear()
+    _launcher.update(facts)
+    try:
+        yield
+    finally:
+        _launcher.clear()
+        _launcher.update(previous)
+
+
 def environment(plugin_versions: dict[str, str | None]) -> dict[str, Any]:
+    launcher = {"launcher": dict(_launcher)} if _launcher else {}
     return {
         "harness": harness_version(),
         "torch": torch.__version__,
@@ -92,4 +116,4 @@ def environment(plugin_versions: dict[str, str | None]) -> dict[str, Any]:
         "pid": os.getpid(),
         "commit": git_commit(),
         "plugins": plugin_versions,
-    }
+    } | launcher

@@ -14,6 +14,8 @@ File format (``registry/presets/*.toml``)::
     seed = 2021
     source = "where every value comes from"
     model = "linf_dist_net"             # optional: defaults to the trainer's model
+    gpu_hours = 9.5                     # optional: one run's GPU time as a source states it (harness sweep's estimate)
+    gpu_hours_source = "paper, Appendix C: 9.5 h on one V100"   # required with gpu_hours
 
     [presets.model_options]             # options of the model component
     depth = 5
@@ -29,11 +31,14 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-from harness.datafile import DataFile, Table, read_rows
+from harness.datafile import DataFile, RowError, Table, read_rows
 from harness.errors import PluginError, UsageError, unknown_name
 from harness.threat import format_eps, same_eps
 
-_PRESET_KEYS = {"name", "dataset", "norm", "eps", "paper", "default", "seed", "source", "model", "model_options", "trainer_options"}
+_PRESET_KEYS = {
+    "name", "dataset", "norm", "eps", "paper", "default", "seed", "source", "model", "model_options", "trainer_options",
+    "gpu_hours", "gpu_hours_source",
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class Preset:
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     trainer_options: dict[str, Any] = field(default_factory=dict)
+    gpu_hours: float | None = None  # one run's GPU time, only where a paper or README states it
+    gpu_hours_source: str | None = None
 
     def describe(self) -> str:
         return f"{self.name} ({self.dataset}, l_{self.norm} eps {format_eps(self.eps)})"
@@ -75,6 +82,11 @@ def read_presets(path: Path | Traversable, plugin: str) -> DataFile[Preset]:
         if not isinstance(trainer, str) or not trainer:
             raise PluginError(f"presets {file} (plugin {plugin!r}) must name a top-level 'trainer'")
         threat = row.threat()
+        gpu_hours, gpu_hours_source = row.number("gpu_hours"), row.optional_text("gpu_hours_source")
+        if (gpu_hours is None) != (gpu_hours_source is None):
+            raise RowError("'gpu_hours' and 'gpu_hours_source' go together (a time needs its source)")
+        if gpu_hours is not None and gpu_hours <= 0:
+            raise RowError(f"'gpu_hours' must be > 0, got {gpu_hours}")
         return Preset(
             trainer=trainer,
             name=row.text("name"),
@@ -90,6 +102,8 @@ def read_presets(path: Path | Traversable, plugin: str) -> DataFile[Preset]:
             model=row.optional_text("model"),
             model_options=row.mapping("model_options"),
             trainer_options=row.mapping("trainer_options"),
+            gpu_hours=gpu_hours,
+            gpu_hours_source=gpu_hours_source,
         )
 
     return read_rows(path, plugin, "presets", "presets", parse, name_key="name", allowed=_PRESET_KEYS,

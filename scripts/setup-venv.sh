@@ -17,7 +17,7 @@ PYTHON=${PYTHON:-python3}
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 pip install torch==2.13.0
-pip install -e '.[test]'
+pip install -e '.[test,ray]'  # ray: harness sweep's tests run on a local Ray instance
 # Last, and with --no-deps, so pip neither pulls nor complains about its stale pins.
 pip install --no-deps torchattacks==3.5.1 auto-lirpa==0.3
 .venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks', 'auto-lirpa')))"

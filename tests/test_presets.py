@@ -72,8 +72,8 @@ def test_a_malformed_preset_is_reported_and_the_file_without_a_trainer_refused(t
                    '[[presets]]\nname = "y"\ndataset = "mnist"\neps = 0.3\nsource = "s"\n')
     found = read_presets(bad, "p")
     assert [p.name for p in found.rows] == ["y"] and found.file == "p.toml"
-    assert found.problems == [("x", "unknown key 'epochs'; did you mean 'eps'? (keys: dataset, default, eps, model, model_options, "
-                                    "name, norm, paper, seed, source, trainer_options)")]
+    assert found.problems == [("x", "unknown key 'epochs'; did you mean 'eps'? (keys: dataset, default, eps, gpu_hours, gpu_hours_source, "
+                                    "model, model_options, name, norm, paper, seed, source, trainer_options)")]
     bad.write_text('[[presets]]\nname = "x"\ndataset = "mnist"\neps = 0.3\nsource = "s"\n')
     with pytest.raises(PluginError, match="must name a top-level 'trainer'"):
         read_presets(bad, "p")
@@ -183,3 +183,16 @@ def test_the_cli_shows_the_deprecation_on_one_line(tmp_path, harness_cli):
     assert r.code == 0
     assert r.err.strip().splitlines() == [
         "warning: reported result 'old' in old.toml (plugin 'Old'): the key 'method' is deprecated; write trainer = 'linf_v2'"]
+
+
+def test_a_presets_gpu_hours_come_with_their_source(tmp_path):
+    path = tmp_path / "p.toml"
+    head = '[[presets]]\nname = "{}"\ndataset = "mnist"\neps = 0.3\nsource = "s"\n'
+    path.write_text('trainer = "m"\n' + head.format("timed") + 'gpu_hours = 9.5\ngpu_hours_source = "the paper, Appendix C"\n'
+                    + head.format("unsourced") + "gpu_hours = 2\n" + head.format("negative") + 'gpu_hours = -1\ngpu_hours_source = "x"\n'
+                    + head.format("untimed"))
+    found = read_presets(path, "p")
+    assert [(p.name, p.gpu_hours, p.gpu_hours_source) for p in found.rows] == [
+        ("timed", 9.5, "the paper, Appendix C"), ("untimed", None, None)]
+    assert found.problems == [("unsourced", "'gpu_hours' and 'gpu_hours_source' go together (a time needs its source)"),
+                              ("negative", "'gpu_hours' must be > 0, got -1.0")]
