@@ -144,10 +144,6 @@ def test_status_shows_every_cell_from_the_database(swept, harness_exe):
 
 
 def test_the_leaderboard_shows_mean_and_std_over_the_two_seeds(swept, harness_exe):
-    import harness.leaderboard
-
-    if not hasattr(harness.leaderboard, "seed_group_key"):
-        pytest.skip("needs the leaderboard over seeds (branch seeds13) merged")
     board = _harness(swept, harness_exe, "leaderboard", "--format", "json", "--reported", "none")
     assert board.returncode == 0, board.stderr
     rows = [row for group in json.loads(board.stdout) for row in group["rows"]]
