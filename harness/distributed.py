@@ -301,6 +301,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _supervise(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """Wait for every rank. When one fails, stop the others: at once (SIGTERM) if it failed, after ``grace_s`` if it
+    was interrupted (status 130: the others see the stop at their next step, or are stuck in a collective); SIGKILL
+    ``grace_s`` after the SIGTERM."""
+    failed_at: float | None = None
+    terminated_at: float | None = None
+    while any(p.poll() is None for p in procs):
+        codes = [p.poll() for p in procs]
+        now = time.monotonic()
+        bad = [c for c in codes if c not in (None, 0)]
+        if bad and failed_at is None:
+            failed_at = now
+        if failed_at is not None and terminated_at is None and (any(c != 130 for c in bad) or now - failed_at > grace_s):
+            terminated_at = now
+            for p in procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.send_signal(signal.SIGTERM)
+        if terminated_at is not None and now - terminated_at > grace_s:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.05)
+
+
 def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace_s: float = 30.0) -> int:
     """Run ``harness`` with ``args`` in ``nproc`` processes on this machine; their exit status (rank 0's first).
 
@@ -308,7 +333,7 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
     temporary file and printed only if that rank fails. A SIGINT, SIGTERM or
     SIGHUP here is passed to every rank (each finishes its step and rank 0
     writes the checkpoint); when one rank fails the others are stopped
-    (SIGTERM, then SIGKILL after ``grace_s``).
+    (:func:`_supervise`).
     """
     port = _free_port()
     procs: list[subprocess.Popen[bytes]] = []
@@ -316,10 +341,8 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
     base = dict(os.environ)
     base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
     base[BATCH_STATS_ENV] = batch_stats
-    caught: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        caught.append(signum)
         for p in procs:
             if p.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -332,22 +355,10 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
             env = base | {"RANK": str(rank), "LOCAL_RANK": str(rank)}
             log = None if rank == 0 else tempfile.TemporaryFile()
             logs.append(log)
-            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env,
+            # Each rank in its own process group: a terminal's Ctrl-C reaches them once, through forward().
+            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env, process_group=0,
                                           stdout=subprocess.DEVNULL if rank else None, stderr=log))
-        failed_at: float | None = None
-        while any(p.poll() is None for p in procs):
-            codes = [p.poll() for p in procs]
-            if failed_at is None and any(c not in (None, 0) for c in codes):
-                failed_at = time.monotonic()
-                for p in procs:
-                    if p.poll() is None:
-                        with contextlib.suppress(ProcessLookupError):
-                            p.send_signal(signal.SIGTERM)
-            elif failed_at is not None and time.monotonic() - failed_at > grace_s:
-                for p in procs:
-                    if p.poll() is None:
-                        p.kill()
-            time.sleep(0.05)
+        _supervise(procs, grace_s)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -27,10 +27,11 @@ import pytest
 import torch
 
 #: Largest |weight difference| allowed between 2 processes (exact batch statistics) and 1 process, relative to the
-#: largest |weight|. Measured in-process (3 epochs, 21 steps): 3.05e-4 on 10.1 (3e-5 relative); local batch statistics:
-#: 0.223 (2e-2). Float sums
-#: in another order, then Adam (eps 1e-10) divides by the root of tiny second moments, which amplifies them.
-WEIGHT_TOLERANCE = 5e-4
+#: largest |weight|. Measured on this CPU: in-process (tiny, 3 epochs, 21 steps) 3.05e-4 on 10.1, 3e-5 relative; the
+#: CLI run (MNIST, 3 epochs, 30 steps) 5.3e-3 on 10.3, 5e-4 relative; local batch statistics 0.223, 2e-2 relative.
+#: The difference is float sums in another order, which Adam amplifies (eps 1e-10 divides by the root of tiny second
+#: moments): with trainer.adam_eps=1e-2 the same in-process run differs by 1.9e-6 (2e-7 relative).
+WEIGHT_TOLERANCE = 1e-3
 
 
 def _free_port() -> int:
@@ -138,6 +139,7 @@ def test_two_processes_train_the_single_process_weights_and_split_evaluation_is_
     assert json.loads(ranks["evaluation"]) == evaluation
 
 
+@pytest.mark.slow
 def test_local_batch_statistics_train_a_different_model(single, tmp_path):
     """The original code's DDP: each rank's own batch mean; the running means follow rank 0's slices."""
     weights, _, reference = single
@@ -170,7 +172,7 @@ def test_shards_cover_every_row_once_and_tiny_batches_are_refused():
 TINY = [
     "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--train-samples", "990", "--eval-samples", "40",
     "--eval-batch-size", "16", "--set", "model.width=64", "--set", "model.depth=3", "--set", "trainer.batch_size=99",
-    "--set", "attacker.pgd.steps=5", "--device", "cpu",
+    "--set", "attacker.pgd.steps=5", "--device", "cpu", "--epochs", "3",
 ]
 
 
@@ -188,22 +190,30 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
 
 
-def test_a_two_process_run_is_one_recorded_run_with_the_single_process_weights(tmp_path, builtin_env, shared_data):
-    one = _run(tmp_path, builtin_env, "run", *TINY, "--epochs", "1", "--data-dir", str(shared_data), "--db", "one.db",
-               "--save-dir", "one")
-    assert one.returncode == 0, one.stderr
-    two = _run(tmp_path, builtin_env, "run", *TINY, "--epochs", "1", "--data-dir", str(shared_data), "--db", "two.db",
-               "--save-dir", "two", "--nproc", "2")
-    assert two.returncode == 0, two.stderr
-    assert two.stdout.count("run 1 finished") == 1 and "run 2" not in two.stdout
-    ((status, device, config, environment),) = _row(tmp_path / "two.db", "SELECT status, device, config, environment FROM runs")
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, shared_data) -> Path:
+    """``harness run --nproc 2``, 3 epochs, never interrupted (the reference of both CLI tests)."""
+    from harness.testing import builtin_plugins
+
+    cwd = tmp_path_factory.mktemp("whole")
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_DB"} | {"HARNESS_ONLY_PLUGINS": ",".join(builtin_plugins())}
+    done = _run(cwd, env, "run", *TINY, "--data-dir", str(shared_data), "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("run 1 finished") == 1 and "run 2" not in done.stdout
+    return cwd
+
+
+def test_a_two_process_run_is_one_recorded_run_with_the_single_process_weights(whole, tmp_path, builtin_env, shared_data):
+    ((status, device, config, environment),) = _row(whole / "results.db", "SELECT status, device, config, environment FROM runs")
     assert status == "finished" and device.startswith("2 × ")
     assert json.loads(config)["distributed"] == {"world_size": 2, "backend": "gloo", "batch_stats": "exact"}
     assert json.loads(environment)["world_size"] == 2
-    diff, largest = _largest_difference(_weights(tmp_path / "two" / "run-1"), _weights(tmp_path / "one" / "run-1"))
+    assert _row(whole / "results.db", "SELECT count(*) FROM samples") == [(40,)]
+    one = _run(tmp_path, builtin_env, "run", *TINY, "--data-dir", str(shared_data))
+    assert one.returncode == 0, one.stderr
+    diff, largest = _largest_difference(_weights(whole / "runs" / "run-1"), _weights(tmp_path / "runs" / "run-1"))
     print(f"harness run --nproc 2 vs 1 process: largest |weight difference| {diff:.3g} (largest |weight| {largest:.3g})")
     assert diff <= WEIGHT_TOLERANCE * largest
-    assert _row(tmp_path / "two.db", "SELECT count(*) FROM samples") == [(40,)]
 
 
 def _checkpoint_epoch(db: Path) -> int | None:
@@ -217,13 +227,8 @@ def _checkpoint_epoch(db: Path) -> int | None:
     return json.loads(row[0]).get("epoch") if row and row[0] else None
 
 
-def test_a_stopped_two_process_run_resumes_under_torchrun_to_the_uninterrupted_run(tmp_path, builtin_env, shared_data):
-    args = ["run", *TINY, "--epochs", "3", "--data-dir", str(shared_data), "--nproc", "2"]
-    whole = tmp_path / "whole"
-    whole.mkdir()
-    done = _run(whole, builtin_env, *args)
-    assert done.returncode == 0, done.stderr
-
+def test_a_stopped_two_process_run_resumes_under_torchrun_to_the_uninterrupted_run(whole, tmp_path, builtin_env, shared_data):
+    args = ["run", *TINY, "--data-dir", str(shared_data), "--nproc", "2"]
     stopped = tmp_path / "stopped"
     stopped.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=stopped, env=builtin_env, stdout=subprocess.PIPE,
