@@ -258,3 +258,21 @@ def test_a_stopped_two_process_run_resumes_under_torchrun_to_the_uninterrupted_r
         assert torch.equal(ours[key], theirs[key]) if isinstance(theirs[key], torch.Tensor) else ours[key] == theirs[key], key
     per_sample = "SELECT idx, prediction FROM samples ORDER BY idx"
     assert _row(stopped / "results.db", per_sample) == _row(whole / "results.db", per_sample)
+
+
+def test_resume_starts_as_many_processes_as_the_run_recorded(whole, tmp_path, harness_cli, monkeypatch):
+    """``harness run --resume ID`` of a 2-process run launches 2 processes (and its batch statistics); --nproc 1 one."""
+    import shutil
+
+    from harness import distributed
+
+    shutil.copy(whole / "results.db", tmp_path / "results.db")
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
+    launched: list[tuple[int, list[str], str]] = []
+    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats: launched.append((n, list(args), batch_stats)) or 0)
+    done = harness_cli("run", "--resume", "1")
+    assert done.code == 0, done.err
+    assert launched == [(2, ["run", "--resume", "1", "--nproc", "2"], "exact")]
+    other = harness_cli("run", "--resume", "1", "--nproc", "3")
+    assert other.code == 0 and launched[-1][0] == 3  # another count is allowed (exact statistics: only rounding changes)
