@@ -236,13 +236,13 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
         os.environ[distributed.BATCH_STATS_ENV] = batch_stats
     world = distributed.init(options["device"]) if size > 1 else None
     try:
-        _run(store, no_save, resume_id, attacks, certifiers, world, options)
+        _run(store, no_save, resume_id, attacks, certifiers, world, batch_stats, options)
     finally:
         distributed.shutdown()
 
 
 def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...],
-         world: Any, options: dict[str, Any]) -> None:
+         world: Any, batch_stats: str | None, options: dict[str, Any]) -> None:
     from harness import distributed
     from harness.execution import execute
     from harness.progress import ConsoleProgress, SilentProgress
@@ -265,6 +265,9 @@ def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tup
             if status != "ok":
                 raise UsageError(told)
             resume = told
+        ran = resume.info.config.get("distributed") if isinstance(resume.info.config, dict) else None
+        if world is not None and batch_stats is None and isinstance(ran, dict) and ran.get("batch_stats"):
+            world = distributed.use_batch_stats(ran["batch_stats"])  # under torchrun: the statistics it started with
         plan = plan_resume(s.catalog, resume, s.plugins.versions(), device=_given(click.get_current_context(), "device"),
                            data_dir=options["data_dir"])
     else:

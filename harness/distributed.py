@@ -28,6 +28,7 @@ Plugins may call :func:`batch_mean` and :func:`current` (a public module).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -123,6 +124,14 @@ def init(device: str, batch_stats: str | None = None) -> World | None:
 
     dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=size, timeout=timedelta(minutes=30))
     _world = World(rank=rank, size=size, local_rank=local_rank, backend=backend, batch_stats=stats)
+    return _world
+
+
+def use_batch_stats(batch_stats: str) -> World | None:
+    """Switch the joined group's batch statistics (a resumed run keeps those it started with); the group."""
+    global _world
+    if _world is not None and batch_stats in BATCH_STATS:
+        _world = dataclasses.replace(_world, batch_stats=batch_stats)
     return _world
 
 
@@ -394,4 +403,5 @@ __all__ = [
     "shutdown",
     "sum_gradients_",
     "training",
+    "use_batch_stats",
 ]
