@@ -4,7 +4,8 @@ In-process (torch.multiprocessing, the ``tiny`` data): two ranks train the
 l_inf-dist net v2 with a global batch split 50/49 (uneven last batch 3/3) and
 end with the single process's weights to float rounding (``exact`` batch
 statistics); the split evaluation gives exactly the single process's
-per-sample results. Through the CLI (MNIST): ``harness run --nproc 2`` is
+per-sample results; a diverging step stops both ranks at the same step with the same
+message. Through the CLI (MNIST): ``harness run --nproc 2`` is
 one recorded run; stopped with SIGTERM it writes one checkpoint and resumes
 under torchrun to exactly the uninterrupted multi-process run.
 """
@@ -137,6 +138,44 @@ def test_two_processes_train_the_single_process_weights_and_split_evaluation_is_
     assert diff <= WEIGHT_TOLERANCE * largest  # the running means (the all-reduced batch means) included
     # The split evaluation (batches 0, 2, 4, ... on rank 0; 1, 3, 5, ... on rank 1) of the same model: every number.
     assert json.loads(ranks["evaluation"]) == evaluation
+
+
+def _diverging_rank(rank: int, port: int, out: str) -> None:
+    """One rank of a run whose first Adam step (lr 1e21) throws the weights past 2^64: what it raised, in a file."""
+    from harness import distributed
+    from harness.errors import TrainingDiverged
+    from harness.testing import tiny_info, tiny_splits
+    from harness.threat import ThreatModel
+    from harness.train import TrainContext, TrainData
+    from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    world = distributed.init("cpu")
+    try:
+        trainer = LinfV2Trainer(LinfV2Options(epochs=1, batch_size=99, p_start_epoch=1, p_end_epoch=1, lr=1e21))
+        torch.manual_seed(0)
+        network = _components()[1].build(tiny_info())
+        splits = tiny_splits()
+        ctx = TrainContext(threat=ThreatModel("inf", 0.1), device=torch.device("cpu"), seed=0,
+                           generator=torch.Generator().manual_seed(0), world=world)
+        try:
+            trainer.fit(network, TrainData(tiny_info(), splits.train_images, splits.train_labels), ctx)
+            said = "trained"
+        except TrainingDiverged as exc:
+            said = str(exc)
+        Path(out, f"rank{rank}.txt").write_text(said)
+    finally:
+        distributed.shutdown()
+
+
+def test_a_diverging_step_stops_every_rank_at_the_same_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_diverging_rank, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    said = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert said[0] == said[1]
+    assert said[0].startswith("training diverged: largest |parameter| after the step") and "step 1/7" in said[0], said[0]
 
 
 @pytest.mark.slow
