@@ -315,3 +315,21 @@ def test_resume_starts_as_many_processes_as_the_run_recorded(whole, tmp_path, ha
     assert launched == [(2, ["run", "--resume", "1", "--nproc", "2"], "exact")]
     other = harness_cli("run", "--resume", "1", "--nproc", "3")
     assert other.code == 0 and launched[-1][0] == 3  # another count is allowed (exact statistics: only rounding changes)
+
+
+@pytest.mark.gpu
+def test_two_gpus_train_the_single_gpu_weights(tmp_path, builtin_env, shared_data):
+    """NCCL (never run where these tests were written: no GPU there). Two GPUs against one, same tolerance."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    args = [a if a != "cpu" else "cuda" for a in TINY]
+    one = _run(tmp_path, builtin_env, "run", *args, "--data-dir", str(shared_data), "--db", "one.db", "--save-dir", "one")
+    assert one.returncode == 0, one.stderr
+    two = _run(tmp_path, builtin_env, "run", *args, "--data-dir", str(shared_data), "--db", "two.db", "--save-dir", "two",
+               "--nproc", "2")
+    assert two.returncode == 0, two.stderr
+    ((config,),) = _row(tmp_path / "two.db", "SELECT config FROM runs")
+    assert json.loads(config)["distributed"]["backend"] == "nccl"
+    diff, largest = _largest_difference(_weights(tmp_path / "two" / "run-1"), _weights(tmp_path / "one" / "run-1"))
+    print(f"2 GPUs vs 1: largest |weight difference| {diff:.3g} (largest |weight| {largest:.3g})")
+    assert diff <= WEIGHT_TOLERANCE * largest
