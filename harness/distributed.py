@@ -31,7 +31,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -92,11 +91,12 @@ def current() -> World | None:
     return _world
 
 
-def init(device: str, batch_stats: str | None = None) -> World | None:
+def init(device: str, batch_stats: str | None = None, init_method: str | None = None) -> World | None:
     """Join the group described by the environment (``torchrun``'s variables); ``None`` when WORLD_SIZE is 1 or unset.
 
     ``device`` is the ``--device`` choice: ``cuda`` (or ``auto`` with GPUs)
-    uses NCCL and ``cuda:LOCAL_RANK``; ``cpu`` uses gloo.
+    uses NCCL and ``cuda:LOCAL_RANK``; ``cpu`` uses gloo. ``init_method``: torch's
+    rendezvous (default ``env://``: ``MASTER_ADDR`` and ``MASTER_PORT``; ``file://PATH`` needs no port).
     """
     global _world
     size = env_world_size()
@@ -122,7 +122,8 @@ def init(device: str, batch_stats: str | None = None) -> World | None:
     backend = "nccl" if cuda else "gloo"
     import torch.distributed as dist
 
-    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", rank=rank, world_size=size, timeout=timedelta(minutes=30))
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", init_method=init_method, rank=rank, world_size=size,
+                            timeout=timedelta(minutes=30))
     _world = World(rank=rank, size=size, local_rank=local_rank, backend=backend, batch_stats=stats)
     return _world
 
@@ -304,12 +305,6 @@ def batch_mean(y: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
 # -- the launcher -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _supervise(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
     """Wait for every rank. When one fails, stop the others: at once (SIGTERM) if it failed, after ``grace_s`` if it
     was interrupted (status 130: the others see the stop at their next step, or are stuck in a collective); SIGKILL
@@ -344,11 +339,16 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
     writes the checkpoint); when one rank fails the others are stopped
     (:func:`_supervise`).
     """
-    port = _free_port()
+    from torch.distributed import TCPStore
+
+    # The rendezvous store lives here, on a port the OS picked (no race for a "free" port); the ranks join it as
+    # clients, as under torchrun's agent.
+    store = TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False)
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Any] = []
     base = dict(os.environ)
-    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc))
+    base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                TORCHELASTIC_USE_AGENT_STORE="True")
     base[BATCH_STATS_ENV] = batch_stats
 
     def forward(signum: int, frame: Any) -> None:
@@ -371,6 +371,7 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        del store
     codes = [int(p.returncode) for p in procs]
     for rank, (code, log) in enumerate(zip(codes, logs)):
         if log is not None:

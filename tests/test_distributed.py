@@ -16,7 +16,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -33,12 +32,6 @@ import torch
 #: The difference is float sums in another order, which Adam amplifies (eps 1e-10 divides by the root of tiny second
 #: moments): with trainer.adam_eps=1e-2 the same in-process run differs by 1.9e-6 (2e-7 relative).
 WEIGHT_TOLERANCE = 1e-3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _components(epochs: int = 3) -> tuple[Any, Any]:
@@ -77,14 +70,14 @@ def _evaluate(network: torch.nn.Module, world: Any) -> Any:
                     device=torch.device("cpu"), batch_size=16, world=world)
 
 
-def _rank(rank: int, port: int, batch_stats: str, out: str, reference: str) -> None:
+def _rank(rank: int, rendezvous: str, batch_stats: str, out: str, reference: str) -> None:
     """One rank: train, then evaluate the single process's model split over the ranks; rank 0 saves both."""
     from harness import distributed
     from harness.testing import tiny_info
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    world = distributed.init("cpu", batch_stats)
+    world = distributed.init("cpu", batch_stats, init_method=rendezvous)
     try:
         network = _train(world)
         single = _components()[1].build(tiny_info())
@@ -119,7 +112,8 @@ def _two_ranks(tmp_path: Path, reference: Path, batch_stats: str) -> dict[str, A
     import torch.multiprocessing as mp
 
     out = tmp_path / "rank0.pt"
-    mp.start_processes(_rank, args=(_free_port(), batch_stats, str(out), str(reference)), nprocs=2, start_method="spawn")
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"  # no port to race for on a shared machine
+    mp.start_processes(_rank, args=(rendezvous, batch_stats, str(out), str(reference)), nprocs=2, start_method="spawn")
     return torch.load(out, weights_only=True)
 
 
@@ -140,7 +134,7 @@ def test_two_processes_train_the_single_process_weights_and_split_evaluation_is_
     assert json.loads(ranks["evaluation"]) == evaluation
 
 
-def _diverging_rank(rank: int, port: int, out: str) -> None:
+def _diverging_rank(rank: int, rendezvous: str, out: str) -> None:
     """One rank of a run whose first Adam step (lr 1e21) throws the weights past 2^64: what it raised, in a file."""
     from harness import distributed
     from harness.errors import TrainingDiverged
@@ -149,9 +143,9 @@ def _diverging_rank(rank: int, port: int, out: str) -> None:
     from harness.train import TrainContext, TrainData
     from harness_plugins.linf_v2.trainer import LinfV2Options, LinfV2Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    world = distributed.init("cpu")
+    world = distributed.init("cpu", init_method=rendezvous)
     try:
         trainer = LinfV2Trainer(LinfV2Options(epochs=1, batch_size=99, p_start_epoch=1, p_end_epoch=1, lr=1e21))
         torch.manual_seed(0)
@@ -172,7 +166,8 @@ def _diverging_rank(rank: int, port: int, out: str) -> None:
 def test_a_diverging_step_stops_every_rank_at_the_same_step(tmp_path):
     import torch.multiprocessing as mp
 
-    mp.start_processes(_diverging_rank, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"
+    mp.start_processes(_diverging_rank, args=(rendezvous, str(tmp_path)), nprocs=2, start_method="spawn")
     said = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
     assert said[0] == said[1]
     assert said[0].startswith("training diverged: largest |parameter| after the step") and "step 1/7" in said[0], said[0]
@@ -285,7 +280,7 @@ def test_a_stopped_two_process_run_resumes_under_torchrun_to_the_uninterrupted_r
 
     # torchrun, as on a cluster node; --resume takes the stored process count (here the same, from WORLD_SIZE).
     resumed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
          "-m", "harness.cli", "run", "--resume", "1", "--data-dir", str(shared_data)],
         cwd=stopped, env=builtin_env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
