@@ -32,6 +32,7 @@ PUBLIC_MODULES = (
     "harness.data.files",
     "harness.data.idx",
     "harness.data.types",
+    "harness.distributed",
     "harness.errors",
     "harness.hookspecs",
     "harness.options",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -92,7 +93,8 @@ def db_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def with_store(
-    f: Callable[..., Any] | None = None, *, readonly: bool = False, lists: bool = False, existing_for: tuple[str, ...] = ()
+    f: Callable[..., Any] | None = None, *, readonly: bool = False, lists: bool = False, existing_for: tuple[str, ...] = (),
+    without: Callable[[dict[str, Any]], bool] | None = None,
 ) -> Any:
     """Open the ``--db`` store for the command (read-only for the read commands), print its warnings, close it afterwards.
 
@@ -101,6 +103,9 @@ def with_store(
     error); a database named with ``--db`` or ``$HARNESS_DB`` must exist.
     ``existing_for``: parameters (a run id) that, when given, need an existing
     SQLite file: a lookup that fails creates no database.
+    ``without``: given the command's parameters, true when it must not open
+    the store (gets ``store=None``): the launcher of a multi-process run, and
+    its ranks other than 0.
     """
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,6 +120,8 @@ def with_store(
             wanted = [kwargs[name] for name in existing_for if kwargs.get(name) is not None]
             if wanted and "://" not in db and not Path(db).exists():
                 raise UsageError(f"no database at {db!r}, so no run {wanted[0]} (give --db, or harness run creates one)")
+            if without is not None and without(kwargs):
+                return f(store=None, **kwargs)
             store = open_store(db, readonly=readonly)
             try:
                 return f(store=store, **kwargs)
@@ -178,9 +185,16 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--no-save", is_flag=True, help="Save neither checkpoints nor the trained weights (the run cannot be resumed).")
 @click.option("--resume", "resume_id", type=click.IntRange(1, 2**63 - 1), default=None, metavar="RUN_ID",
               help="Continue an interrupted, failed or stale run from its last checkpoint, with its stored configuration.")
-@with_store(existing_for=("resume_id",))
-def run(store: Store, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...], **options: Any) -> None:
-    """Train with a trainer (--plugin), evaluate the model uniformly and record the run.
+@click.option("--nproc", type=click.IntRange(1, 4096), default=None, metavar="N",
+              help="Train and evaluate in N processes: one per GPU with --device cuda (NCCL), else N CPU processes (gloo). "
+                   "Under torchrun: its WORLD_SIZE.")
+@click.option("--batch-stats", type=click.Choice(["exact", "local"]), default=None,
+              help="With --nproc: batch statistics (mean shift) over the global batch (exact, default: N processes train as one) "
+                   "or over each process's slice (local: the original code under DDP).")
+@with_store(existing_for=("resume_id",), without=lambda kwargs: _not_rank_0(kwargs.get("nproc")))
+def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...],
+        nproc: int | None, batch_stats: str | None, **options: Any) -> None:
+    """Train with a trainer (--plugin), evaluate the model uniformly and record the run (--nproc N: in N processes).
 
     Training writes a checkpoint to the run's directory every epoch (and at
     least every 30 minutes); SIGTERM, SIGINT and SIGHUP finish the current
@@ -197,16 +211,63 @@ def run(store: Store, no_save: bool, resume_id: int | None, attacks: tuple[str, 
       harness run --plugin linf_v2 --dataset cifar10 --epochs 20 --set model.width=1024
       harness run --plugin crm --dataset fashion-mnist --no-preset --norm 2 --eps 1.0 --certifier liplt
       harness run --resume 7                                         # continue run 7
+      harness run --plugin linf_v2 --dataset cifar10 --nproc 4 --device cuda
+      torchrun --nproc-per-node 4 -m harness.cli run --plugin linf_v2 --dataset cifar10 --device cuda
     """
+    from harness import distributed
+
+    size = distributed.env_world_size()
+    if size == 1 and nproc is None and resume_id is not None and store is not None:  # as many processes as it started with
+        stored = store.get_run(resume_id).info.config
+        ran = stored.get("distributed") if isinstance(stored, dict) else None
+        if isinstance(ran, dict) and isinstance(ran.get("world_size"), int) and ran["world_size"] > 1:
+            nproc, batch_stats = ran["world_size"], batch_stats or ran.get("batch_stats")
+    if size == 1 and nproc is not None and nproc > 1:  # the launcher: N copies of this command
+        args = _ARGV if _ARGV is not None else sys.argv[1:]
+        if "--nproc" not in args and not any(a.startswith("--nproc=") for a in args):
+            args = [*args, "--nproc", str(nproc)]
+        code = distributed.launch(nproc, args, batch_stats=batch_stats or "exact")
+        if code:
+            raise click.exceptions.Exit(code)
+        return
+    if size > 1 and nproc is not None and nproc != size:
+        raise UsageError(f"--nproc {nproc} does not match WORLD_SIZE={size} (torchrun's --nproc-per-node × nodes)")
+    if size > 1 and batch_stats is not None:
+        os.environ[distributed.BATCH_STATS_ENV] = batch_stats
+    world = distributed.init(options["device"]) if size > 1 else None
+    try:
+        _run(store, no_save, resume_id, attacks, certifiers, world, batch_stats, options)
+    finally:
+        distributed.shutdown()
+
+
+def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...],
+         world: Any, batch_stats: str | None, options: dict[str, Any]) -> None:
+    from harness import distributed
     from harness.execution import execute
-    from harness.progress import ConsoleProgress
+    from harness.progress import ConsoleProgress, SilentProgress
     from harness.runner import RunRequest, plan_resume, plan_run
 
     s = state()
     resume = None
     if resume_id is not None:
-        _refuse_with_resume(click.get_current_context(), resume_id, allowed=("resume_id", "device", "data_dir"))
-        resume = store.get_run(resume_id)
+        allowed = ("resume_id", "device", "data_dir", "nproc", "batch_stats")
+        _refuse_with_resume(click.get_current_context(), resume_id, allowed=allowed)
+        if store is not None:  # rank 0 (or the only process) reads the run and tells the others
+            try:
+                resume = store.get_run(resume_id)
+            except BaseException as exc:
+                distributed.broadcast_object(("error", one_line(exc)))
+                raise
+            distributed.broadcast_object(("ok", resume))
+        else:
+            status, told = distributed.broadcast_object(None)
+            if status != "ok":
+                raise UsageError(told)
+            resume = told
+        ran = resume.info.config.get("distributed") if isinstance(resume.info.config, dict) else None
+        if world is not None and batch_stats is None and isinstance(ran, dict) and ran.get("batch_stats"):
+            world = distributed.use_batch_stats(ran["batch_stats"])  # under torchrun: the statistics it started with
         plan = plan_resume(s.catalog, resume, s.plugins.versions(), device=_given(click.get_current_context(), "device"),
                            data_dir=options["data_dir"])
     else:
@@ -220,8 +281,11 @@ def run(store: Store, no_save: bool, resume_id: int | None, attacks: tuple[str, 
             **{k: v for k, v in options.items() if k != "save_dir"},
         )
         plan = plan_run(s.catalog, request, s.plugins.versions())
+    if store is None:  # a rank other than 0: trains and evaluates its share, records and prints nothing
+        execute(plan, None, progress=SilentProgress(), resume=resume, world=world)
+        return
     _warn_about_problems(s.catalog)
-    run_id = execute(plan, store, progress=ConsoleProgress(), resume=resume)
+    run_id = execute(plan, store, progress=ConsoleProgress(), resume=resume, world=world)
     record = store.get_run(run_id)
     from harness import render
 
@@ -316,6 +380,14 @@ def import_results(store: Store, path: Path) -> None:
 
     run_id, how = import_pending(store, read_pending(path))
     click.echo(f"imported {path} as run {run_id} ({how}); harness show {run_id}")
+
+
+def _not_rank_0(nproc: int | None) -> bool:
+    """True for the launcher of ``--nproc N`` and for the ranks other than 0 (none of them opens the store)."""
+    rank = os.environ.get("RANK", "0")
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        return rank != "0"
+    return nproc is not None and nproc > 1
 
 
 def _given(ctx: click.Context, name: str) -> Any:
@@ -573,9 +645,15 @@ _CORE_COMMANDS = dict(cli.commands)
 _CORE_BENCH = dict(bench.commands)
 
 
+#: The arguments of this invocation (what ``--nproc`` starts again in every process).
+_ARGV: list[str] | None = None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with exit status 2 for user mistakes."""
+    global _ARGV
     args = argv if argv is not None else sys.argv[1:]
+    _ARGV = list(args)
     debug = "--debug" in args
     _show_deprecations_on_one_line()
     try:
@@ -617,3 +695,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":  # python -m harness.cli (torchrun -m harness.cli)
+    main()

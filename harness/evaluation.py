@@ -33,7 +33,9 @@ from typing import ParamSpec, TypeVar
 import torch
 from torch import nn
 
+from harness import distributed
 from harness.components import Attacker, Certificate, Certifier
+from harness.distributed import World
 from harness.env import synchronize
 from harness.errors import HarnessError, one_line
 from harness.numerics import beyond_bound
@@ -66,8 +68,27 @@ class ComponentFailed(HarnessError):
     """A certifier or attack broke its contract; recorded against it, never raised out of :func:`evaluate`."""
 
 
-def _batches(n: int, batch_size: int) -> list[slice]:
-    return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+def _batches(n: int, batch_size: int, world: World | None = None) -> list[slice]:
+    """The batches of ``n`` rows; with ``world``, this rank's: batch k goes to rank k mod size (each batch is one
+    process's batch, rows and size, so a deterministic component gives each row what one process gives it)."""
+    slices = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    return slices if world is None else slices[world.rank :: world.size]
+
+
+def _merge(t: torch.Tensor, world: World | None) -> torch.Tensor:
+    """Every rank's rows of ``t`` (zero elsewhere on each rank) on every rank: exact, as x + 0 = x."""
+    if world is None:
+        return t
+    if t.dtype == torch.bool:
+        return distributed.all_reduce(t.to(torch.int32)) > 0
+    return distributed.all_reduce(t)
+
+
+def _first_problem(problem: str | None, world: World | None) -> str | None:
+    """The first rank's problem (in rank order), the same on every rank."""
+    if world is None:
+        return problem
+    return next((p for p in distributed.gather_objects(problem) if p is not None), None)
 
 
 def check_in_ball(adv: object, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
@@ -238,6 +259,7 @@ def evaluate(
     batch_size: int = 500,
     progress: Progress | None = None,
     names: Callable[[Attacker | Certifier], str] | None = None,
+    world: World | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on uint8 ``images`` (``N×C×H×W``) and ``labels``, reproducibly (seeded, see :func:`_seeded`).
 
@@ -245,6 +267,15 @@ def evaluate(
     ``certifiers`` that do not apply to the model are reported with their
     reason; ``attackers`` must all be for ``threat``'s norm. ``names`` gives
     the name a component is recorded under (its catalog key; default its name).
+
+    ``world`` (a multi-process run; every rank calls this with the same
+    arguments): each phase's batches are split over the ranks (batch k to
+    rank k mod size), the per-sample outcomes merged on every rank, and the
+    soundness check and aggregates computed from the merged samples exactly
+    as one process computes them. A deterministic component gives the same
+    per-sample results as one process; an attack's random start draws from
+    each rank's own stream (seeded with :data:`EVAL_SEED` on every rank), so
+    it differs per sample, not in distribution.
 
     :raises HarnessError: the model itself fails: logits of the wrong shape, non-finite, or at least
         2^64 in magnitude (:data:`harness.numerics.OVERFLOW_BOUND`: margins computed from them can
@@ -260,9 +291,61 @@ def evaluate(
     def batch(rows: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
         return images[rows].to(device).float().div_(255), labels[rows].to(device)
 
-    predictions = torch.empty(n, dtype=torch.long)
-    with progress.task("evaluate: clean", total=n) as task, torch.no_grad():
-        for s in _batches(n, batch_size):
+    world = world if world is not None and world.size > 1 else None
+    predictions = torch.empty(n, dtype=torch.long) if world is None else torch.zeros(n, dtype=torch.long)
+    try:
+        _predict(model, batch, _batches(n, batch_size, world), predictions, n if world is None else None, progress)
+    except HarnessError as exc:
+        if world is None:
+            raise
+        problem: str | None = str(exc)
+    else:
+        problem = None
+    problem = _first_problem(problem, world)
+    if problem is not None:
+        raise HarnessError(problem)
+    predictions = _merge(predictions, world)
+    correct = predictions == labels
+
+    guard = _ModelGuard(model)
+    not_applicable: dict[str, str] = {}
+    certified_runs: list[_Certified] = []
+    for certifier in certifiers:
+        name = name_of(certifier)
+        reason = _applicability(certifier, model, threat)
+        if reason is None:
+            outcome = _certify(certifier, name, model, images, labels, threat, batch_size, device, progress, world)
+            certified_runs.append(outcome)
+        changed = _first_problem(guard.changed(), world)
+        if changed is not None and reason is None:
+            outcome.error, outcome.verdicts, outcome.radius, outcome.attempted = changed, None, None, None
+        elif changed is not None:
+            not_applicable[name] = f"deciding whether it applies {changed}"
+        elif reason is not None:
+            not_applicable[name] = reason
+
+    attack_rows = torch.nonzero(correct).flatten()
+    attacked_runs: list[_Attacked] = []
+    for attacker in attackers:
+        if threat.norm not in attacker.norms:
+            continue
+        attacked = _attack(attacker, name_of(attacker), model, images, labels, attack_rows, threat, batch_size, device, progress, world)
+        changed = _first_problem(guard.changed(), world)
+        if changed is not None:
+            attacked.error, attacked.survived = changed, None
+        attacked_runs.append(attacked)
+
+    _check_soundness(indices, correct, certified_runs, attacked_runs)
+    return _collect(n, indices, labels, predictions, correct, certified_runs, attacked_runs, not_applicable)
+
+
+def _predict(
+    model: nn.Module, batch: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], slices: list[slice], predictions: torch.Tensor,
+    total: int | None, progress: Progress,
+) -> None:
+    """The clean predictions of the rows in ``slices`` into ``predictions``; HarnessError if the logits are unusable."""
+    with progress.task("evaluate: clean", total=total if total is not None else sum(s.stop - s.start for s in slices)) as task, torch.no_grad():
+        for s in slices:
             x, _ = batch(s)
             logits = model(x)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
@@ -278,38 +361,6 @@ def evaluate(
                 )
             predictions[s] = logits.argmax(1).cpu()
             task.advance(s.stop - s.start)
-    correct = predictions == labels
-
-    guard = _ModelGuard(model)
-    not_applicable: dict[str, str] = {}
-    certified_runs: list[_Certified] = []
-    for certifier in certifiers:
-        name = name_of(certifier)
-        reason = _applicability(certifier, model, threat)
-        if reason is None:
-            outcome = _certify(certifier, name, model, images, labels, threat, batch_size, device, progress)
-            certified_runs.append(outcome)
-        changed = guard.changed()
-        if changed is not None and reason is None:
-            outcome.error, outcome.verdicts, outcome.radius, outcome.attempted = changed, None, None, None
-        elif changed is not None:
-            not_applicable[name] = f"deciding whether it applies {changed}"
-        elif reason is not None:
-            not_applicable[name] = reason
-
-    attack_rows = torch.nonzero(correct).flatten()
-    attacked_runs: list[_Attacked] = []
-    for attacker in attackers:
-        if threat.norm not in attacker.norms:
-            continue
-        attacked = _attack(attacker, name_of(attacker), model, images, labels, attack_rows, threat, batch_size, device, progress)
-        changed = guard.changed()
-        if changed is not None:
-            attacked.error, attacked.survived = changed, None
-        attacked_runs.append(attacked)
-
-    _check_soundness(indices, correct, certified_runs, attacked_runs)
-    return _collect(n, indices, labels, predictions, correct, certified_runs, attacked_runs, not_applicable)
 
 
 def _applicability(certifier: Certifier, model: nn.Module, threat: ThreatModel) -> str | None:
@@ -333,10 +384,12 @@ def _certify(
     batch_size: int,
     device: torch.device,
     progress: Progress,
+    world: World | None = None,
 ) -> _Certified:
     n = images.shape[0]
     outcome = _Certified(certifier, name)
     start = time.perf_counter()
+    mine: list[slice] = []
     try:
         limit = certifier.sample_limit(model, threat)
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -345,15 +398,16 @@ def _certify(
         certified = torch.zeros(n, dtype=torch.bool)
         radius: torch.Tensor | None = None
         label = f"certify: {name}" + (f" ({len(rows)} of {n})" if len(rows) < n else "")
-        with progress.task(label, total=len(rows)) as task:
-            for s in _batches(len(rows), batch_size):
+        mine = _batches(len(rows), batch_size, world)
+        with progress.task(label, total=sum(s.stop - s.start for s in mine)) as task:
+            for k, s in enumerate(mine):
                 part = rows[s]
                 x, y = images[part].to(device).float().div_(255), labels[part].to(device)
                 verdicts, radii = check_certificate(certifier.certify(model, x, y, threat), len(part), threat)
                 certified[part] = verdicts
                 if radii is not None:
                     if radius is None:
-                        if s.start > 0:
+                        if k > 0:
                             raise ComponentFailed("certify() returned radii for some batches only")
                         radius = torch.zeros(n, dtype=torch.float64)
                     radius[part] = radii
@@ -368,7 +422,27 @@ def _certify(
         outcome.verdicts, outcome.radius = certified, radius
         outcome.attempted = torch.zeros(n, dtype=torch.bool).index_fill_(0, rows, True)
     outcome.seconds = time.perf_counter() - start
+    if world is not None:
+        _merge_certified(outcome, n, world, has_rows=bool(mine) if outcome.error is None else None)
     return outcome
+
+
+def _merge_certified(outcome: _Certified, n: int, world: World, has_rows: bool | None) -> None:
+    """Every rank's verdicts and radii in ``outcome``, the same on every rank (any rank's error is the certifier's)."""
+    told = distributed.gather_objects((outcome.error, has_rows, outcome.radius is not None, outcome.seconds))
+    error = next((e for e, _, _, _ in told if e is not None), None)
+    radii = {r for _, rows, r, _ in told if rows}
+    if error is None and len(radii) > 1:
+        error = "certify() returned radii for some batches only"
+    outcome.seconds = max(t for *_, t in told)
+    if error is not None:
+        outcome.error, outcome.verdicts, outcome.radius, outcome.attempted = error, None, None, None
+        return
+    outcome.verdicts = _merge(outcome.verdicts if outcome.verdicts is not None else torch.zeros(n, dtype=torch.bool), world)
+    if radii == {True}:
+        outcome.radius = _merge(outcome.radius if outcome.radius is not None else torch.zeros(n, dtype=torch.float64), world)
+    else:
+        outcome.radius = None
 
 
 def _attack(
@@ -382,6 +456,7 @@ def _attack(
     batch_size: int,
     device: torch.device,
     progress: Progress,
+    world: World | None = None,
 ) -> _Attacked:
     n = images.shape[0]
     outcome = _Attacked(attacker, name, label=name)
@@ -389,8 +464,9 @@ def _attack(
     alive = torch.zeros(n, dtype=torch.bool)
     try:
         outcome.label = attack_label(attacker)
-        with progress.task(f"attack: {name}", total=len(attack_rows)) as task:
-            for s in _batches(len(attack_rows), batch_size):
+        mine = _batches(len(attack_rows), batch_size, world)
+        with progress.task(f"attack: {name}", total=sum(s.stop - s.start for s in mine)) as task:
+            for s in mine:
                 rows = attack_rows[s]
                 x, y = images[rows].to(device).float().div_(255), labels[rows].to(device)
                 # A copy: an attack that wrote into the clean batch would otherwise pass the check against itself.
@@ -408,6 +484,14 @@ def _attack(
     else:
         outcome.survived = alive
     outcome.seconds = time.perf_counter() - start
+    if world is not None:  # every rank's survivals; any rank's error is the attack's
+        told = distributed.gather_objects((outcome.error, outcome.seconds))
+        error = next((e for e, _ in told if e is not None), None)
+        outcome.seconds = max(t for _, t in told)
+        if error is not None:
+            outcome.error, outcome.survived = error, None
+        else:
+            outcome.survived = _merge(alive, world)
     return outcome
 
 

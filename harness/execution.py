@@ -18,6 +18,14 @@ evaluation. What can go wrong on the way, and what happens:
   disk, deleted or replaced during the run): the write is retried, then the
   results go to ``results.json`` in the run's directory, which
   ``harness import`` records later.
+
+A multi-process run (``world``, :mod:`harness.distributed`) is executed by
+every rank with the same plan: rank 0 alone records the run (its id is
+broadcast), heartbeats, writes checkpoints and weights, and records the
+results; every rank trains on its slice of each global batch and evaluates
+its share of the test batches (merged on every rank). The run records
+``config["distributed"]`` (world size, backend, batch statistics) and
+``environment["world_size"]``.
 """
 
 from __future__ import annotations
@@ -31,7 +39,9 @@ from typing import Any
 
 import torch
 
+from harness import distributed
 from harness.checkpoint import Checkpointing, load_checkpoint, save_weights, sha256_file, write_text_atomic
+from harness.distributed import World
 from harness.env import device_name, environment, synchronize
 from harness.errors import HarnessError, TrainingDiverged, TrainingInterrupted, UsageError, one_line
 from harness.evaluation import Evaluation, eval_indices, evaluate
@@ -50,11 +60,12 @@ MODEL_FILE = "model.pt"
 
 def execute(
     plan: Plan,
-    store: Store,
+    store: Store | None,
     *,
     progress: Progress | None = None,
     resume: RunRecord | None = None,
     stop: StopRequest | None = None,
+    world: World | None = None,
 ) -> int:
     """Train (or resume ``resume``), evaluate and record one run; return its id.
 
@@ -62,17 +73,26 @@ def execute(
     :mod:`harness.evaluation`); the run still finishes, and its result's
     ``errors`` say what failed. ``stop`` is set by the caller's signal handler
     (:func:`harness.liveness.stop_on_signals`); without one, signals are
-    handled here.
+    handled here. ``world``: this process is one rank of a multi-process run
+    (every rank calls this; ``store`` is ``None`` except on rank 0).
     """
+    world = world if world is not None and world.size > 1 else None
+    if world is not None and not world.main:
+        progress = SilentProgress()
     progress = progress or SilentProgress()
+    if world is None or world.main:
+        if store is None:
+            raise ValueError("execute() needs the store (only ranks other than 0 of a multi-process run have none)")
     if stop is None:
         stop = StopRequest()
         with stop_on_signals(stop, progress.log):
-            return _execute(plan, store, progress, resume, stop)
-    return _execute(plan, store, progress, resume, stop)
+            return _execute(plan, store, progress, resume, stop, world)
+    return _execute(plan, store, progress, resume, stop, world)
 
 
-def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | None, stop: StopRequest) -> int:
+def _execute(plan: Plan, store: Store | None, progress: Progress, resume: RunRecord | None, stop: StopRequest, world: World | None) -> int:
+    if world is not None:
+        plan = dataclasses.replace(plan, device=distributed.run_device(world, plan.device))
     for note in plan.notes:
         progress.log(note)
     splits = plan.dataset.load(plan.data_dir)
@@ -87,8 +107,10 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
     generator = torch.Generator(device=plan.device).manual_seed(plan.seed)
     model = build_model(plan, info).to(plan.device)
     data = TrainData(info, splits.train_images[train_index].to(plan.device), splits.train_labels[train_index].to(plan.device))
-    config = plan.config()
+    config = _config(plan, world)
     env = environment(plan.plugin_versions)
+    if world is not None:
+        env["world_size"] = world.size
     run_info = RunInfo(
         trainer=plan.key(plan.trainer),
         dataset=plan.key(plan.dataset),
@@ -98,21 +120,33 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
         seed=plan.seed,
         epochs=plan.epochs,
         config=config,
-        device=device_name(plan.device),
+        device=device_name(plan.device) if world is None else f"{world.size} × {device_name(plan.device)}",
         environment=env,
     )
-    checkpoint: dict[str, Any] | None = None
-    if resume is None:
-        run_id = store.create_run(run_info)
+    checkpoint = _last_checkpoint(resume, save_dir, progress) if resume is not None else None
+    if store is not None:
+        try:
+            if resume is None:
+                run_id = store.create_run(run_info)
+            else:
+                run_id = resume.id
+                store.resume_run(run_id, env)
+        except BaseException:
+            if world is not None:  # the other ranks wait for the run id
+                distributed.broadcast_object(None)
+            raise
+        if world is not None:
+            distributed.broadcast_object(run_id)
     else:
-        run_id = resume.id
-        checkpoint = _last_checkpoint(resume, save_dir, progress)
-        store.resume_run(run_id, env)
+        told = distributed.broadcast_object(None)
+        if told is None:
+            raise HarnessError("rank 0 could not record the run")
+        run_id = int(told)
     run_dir = save_dir / f"run-{run_id}" if save_dir is not None else None
 
     train_seconds: float | None = None
     try:
-        with Heartbeat(lambda: _beat(store, run_id), progress.log) as heartbeat:
+        with Heartbeat(lambda: _beat(store, run_id), progress.log) if store is not None else _NoHeartbeat() as heartbeat:
             params = sum(p.numel() for p in model.parameters())
             progress.log(
                 f"run {run_id}: {plan.key(plan.trainer)} on {plan.key(plan.dataset)}, {plan.threat}, preset {config['preset']}, "
@@ -121,13 +155,14 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
             )
             checkpoints = None
             if run_dir is not None:
+                # Every rank resumes from it and watches for a stop; only rank 0's loop saves (and records) one.
                 checkpoints = Checkpointing(
                     directory=run_dir, resume=checkpoint, every_epochs=plan.request.checkpoint_every,
-                    on_saved=lambda saved: _record_checkpoint(store, run_id, saved, progress),
+                    on_saved=(lambda saved: _record_checkpoint(store, run_id, saved, progress)) if store is not None else None,
                 )
             ctx = TrainContext(
                 threat=plan.threat, device=plan.device, seed=plan.seed, generator=generator, progress=progress,
-                checkpoints=checkpoints,
+                checkpoints=checkpoints, world=world,
             )
             start = time.perf_counter()
             stop.checkpoints = checkpoints
@@ -139,15 +174,19 @@ def _execute(plan: Plan, store: Store, progress: Progress, resume: RunRecord | N
             # Every process of the run, as the last save counted it (the final save failing: this process, and the resumed one's).
             last = checkpoints.last if checkpoints is not None else None
             train_seconds = last["train_seconds"] if last else (checkpoint or {}).get("seconds", 0.0) + time.perf_counter() - start
-            weights = _save_model(run_dir, model, config, progress) if run_dir is not None else None
-            _write(store, lambda: store.record_training(
-                run_id, train_seconds=train_seconds or 0.0, weights=weights, training={"epochs": ctx.history}, config=config,
-            ), progress, "its training record")
+            weights = None
+            if store is not None:
+                weights = _save_model(run_dir, model, config, progress) if run_dir is not None else None
+                _write(store, lambda: store.record_training(
+                    run_id, train_seconds=train_seconds or 0.0, weights=weights, training={"epochs": ctx.history}, config=config,
+                ), progress, "its training record")
 
             start = time.perf_counter()
-            evaluation = _evaluate(plan, model, splits.test_images, splits.test_labels, test_index, progress)
+            evaluation = _evaluate(plan, model, splits.test_images, splits.test_labels, test_index, progress, world)
             eval_seconds = time.perf_counter() - start
-            final = plan.config(evaluation.result)
+            if store is None:  # another rank records it
+                return run_id
+            final = _config(plan, world, evaluation.result)
             heartbeat.stop()  # the final write ends the run; a heartbeat after it would be refused
             problem = _record_evaluation(store, run_id, evaluation, final, env, eval_seconds, progress)
             if problem is not None:
@@ -220,8 +259,30 @@ def _record_evaluation(
     return _write(store, write, progress, "the results")
 
 
+def _config(plan: Plan, world: World | None, result: Any = None) -> dict[str, Any]:
+    """The run's configuration, with ``distributed`` (world size, backend, batch statistics) for a multi-process run."""
+    config = plan.config(result)
+    if world is not None:
+        config["distributed"] = world.describe()
+    return config
+
+
+class _NoHeartbeat:
+    """The heartbeat of a rank other than 0: none (rank 0's tells the store the run is alive)."""
+
+    def __enter__(self) -> _NoHeartbeat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
 def _evaluate(
-    plan: Plan, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, progress: Progress
+    plan: Plan, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, progress: Progress,
+    world: World | None = None,
 ) -> Evaluation:
     evaluation = evaluate(
         model,
@@ -235,6 +296,7 @@ def _evaluate(
         batch_size=plan.request.eval_batch_size,
         progress=progress,
         names=plan.key,
+        world=world,
     )
     if plan.request.certifiers is not None:
         for name, reason in sorted(evaluation.result.not_applicable.items()):
@@ -287,7 +349,9 @@ def _write_config(directory: Path, config: dict[str, Any]) -> None:
     write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
 
 
-def _mark(store: Store, run_id: int, status: str, error: str, train_seconds: float | None) -> None:
+def _mark(store: Store | None, run_id: int, status: str, error: str, train_seconds: float | None) -> None:
+    if store is None:  # rank 0 records how the run ended
+        return
     try:
         store.mark_ended(run_id, status, error, train_seconds=train_seconds)
     except Exception:  # the original error matters more than a failed bookkeeping write  # noqa: BLE001, S110

@@ -125,9 +125,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness import distributed
 from harness.checkpoint import FORMAT, VERSION, Checkpointing, CheckpointNotSaved, restore_rng, rng_state, utc_now
 from harness.components import Trainer, required
 from harness.data.augment import Augmentation
+from harness.distributed import World
 from harness.errors import HarnessError, PluginError, TrainingDiverged, TrainingInterrupted, UsageError
 from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
 from harness.options import options_dict
@@ -239,6 +241,25 @@ class _Saver:
             except CheckpointNotSaved as exc:
                 self.progress.log(f"warning: {exc}; training goes on")
         return c.last if c.last is not None and c.last["step"] == self.at.step else None
+
+
+def _check_shards(n: int, batch_size: int, world: World) -> None:
+    """Every global batch (the last one too) must give each of the ``world.size`` processes a sample at least."""
+    last = n % batch_size or batch_size
+    if min(batch_size, last, n) < world.size:
+        raise UsageError(
+            f"{world.size} processes need at least {world.size} samples in every batch, but with {n} training samples and "
+            f"batch size {batch_size} the {'last ' if last < batch_size else ''}batch has {min(batch_size, last, n)}; "
+            "change --train-samples or --set trainer.batch_size, or use fewer processes"
+        )
+
+
+def _global_means(loss: float, metrics: Mapping[str, float], n: int, n_batch: int) -> tuple[float, dict[str, float]]:
+    """The global batch's mean loss and metrics from every rank's means over its ``n`` rows (one all-reduce)."""
+    keys = list(metrics)
+    packed = torch.tensor([loss * n, *(float(metrics[k]) * n for k in keys)], dtype=torch.float64)
+    total = distributed.all_reduce(packed).tolist()
+    return total[0] / n_batch, {k: total[i + 1] / n_batch for i, k in enumerate(keys)}
 
 
 _SCALARS = (str, int, float, bool, type(None))
@@ -370,8 +391,11 @@ class EpochTrainer(Trainer):
             ctx.progress.log(f"resuming from {checkpoints.path} {where}")
         if checkpoints is not None and not self.resumable():
             ctx.progress.log(f"trainer {self.name!r} cannot resume (see Trainer.resumable): no checkpoints are saved")
+        world = ctx.world if ctx.world is not None and ctx.world.size > 1 else None
+        if world is not None:
+            _check_shards(len(data), batch_size, world)
         saver = _Saver(
-            checkpoints if self.resumable() else None,
+            checkpoints if self.resumable() and (world is None or world.main) else None,
             lambda seconds: self._checkpoint(model, optimizer, ctx, at, steps, epochs, seconds),
             ctx.progress,
             at,
@@ -379,6 +403,26 @@ class EpochTrainer(Trainer):
         # What the divergence check watches: every trained parameter and every floating buffer (mean shifts).
         watched = [p for group in optimizer.param_groups for p in group["params"]]
         watched += [b for b in model.buffers() if b.is_floating_point()]
+        trained = [p for group in optimizer.param_groups for p in group["params"]]
+        buffers = list(model.buffers())
+        if world is not None:  # every rank starts from rank 0's weights, as DDP does
+            distributed.broadcast_([*trained, *buffers])
+        with distributed.training(world):
+            self._epochs(model, data, ctx, optimizer, augmentation, at, saver, watched, trained, buffers, world, steps, epochs)
+        saver.save()
+        self.finish(model)
+
+    def _epochs(
+        self, model: nn.Module, data: TrainData, ctx: TrainContext, optimizer: torch.optim.Optimizer, augmentation: Augmentation | None,
+        at: _Position, saver: _Saver, watched: list[Tensor], trained: list[Tensor], buffers: list[Tensor], world: World | None,
+        steps: int, epochs: int,
+    ) -> None:
+        """The epochs of :meth:`fit`, from ``at`` on. With ``world``: this rank's slice of every global batch,
+        the loss weighted by the slice's share, gradients summed and buffers broadcast from rank 0, the loss,
+        metrics and accuracy reduced over the ranks, and one rank's stop (a signal) or rank 0's due checkpoint
+        decided for all."""
+        batch_size: int = self.options.batch_size
+        checkpoints = ctx.checkpoints
         model.train()
         for epoch in range(at.epoch, epochs):
             order = None
@@ -395,6 +439,10 @@ class EpochTrainer(Trainer):
                 batches = data.batches(batch_size, ctx.generator, augmentation, order=order, start=at.index)
                 for index, (images, labels) in enumerate(batches, start=at.index):
                     images, labels = images.to(ctx.device), labels.to(ctx.device)
+                    n_batch = labels.shape[0]
+                    if world is not None:  # the global batch was drawn (and augmented) as one process draws it
+                        rows = distributed.shard(n_batch, world)
+                        images, labels = images[rows], labels[rows]
                     step = Step(epoch, index, steps, epochs)
                     values = self._schedule(step)
                     for group in optimizer.param_groups:
@@ -402,25 +450,41 @@ class EpochTrainer(Trainer):
                     self.apply_schedule(model, values)
                     out = self.loss(model, images, labels, values)
                     loss = out.loss.item()
+                    metrics = out.metrics
+                    if world is not None:  # the global batch's loss and metrics (every rank checks the same loss)
+                        loss, metrics = _global_means(loss, metrics, labels.shape[0], n_batch)
                     if beyond_bound(loss):
                         raise self._diverged("loss", describe(loss), step, values)
                     at.first_loss = loss if at.first_loss is None else at.first_loss
                     if grew_too_much(loss, at.first_loss):
                         raise self._diverged("loss", describe_growth(loss, at.first_loss), step, values)
                     optimizer.zero_grad(set_to_none=True)
-                    out.loss.backward()
+                    if world is None:
+                        out.loss.backward()
+                    else:  # summed over the ranks: the global batch's mean gradient
+                        (out.loss * (labels.shape[0] / n_batch)).backward()
+                        distributed.sum_gradients_(trained)
                     self.before_optimizer_step(model, values)
                     optimizer.step()
+                    if world is not None:  # buffers (running means) follow rank 0's, as DDP's broadcast_buffers
+                        distributed.broadcast_(buffers)
                     # One synchronisation for the accuracy and both checks.
                     grads = [p.grad for p in watched if p.grad is not None]
                     hits = (out.logits.detach().argmax(1) == labels).sum().to(torch.float32)
                     checks = torch.stack([hits, largest_magnitude(grads).to(hits.device), largest_magnitude(watched).to(hits.device)])
+                    stop = False
+                    if world is not None:  # one reduction: every rank's hits, rank 0's checks, any rank's stop (a signal)
+                        ours = torch.where(torch.tensor([True, world.main, world.main], device=checks.device), checks,
+                                           torch.zeros_like(checks))
+                        stopping = checks.new_tensor([float(checkpoints is not None and checkpoints.stop_requested)])
+                        total = distributed.all_reduce(torch.cat([ours, stopping]))
+                        stop, checks = bool(total[3] > 0), total[:3]
                     correct, gradient, parameter = checks.tolist()
                     if beyond_bound(gradient):
                         raise self._diverged("largest |gradient|", describe(gradient), step, values)
                     if beyond_bound(parameter):
                         raise self._diverged("largest |parameter| after the step", describe(parameter), step, values)
-                    at.sums.add(labels.shape[0], int(correct), {"loss": loss, **out.metrics})
+                    at.sums.add(n_batch, int(correct), {"loss": loss, **metrics})
                     at.index, at.step = index + 1, at.step + 1
                     shown: dict[str, float | str] = dict(at.sums.means())
                     shown["acc"] = f"{at.sums.correct / at.sums.seen:.2%}"
@@ -428,12 +492,14 @@ class EpochTrainer(Trainer):
                     if at.index == steps:  # the epoch is done
                         ctx.history.append({"epoch": epoch + 1, **at.sums.means(), "acc": at.sums.correct / at.sums.seen})
                         at.epoch, at.index = epoch + 1, 0
-                    if saver.due():
+                    if saver.due():  # rank 0's alone (the others have no saver), no collective in it
                         saver.save()
-                    if checkpoints is not None and checkpoints.stop_requested:
+                    if world is None:
+                        stop = checkpoints is not None and checkpoints.stop_requested
+                    if stop and checkpoints is None:  # another rank was stopped, and this run saves nothing
+                        raise KeyboardInterrupt("another process of the run was stopped")
+                    if stop and checkpoints is not None:
                         raise self._interrupted(checkpoints, at, steps, epochs, saver.save())
-        saver.save()
-        self.finish(model)
 
     # -- the loop's parts ----------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import torch
 from harness.checkpoint import Checkpointing
 from harness.data.augment import Augmentation
 from harness.data.types import DatasetInfo
+from harness.distributed import World
 from harness.errors import HarnessDeprecationWarning
 from harness.progress import Progress, SilentProgress
 from harness.schedules import cosine_annealing
@@ -72,7 +73,9 @@ class TrainContext:
 
     ``checkpoints`` says where and how often to save, what to resume from and
     when to stop (:class:`harness.checkpoint.Checkpointing`; ``None``: no
-    checkpoints). ``history`` is filled by the training loop: one dict of
+    checkpoints; in a multi-process run only rank 0 saves). ``world`` is the
+    process group of a multi-process run: the scaffold gives each rank its
+    slice of every global batch and sums the gradients. ``history`` is filled by the training loop: one dict of
     metric means per finished epoch (``epoch`` 1-based, ``loss``, ``acc`` as a
     fraction, the method's metrics), the resumed epochs included.
     """
@@ -84,6 +87,8 @@ class TrainContext:
     progress: Progress = field(default_factory=SilentProgress)
     checkpoints: Checkpointing | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    #: The process group of a multi-process run (:mod:`harness.distributed`); ``None``: one process.
+    world: World | None = None
 
 
 def cosine_lr(base: float, progress: float) -> float:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
+from harness.distributed import batch_mean
 from harness_plugins.lib.lpdist.ops import inf_dist_bounds, inf_dist_bounds_conv, lp_dist, lp_dist_conv
 
 __all__ = ["LpDistConv2d", "LpDistLinear", "lp_layers", "set_p"]
@@ -28,7 +29,8 @@ def _shift_and_bias(layer: LpDistLinear | LpDistConv2d, y: Tensor) -> Tensor:
     """The mean shift (over every dimension but the channels) and the bias, in the original order."""
     if layer.running_mean is not None:
         if layer.training:
-            mean = y.mean(dim=[d for d in range(y.dim()) if d != 1])
+            # One process: y.mean over those dims; several: the global batch's mean (harness.distributed, --batch-stats).
+            mean = batch_mean(y, [d for d in range(y.dim()) if d != 1])
             with torch.no_grad():
                 layer.running_mean.mul_(1 - layer.momentum).add_(mean.detach(), alpha=layer.momentum)
             y = y - _per_channel(mean, y)
