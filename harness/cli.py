@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from harness.threat import NORMS, format_eps, parse_eps, parse_norm
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
+    from harness.runner import RunRequest
     from harness.store import Store
 
 DEFAULT_DB = "results.db"
@@ -241,12 +242,24 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
         distributed.shutdown()
 
 
+def run_request(no_save: bool, attacks: Sequence[str], certifiers: Sequence[str], options: dict[str, Any]) -> RunRequest:
+    """The RunRequest of ``harness run``'s parsed options (:func:`harness.runner.run_arguments` is its inverse)."""
+    from harness.runner import RunRequest
+
+    return RunRequest(
+        attacks=list(attacks) or None,
+        certifiers=list(certifiers) or None,
+        save_dir=None if no_save else options["save_dir"],
+        **{k: v for k, v in options.items() if k != "save_dir"},
+    )
+
+
 def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tuple[str, ...], certifiers: tuple[str, ...],
          world: Any, batch_stats: str | None, options: dict[str, Any]) -> None:
     from harness import distributed
     from harness.execution import execute
     from harness.progress import ConsoleProgress, SilentProgress
-    from harness.runner import RunRequest, plan_resume, plan_run
+    from harness.runner import plan_resume, plan_run
 
     s = state()
     resume = None
@@ -274,13 +287,7 @@ def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tup
         for flag, value in (("--plugin", options["trainer"]), ("--dataset", options["dataset"])):
             if value is None:
                 raise click.UsageError(f"Missing option '{flag}' (or --resume RUN_ID).")
-        request = RunRequest(
-            attacks=list(attacks) or None,
-            certifiers=list(certifiers) or None,
-            save_dir=None if no_save else options.pop("save_dir"),
-            **{k: v for k, v in options.items() if k != "save_dir"},
-        )
-        plan = plan_run(s.catalog, request, s.plugins.versions())
+        plan = plan_run(s.catalog, run_request(no_save, attacks, certifiers, options), s.plugins.versions())
     if store is None:  # a rank other than 0: trains and evaluates its share, records and prints nothing
         execute(plan, None, progress=SilentProgress(), resume=resume, world=world)
         return

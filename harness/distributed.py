@@ -34,11 +34,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 import torch
 
@@ -330,14 +331,43 @@ def _supervise(procs: list[subprocess.Popen[bytes]], grace_s: float) -> None:
         time.sleep(0.05)
 
 
-def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace_s: float = 30.0) -> int:
+def _die_with_parent() -> Any:
+    """A ``preexec_fn`` that has the kernel SIGKILL a rank when this process dies (Linux's PR_SET_PDEATHSIG); ``None`` elsewhere.
+
+    A launcher killed outright (a sweep's Ray worker lost, OOM-killed) must not
+    leave its ranks training on: a retried task would resume their run
+    beside them. Everything the child calls is resolved here, before the fork.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent, kill = os.getpid(), int(signal.SIGKILL)
+    getppid, exit_ = os.getppid, os._exit
+
+    def preexec() -> None:
+        prctl(1, kill, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if getppid() != parent:  # it died before the call: the kernel will not tell
+            exit_(1)
+
+    return preexec
+
+
+def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace_s: float = 30.0, stdout: IO[Any] | None = None,
+           env: Mapping[str, str] | None = None) -> int:
     """Run ``harness`` with ``args`` in ``nproc`` processes on this machine; their exit status (rank 0's first).
 
-    Rank 0's output is this process's; the others' stderr is kept in a
-    temporary file and printed only if that rank fails. A SIGINT, SIGTERM or
-    SIGHUP here is passed to every rank (each finishes its step and rank 0
-    writes the checkpoint); when one rank fails the others are stopped
-    (:func:`_supervise`).
+    Rank 0's output is this process's (``stdout``: an open file for both its
+    stdout and stderr instead, e.g. a sweep cell's log); the others' stderr is
+    kept in a temporary file and printed (to ``sys.stderr``) only if that rank
+    fails. ``env``: variables added to the ranks' environment. A SIGINT,
+    SIGTERM or SIGHUP here (in the main thread) is passed to every rank (each
+    finishes its step and rank 0 writes the checkpoint); when one rank fails
+    the others are stopped (:func:`_supervise`).
     """
     from torch.distributed import TCPStore
 
@@ -350,6 +380,7 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
     base.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(store.port), WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
                 TORCHELASTIC_USE_AGENT_STORE="True")
     base[BATCH_STATS_ENV] = batch_stats
+    base.update(env or {})
 
     def forward(signum: int, frame: Any) -> None:
         for p in procs:
@@ -357,17 +388,26 @@ def launch(nproc: int, args: Sequence[str], *, batch_stats: str = "exact", grace
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signum)
 
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
     previous = {s: signal.signal(s, forward) for s in handled}
+    if stdout is not None:
+        stdout.flush()
+    die_with_us = _die_with_parent()
     try:
         for rank in range(nproc):
-            env = base | {"RANK": str(rank), "LOCAL_RANK": str(rank)}
+            rank_env = base | {"RANK": str(rank), "LOCAL_RANK": str(rank)}
             log = None if rank == 0 else tempfile.TemporaryFile()
             logs.append(log)
             # Each rank in its own process group: a terminal's Ctrl-C reaches them once, through forward().
-            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env, process_group=0,
-                                          stdout=subprocess.DEVNULL if rank else None, stderr=log))
+            procs.append(subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=rank_env, process_group=0,
+                                          stdout=subprocess.DEVNULL if rank else stdout, stderr=log if rank else stdout,
+                                          preexec_fn=die_with_us))
         _supervise(procs, grace_s)
+    except BaseException:
+        for p in procs:  # not a signal forward() handled (an exception here): no rank outlives the launch
+            if p.poll() is None:
+                p.kill()
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -105,8 +106,30 @@ def launched_by(**facts: Any) -> Iterator[None]:
         _launcher.update(previous)
 
 
+#: Environment variable that carries :func:`launched_by`'s facts (JSON) to a run started in other processes
+#: (a sweep's cell that trains in several: its rank 0 records them).
+LAUNCHER_ENV = "HARNESS_LAUNCHER"
+
+
+def launcher_variable() -> dict[str, str]:
+    """The environment that gives a ``harness`` subprocess this process's :func:`launched_by` facts (empty if none)."""
+    return {LAUNCHER_ENV: json.dumps(_launcher, sort_keys=True, default=str)} if _launcher else {}
+
+
+def _inherited_launcher() -> dict[str, Any]:
+    text = os.environ.get(LAUNCHER_ENV)
+    if not text:
+        return {}
+    try:
+        facts = json.loads(text)
+    except ValueError:
+        return {"unreadable": text[:200]}
+    return facts if isinstance(facts, dict) else {"unreadable": text[:200]}
+
+
 def environment(plugin_versions: dict[str, str | None]) -> dict[str, Any]:
-    launcher = {"launcher": dict(_launcher)} if _launcher else {}
+    facts = dict(_launcher) or _inherited_launcher()  # this process's own launched_by block first
+    launcher = {"launcher": facts} if facts else {}
     return {
         "harness": harness_version(),
         "torch": torch.__version__,

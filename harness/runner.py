@@ -185,6 +185,38 @@ def request_from_json(data: dict[str, Any]) -> RunRequest:
     return RunRequest(**values)
 
 
+def run_arguments(request: RunRequest) -> list[str]:
+    """The ``harness run`` arguments (after ``run``) that plan ``request`` again: the same :func:`request_json`.
+
+    A sweep's cell that trains in several processes starts ``harness run``
+    with them. ``save_dir`` ``None`` is ``--no-save``; ``data_dir`` ``None``
+    gives no ``--data-dir`` (the command's default: ``$HARNESS_DATA``, else
+    the cache folder, as :func:`plan_run` chooses it). The database is not an
+    argument (it may hold a password): give it in ``HARNESS_DB``. ValueError for a
+    request the command line cannot express (an empty list of attacks or
+    certifiers: on the command line that means every one).
+    """
+    r = request
+    args = ["--plugin", r.trainer, "--dataset", r.dataset]
+    for flag, values in (("--attack", r.attacks), ("--certifier", r.certifiers)):
+        if values is not None and len(values) == 0:
+            raise ValueError(f"{flag}: an empty list (no {flag[2:]}s) cannot be given to harness run, where none means every one")
+    optional: list[tuple[str, Any]] = [
+        ("--eps", repr(float(r.eps)) if r.eps is not None else None), ("--norm", r.norm), ("--preset", r.preset),
+        ("--model", r.model), ("--epochs", r.epochs), ("--seed", r.seed), ("--eval-samples", r.eval_samples),
+        ("--train-samples", r.train_samples), ("--data-dir", str(Path(r.data_dir).absolute()) if r.data_dir is not None else None),
+    ]
+    args += [item for flag, value in optional if value is not None for item in (flag, str(value))]
+    if r.no_preset:
+        args.append("--no-preset")
+    args += ["--device", r.device, "--eval-batch-size", str(r.eval_batch_size), "--checkpoint-every", str(r.checkpoint_every)]
+    args += [item for name in r.attacks or () for item in ("--attack", name)]
+    args += [item for name in r.certifiers or () for item in ("--certifier", name)]
+    args += [item for override in r.overrides for item in ("--set", override)]
+    args += ["--save-dir", str(Path(r.save_dir).absolute())] if r.save_dir is not None else ["--no-save"]
+    return args
+
+
 def _label(attacker: Attacker) -> str:
     """The attack's label for the configuration; its name if ``label()`` fails (the evaluation records that failure)."""
     try:

@@ -11,10 +11,13 @@
   :func:`harness.env.launched_by`), without waiting for its heartbeat to age;
 * else starts it;
 
-and executes it in this process (:func:`harness.execution.execute`). All it
-prints (training progress, warnings, a plugin's prints) goes to the cell's log
-file, appended to on every attempt, never to the driver; the driver gets an
-:class:`Outcome`.
+and executes it in this process (:func:`harness.execution.execute`), or, when
+the cell's resources give ``nproc`` > 1, in ``nproc`` processes started here
+(:func:`harness.distributed.launch` of ``harness run ... --nproc N``, or
+``harness run --resume ID``), then reads how it ended from the store. All it
+prints (training progress, warnings, a plugin's prints; the ranks' output)
+goes to the cell's log file, appended to on every attempt, never to the
+driver; the driver gets an :class:`Outcome`.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from harness.errors import HarnessError, one_line
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
+    from harness.runner import RunRequest
     from harness.store import RunRecord, Store
     from harness.sweep.spec import Cell
 
@@ -115,7 +119,7 @@ def run_cell(
                 torch.set_num_threads(max(1, threads))
             if catalog is None:
                 catalog, versions = _worker_catalog(job.plugins)
-            _run(job, catalog, versions or {}, launcher or {}, stream, outcome)
+            _run(job, catalog, versions or {}, launcher or {}, stream, outcome, threads)
         except KeyboardInterrupt as exc:
             outcome.status, outcome.reason = INTERRUPTED, one_line(exc) or "interrupted"
         except HarnessError as exc:
@@ -130,7 +134,8 @@ def run_cell(
     return outcome
 
 
-def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launcher: dict[str, Any], stream: Any, outcome: Outcome) -> None:
+def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launcher: dict[str, Any], stream: Any, outcome: Outcome,
+         threads: int | None = None) -> None:
     from harness.env import launched_by
     from harness.execution import execute
     from harness.liveness import stale_reason
@@ -147,6 +152,7 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
     try:
         run = runs_by_key(store.list_runs()).get(job.cell.key)
         device = job.cell.resources.device
+        ours = False
         if run is not None:
             outcome.run_id = run.id
             if run.status == RUN_FINISHED:
@@ -178,7 +184,10 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
                 raise
         try:
             with launched_by(**launcher, sweep=job.sweep, cell=job.cell.id):
-                run_id = execute(plan, store, progress=ConsoleProgress(stream), resume=run)
+                if job.cell.resources.processes > 1:
+                    run_id = _launch(job, store, plan.request, run, ours, stream, threads)
+                else:
+                    run_id = execute(plan, store, progress=ConsoleProgress(stream), resume=run)
         except BaseException:
             latest = runs_by_key(_safe_list(store)).get(job.cell.key)
             if latest is not None:
@@ -189,6 +198,54 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
         _finished(outcome, store.get_run(run_id), "")
     finally:
         store.close()
+
+
+def _launch(job: CellJob, store: Store, request: RunRequest, run: RunRecord | None, ours: bool, stream: Any, threads: int | None) -> int:
+    """Train the cell's run in ``nproc`` processes (``harness run --nproc N``, or ``--resume ID``); its id once they end.
+
+    The ranks get the database in ``HARNESS_DB`` (never on a command line: it
+    may hold a password), this task's :func:`harness.env.launched_by` facts in
+    ``HARNESS_LAUNCHER`` (rank 0 records them), the driver's plugins in
+    ``HARNESS_ONLY_PLUGINS``, and write to the cell's log. A run the
+    processes leave ``running`` (rank 0 killed) is marked failed, so that the
+    sweep's bounded retries apply.
+    """
+    from harness import distributed
+    from harness.env import launcher_variable
+    from harness.runner import run_arguments
+    from harness.store import FAILED as RUN_FAILED
+    from harness.store import INTERRUPTED as RUN_INTERRUPTED
+    from harness.store import RUNNING
+    from harness.sweep.state import runs_by_key
+
+    nproc = job.cell.resources.processes
+    if run is None:
+        args = ["run", *run_arguments(request), "--nproc", str(nproc)]
+    else:
+        if ours and run.status == RUNNING:  # the ranks' harness run --resume resumes only a run that is not alive
+            store.mark_ended(run.id, RUN_INTERRUPTED, "its Ray task's earlier attempt was lost with its node or worker; "
+                                                      "taken over by the task's retry")
+        args = ["run", "--resume", str(run.id), "--device", request.device, "--nproc", str(nproc)]
+        if request.data_dir is not None:
+            args += ["--data-dir", str(Path(request.data_dir).absolute())]
+    env = {"HARNESS_DB": job.db, **launcher_variable()}
+    if job.plugins:
+        env["HARNESS_ONLY_PLUGINS"] = ",".join(job.plugins)
+    cpus = threads if threads is not None else int(job.cell.resources.cpus)
+    env["OMP_NUM_THREADS"] = str(max(1, cpus // nproc))  # the cell's cpus, shared by its processes
+    print(f"training in {nproc} processes: harness " + " ".join(args), flush=True)
+    code = distributed.launch(nproc, args, batch_stats=job.cell.resources.batch_stats, stdout=stream, env=env)
+    latest = store.get_run(run.id) if run is not None else runs_by_key(store.list_runs()).get(job.cell.key)
+    if latest is None:
+        raise HarnessError(f"its {nproc} processes ended with status {code} before recording a run (the log says why)")
+    if latest.status == RUNNING:  # rank 0 died without recording how (killed): a failure, retried a bounded number of times
+        store.mark_ended(latest.id, RUN_FAILED, f"its {nproc} processes ended with status {code} and left it running")
+        latest = store.get_run(latest.id)
+    if latest.status == RUN_INTERRUPTED:
+        raise KeyboardInterrupt(latest.error or f"status {code}")
+    if latest.status == RUN_FAILED:
+        raise HarnessError(f"run {latest.id} failed: {latest.error or f'status {code}'}")
+    return latest.id
 
 
 def _safe_list(store: Store) -> list[RunRecord]:

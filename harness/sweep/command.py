@@ -27,6 +27,8 @@ from harness.errors import UsageError
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Quick form: override an option in every run.")
 @click.option("--gpus", type=click.FloatRange(0), default=0, show_default=True, help="Quick form: GPUs per run (a run with none runs on the CPU).")
 @click.option("--cpus", type=click.FloatRange(0), default=1, show_default=True, help="Quick form: CPUs per run (its torch threads).")
+@click.option("--nproc", type=click.IntRange(1), default=None, metavar="N",
+              help="Quick form: processes per run (harness run --nproc), one per GPU. Default: --gpus when it is 2 or more, else 1.")
 @click.option("--name", default=None, help="Quick form: the sweep's name (its log folder). Default: quick-HASH of its cells.")
 @click.option("--status", "show_status", is_flag=True, help="Show every cell's state from the database; run nothing.")
 @click.option("--dry-run", is_flag=True, help="Show the plan and every cell's state; run nothing.")

@@ -17,6 +17,7 @@ File format (``harness sweep SPEC.toml``)::
     [resources]                          # what each run needs (a Ray task's request)
     gpus = 1
     cpus = 4
+    nproc = 1                            # processes per run (harness run --nproc); default: gpus if >= 2, else 1
 
     [[extra]]                            # cells beyond the matrix (missing keys: the spec's)
     plugin = "crm"
@@ -48,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError, unknown_name
-from harness.runner import RunRequest, request_json
+from harness.runner import RunRequest, request_json, run_arguments
 from harness.threat import format_eps, parse_eps, parse_norm
 
 #: RunRequest fields that say where a run runs, not what it is: not part of a cell's identity.
@@ -67,10 +68,19 @@ _MATCH_KEYS = {"plugin", "dataset", "eps", "norm", "preset", "seed"}
 
 @dataclass(frozen=True)
 class Resources:
-    """What one run of the sweep needs: Ray reserves it for the cell's task (``gpus`` may be a fraction)."""
+    """What one run of the sweep needs: Ray reserves it for the cell's task (``gpus`` may be a fraction).
+
+    ``nproc``: the processes the run trains in (``harness run --nproc``), one
+    per GPU; ``None`` resolves to ``gpus`` when that is a whole number >= 2,
+    else 1. Like the device, it says where a run runs, not what it is: it is
+    no part of a cell's identity, since with exact batch statistics (the only
+    ones a sweep uses) N processes train as one.
+    """
 
     gpus: float = 0.0
     cpus: float = 1.0
+    nproc: int | None = None
+    batch_stats: str = "exact"
 
     def __post_init__(self) -> None:
         for name in ("gpus", "cpus"):
@@ -79,6 +89,28 @@ class Resources:
                 raise UsageError(f"resources: {name} {value!r} must be a number >= 0")
         if self.cpus == 0 and self.gpus == 0:
             raise UsageError("resources: a run needs at least some cpus or gpus (cpus = 1)")
+        if self.batch_stats != "exact":
+            raise UsageError(
+                f"resources: batch_stats {self.batch_stats!r} is refused in sweeps; valid: exact. Local statistics make a run "
+                "depend on its process count, which is not part of a cell's identity (train one by hand: harness run --nproc N "
+                "--batch-stats local)"
+            )
+        whole = float(self.gpus).is_integer()
+        nproc = self.nproc
+        if nproc is None:
+            nproc = int(self.gpus) if whole and self.gpus >= 2 else 1
+        elif isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+            raise UsageError(f"resources: nproc {nproc!r} must be an integer >= 1 (processes per run)")
+        elif nproc > 1 and not whole:
+            raise UsageError(f"resources: nproc {nproc} needs a whole number of gpus (one per process), not gpus {self.gpus:g}")
+        elif self.gpus >= 1 and nproc != self.gpus:
+            raise UsageError(f"resources: nproc {nproc} must equal gpus {self.gpus:g} (one process per GPU)")
+        object.__setattr__(self, "nproc", nproc)
+
+    @property
+    def processes(self) -> int:
+        """``nproc``, resolved (never ``None`` after construction)."""
+        return self.nproc or 1
 
     @property
     def device(self) -> str:
@@ -197,6 +229,12 @@ def build_spec(data: dict[str, Any], *, default_name: str | None = None, source:
         unique.setdefault(cell.key, cell)
     if not unique:
         raise UsageError("the sweep has no cells (every one excluded?)")
+    for cell in unique.values():
+        if cell.resources.processes > 1:
+            try:
+                run_arguments(cell.request)  # it trains through harness run --nproc N
+            except ValueError as exc:
+                raise UsageError(f"cell {cell.label} (nproc {cell.resources.processes}): {exc}") from None
     return Spec(name=name, cells=list(unique.values()), source=source)
 
 
@@ -214,11 +252,13 @@ def quick_spec(
     gpus: float,
     cpus: float,
     name: str | None,
+    nproc: int | None = None,
     **run: Any,
 ) -> Spec:
     """The spec of the quick form (comma lists: ``--plugin linf_v2,linf_v1 --eps 0.1,0.3 --seeds 3``)."""
+    resources: dict[str, Any] = {"gpus": gpus, "cpus": cpus} | ({"nproc": nproc} if nproc is not None else {})
     data: dict[str, Any] = {
-        "plugins": _split(plugins), "datasets": _split(datasets), "set": list(overrides), "resources": {"gpus": gpus, "cpus": cpus},
+        "plugins": _split(plugins), "datasets": _split(datasets), "set": list(overrides), "resources": resources,
     }
     if eps is not None:
         data["eps"] = _split(eps)
@@ -380,5 +420,5 @@ def _matches(request: RunRequest, table: dict[str, Any]) -> bool:
 def _resources(value: Any) -> Resources:
     if not isinstance(value, dict):
         raise UsageError(f"resources must be a table ([resources] gpus = 1, cpus = 4), got {value!r}")
-    _check_keys(value, {"gpus", "cpus"}, "key of [resources]")
+    _check_keys(value, {"gpus", "cpus", "nproc", "batch_stats"}, "key of [resources]")
     return Resources(**value)

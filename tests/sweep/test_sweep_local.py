@@ -268,3 +268,54 @@ def test_cells_that_need_more_gpus_than_the_machine_has_are_refused_before_runni
     assert r.code == 2
     assert r.err.strip() == "error: the cells need 1 GPUs per run; this machine has 0 (lower --gpus, or install Ray and give --address)"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_multi_process_cell_launches_harness_run_resume_and_a_retried_task_takes_over_its_run(
+        sweep, harness_catalog, tmp_path, monkeypatch):
+    """nproc 2: the cell starts ``harness run --resume ID --nproc 2`` (launch faked here; tests/sweep/test_sweep_nproc.py
+    runs it), the database and the task's facts in the environment; its own run, alive on another node, is marked
+    interrupted first (the ranks resume only a run that is not alive); ranks that die leave no run ``running``."""
+    from harness import distributed
+    from harness.store import open_store
+    from harness.sweep.cell import CellJob, run_cell
+    from harness.sweep.spec import Resources, quick_spec
+
+    monkeypatch.setattr(Flaky, "interrupts", 1)
+    assert sweep(*QUICK, "--seeds", "0,").code == 130  # run 1 interrupted after its first checkpoint
+    db = str(tmp_path / "results.db")
+    store = open_store(db)
+    store.resume_run(1, {"host": "node-b", "pid": 4242, "launcher": {"ray_task": "T1"}})  # alive on node-b under task T1
+    store.close()
+    spec = quick_spec(plugins="flaky", datasets="blobs", eps="0.01", norm=None, presets=None, seeds="0,", overrides=["attacker.pgd.steps=2"],
+                      attacks=["pgd"], certifiers=["interval"], gpus=0.0, cpus=2.0, name=None, epochs=None, train_samples=None,
+                      eval_samples=None, nproc=2)
+    cell = spec.cells[0]
+    assert cell.resources == Resources(cpus=2.0, nproc=2)
+    job = CellJob(cell=cell, sweep=spec.name, db=db, save_dir=tmp_path / "runs", log=tmp_path / "cell.log", plugins=["flaky"])
+    launched = []
+
+    def fake_launch(nproc, args, *, batch_stats="exact", stdout=None, env=None, grace_s=30.0):
+        rank0 = open_store(db)
+        status = rank0.get_run(1).status
+        rank0.resume_run(1, {"host": "here", "pid": 4343})  # as rank 0 resumes it, then is killed: run 1 left running
+        rank0.close()
+        launched.append((nproc, list(args), batch_stats, dict(env or {}), status))
+        print("rank 0 says hello", file=stdout, flush=True)
+        return 137
+
+    monkeypatch.setattr(distributed, "launch", fake_launch)
+    other = run_cell(job, catalog=harness_catalog(BlobsPlugin()), versions={}, launcher={"ray_task": "T2"})
+    assert other.status == "skipped" and not launched
+    ours = run_cell(job, catalog=harness_catalog(BlobsPlugin()), versions={}, launcher={"ray_task": "T1", "ray_node": "N"})
+    ((nproc, args, batch_stats, env, status),) = launched
+    assert (nproc, args, batch_stats) == (2, ["run", "--resume", "1", "--device", "cpu", "--nproc", "2"], "exact")
+    assert status == "interrupted"  # taken over before the launch
+    assert env["HARNESS_DB"] == db and env["HARNESS_ONLY_PLUGINS"] == "flaky" and env["OMP_NUM_THREADS"] == "1"
+    assert json.loads(env["HARNESS_LAUNCHER"]) == {"ray_task": "T1", "ray_node": "N", "sweep": spec.name, "cell": cell.id}
+    assert ours.status == "failed" and ours.run_id == 1 and ours.retryable and ours.resumed
+    assert ours.reason == "run 1 failed: its 2 processes ended with status 137 and left it running"
+    log = (tmp_path / "cell.log").read_text()
+    assert "training in 2 processes: harness run --resume 1" in log and "rank 0 says hello" in log
+    store = open_store(db, readonly=True)
+    assert store.get_run(1).status == "failed"  # a bounded retry, not a run that looks alive
+    store.close()
