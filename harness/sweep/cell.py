@@ -185,7 +185,7 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
         try:
             with launched_by(**launcher, sweep=job.sweep, cell=job.cell.id):
                 if job.cell.resources.processes > 1:
-                    run_id = _launch(job, store, plan.request, run, ours, stream, threads)
+                    run_id = _launch(job, store, plan.request, run, ours, stream, threads, outcome)
                 else:
                     run_id = execute(plan, store, progress=ConsoleProgress(stream), resume=run)
         except BaseException:
@@ -200,7 +200,8 @@ def _run(job: CellJob, catalog: Catalog, versions: dict[str, str | None], launch
         store.close()
 
 
-def _launch(job: CellJob, store: Store, request: RunRequest, run: RunRecord | None, ours: bool, stream: Any, threads: int | None) -> int:
+def _launch(job: CellJob, store: Store, request: RunRequest, run: RunRecord | None, ours: bool, stream: Any, threads: int | None,
+            outcome: Outcome) -> int:
     """Train the cell's run in ``nproc`` processes (``harness run --nproc N``, or ``--resume ID``); its id once they end.
 
     The ranks get the database in ``HARNESS_DB`` (never on a command line: it
@@ -208,7 +209,9 @@ def _launch(job: CellJob, store: Store, request: RunRequest, run: RunRecord | No
     ``HARNESS_LAUNCHER`` (rank 0 records them), the driver's plugins in
     ``HARNESS_ONLY_PLUGINS``, and write to the cell's log. A run the
     processes leave ``running`` (rank 0 killed) is marked failed, so that the
-    sweep's bounded retries apply.
+    sweep's bounded retries apply; processes that end before they resumed the
+    run (its ``resumes`` unchanged) make the cell not retryable, since a retry
+    would not count.
     """
     from harness import distributed
     from harness.env import launcher_variable
@@ -238,6 +241,9 @@ def _launch(job: CellJob, store: Store, request: RunRequest, run: RunRecord | No
     latest = store.get_run(run.id) if run is not None else runs_by_key(store.list_runs()).get(job.cell.key)
     if latest is None:
         raise HarnessError(f"its {nproc} processes ended with status {code} before recording a run (the log says why)")
+    if run is not None and latest.resumes == run.resumes:
+        outcome.retryable = False
+        raise HarnessError(f"its {nproc} processes ended with status {code} before resuming run {run.id} (the log says why)")
     if latest.status == RUNNING:  # rank 0 died without recording how (killed): a failure, retried a bounded number of times
         store.mark_ended(latest.id, RUN_FAILED, f"its {nproc} processes ended with status {code} and left it running")
         latest = store.get_run(latest.id)

@@ -275,6 +275,8 @@ def test_a_multi_process_cell_launches_harness_run_resume_and_a_retried_task_tak
     """nproc 2: the cell starts ``harness run --resume ID --nproc 2`` (launch faked here; tests/sweep/test_sweep_nproc.py
     runs it), the database and the task's facts in the environment; its own run, alive on another node, is marked
     interrupted first (the ranks resume only a run that is not alive); ranks that die leave no run ``running``."""
+    import dataclasses
+
     from harness import distributed
     from harness.store import open_store
     from harness.sweep.cell import CellJob, run_cell
@@ -319,3 +321,9 @@ def test_a_multi_process_cell_launches_harness_run_resume_and_a_retried_task_tak
     store = open_store(db, readonly=True)
     assert store.get_run(1).status == "failed"  # a bounded retry, not a run that looks alive
     store.close()
+
+    # Processes that end before resuming it (a mistake on their command line, say): a retry would not count, so none.
+    monkeypatch.setattr(distributed, "launch", lambda nproc, args, **kwargs: 2)
+    retried = run_cell(dataclasses.replace(job, retry=True), catalog=harness_catalog(BlobsPlugin()), versions={}, launcher={})
+    assert retried.status == "failed" and not retried.retryable and retried.run_id == 1
+    assert retried.reason == "its 2 processes ended with status 2 before resuming run 1 (the log says why)"
