@@ -28,8 +28,8 @@ def plan_lines(spec: Spec, states: Sequence[CellState], plans: dict[str, Plan], 
     order = (Action.FINISHED, Action.RUNNING, Action.RESUME, Action.RETRY, Action.GAVE_UP, Action.NEW)
     names = {Action.FINISHED: "finished", Action.RUNNING: "running elsewhere", Action.RESUME: "to resume", Action.RETRY: "to retry",
              Action.GAVE_UP: "failed (gave up)", Action.NEW: "new"}
-    resources = {(c.resources.cpus, c.resources.gpus) for c in spec.cells}
-    per_run = "; ".join(f"{cpus:g} CPU, {gpus:g} GPU" for cpus, gpus in sorted(resources))
+    resources = {(c.resources.cpus, c.resources.gpus, c.resources.processes) for c in spec.cells}
+    per_run = "; ".join(f"{cpus:g} CPU, {gpus:g} GPU" + (f", {n} processes" if n > 1 else "") for cpus, gpus, n in sorted(resources))
     lines = [
         f"sweep {spec.name} ({spec.source}) in {database}: {len(states)} cells: " + ", ".join(f"{counts[a]} {names[a]}" for a in order),
         f"per run: {per_run}; " + estimate([s for s in states if s.action not in (Action.FINISHED, Action.GAVE_UP)], plans),

@@ -73,7 +73,8 @@ def test_a_two_process_cell_is_one_recorded_run_its_log_holds_the_training_and_a
     args = [*TINY, "--data-dir", str(shared_data)]
     r = harness_cli("sweep", *args)
     assert r.code == 0, r.out + r.err
-    assert "1 finished (1 now), 0 failed" in r.out and "epoch" not in r.out + r.err  # no training output in the driver's
+    assert "per run: 2 CPU, 0 GPU, 2 processes;" in r.out and "1 finished (1 now), 0 failed" in r.out
+    assert "epoch" not in r.out + r.err  # no training output in the driver's
 
     from harness.store import open_store
 
