@@ -30,6 +30,10 @@ REPORTED_CHOICES = ("runs", "all", "none")
 #: ``overrides``, whose every effect is in the resolved trainer, model, threat, preset and evaluation);
 #: sweep bookkeeping (``sweep``); and ``evaluation``, which is taken from the evaluation the row shows instead.
 IGNORED_CONFIG_KEYS = frozenset({"seed", "device", "request", "overrides", "preset_source", "sweep", "evaluation"})
+#: ``config["distributed"]`` (a multi-process run, :mod:`harness.distributed`) counts only as far as it changes the
+#: model: ``exact`` batch statistics train what one process trains (it groups with single-process runs, whatever its
+#: world size and backend); ``local`` ones shift by each process's slice, so its world size makes another configuration.
+EXACT_BATCH_STATS = "exact"
 #: Keys of an evaluation's configuration that do not make it a different one: why the other certifiers did
 #: not apply (a consequence of the model, not a choice).
 IGNORED_EVALUATION_KEYS = frozenset({"not_applicable"})
@@ -43,7 +47,8 @@ def configuration_key(config: Mapping[str, Any], evaluation: Mapping[str, Any] |
     Everything in them counts (trainer and model with their plugins and every resolved option, epochs among
     them; dataset; threat model; preset; train samples; evaluation samples, subset seed, batch size, attackers
     and certifiers with their options; any key a later harness adds) except :data:`IGNORED_CONFIG_KEYS` and
-    :data:`IGNORED_EVALUATION_KEYS`. The radius is compared to 4 significant digits, so ``8/255`` and a typed
+    :data:`IGNORED_EVALUATION_KEYS`; ``distributed`` counts only with ``local`` batch statistics (its world size).
+    The radius is compared to 4 significant digits, so ``8/255`` and a typed
     ``0.03137`` agree.
 
     Before a run is evaluated, ``config["evaluation"]`` lists the certifiers requested (names, or ``null`` for
@@ -51,6 +56,9 @@ def configuration_key(config: Mapping[str, Any], evaluation: Mapping[str, Any] |
     pass ``evaluation={}`` to compare the training configuration alone.
     """
     kept: dict[str, Any] = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+    distributed = kept.pop("distributed", None)
+    if isinstance(distributed, dict) and distributed.get("batch_stats", EXACT_BATCH_STATS) != EXACT_BATCH_STATS:
+        kept["distributed"] = {"batch_stats": distributed.get("batch_stats"), "world_size": distributed.get("world_size")}
     threat = kept.get("threat")
     if isinstance(threat, dict) and isinstance(threat.get("eps"), int | float):
         kept["threat"] = {**threat, "eps": f"{threat['eps']:.4g}"}

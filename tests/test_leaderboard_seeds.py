@@ -125,6 +125,21 @@ def test_runs_that_differ_in_anything_else_are_rows_of_their_own(path, value):
     assert [r.n for r in rows([run(1, 0.30), run(2, 0.34, seed=1, cfg=cfg)])] == [1, 1]
 
 
+def test_an_exact_multi_process_run_groups_with_single_process_runs_a_local_one_does_not():
+    """Exact batch statistics train what one process trains: world size and backend are where it ran. Local ones
+    shift by each process's slice: another model, and another one for each world size."""
+    def ddp(seed, size=2, stats="exact", backend="gloo"):
+        cfg = config(seed)
+        cfg["distributed"] = {"world_size": size, "backend": backend, "batch_stats": stats}
+        return cfg
+
+    exact = [run(1, 0.30), run(2, 0.34, seed=1, cfg=ddp(1)), run(3, 0.32, seed=2, cfg=ddp(2, size=4, backend="nccl"))]
+    assert [r.n for r in rows(exact)] == [3]
+    local = [run(1, 0.30), run(2, 0.34, seed=1, cfg=ddp(1, stats="local")), run(3, 0.32, seed=2, cfg=ddp(2, size=4, stats="local")),
+             run(4, 0.31, seed=3, cfg=ddp(3, stats="local", backend="nccl"))]
+    assert sorted(r.n for r in rows(local)) == [1, 1, 2]
+
+
 def test_the_evaluation_compared_is_the_one_the_row_shows():
     """A run evaluated again more completely (harness eval) shows that evaluation: it no longer matches its seed siblings."""
     again = run(2, 0.34, seed=1)
