@@ -65,14 +65,22 @@ class Summary:
 
 def validate(spec: Spec, catalog: Catalog, versions: dict[str, str | None]) -> dict[str, Plan]:
     """Plan every cell before anything runs (device ``auto``: the driver may have no GPU); the first bad one is a UsageError naming it."""
+    from harness.leaderboard import configuration_key
     from harness.runner import plan_run
 
     plans: dict[str, Plan] = {}
+    resolved: dict[str, Cell] = {}
     for cell in spec.cells:
         try:
-            plans[cell.id] = plan_run(catalog, dataclasses.replace(cell.request, device="auto"), versions)
+            plan = plans[cell.id] = plan_run(catalog, dataclasses.replace(cell.request, device="auto"), versions)
         except HarnessError as exc:
             raise UsageError(f"cell {cell.label}: {exc}") from None
+        # Two cells asking for the same run in other words (an option set to its default, a preset named or chosen by
+        # default): two runs of one seed, which the leaderboard would show as two seeds.
+        same = resolved.setdefault(f"{plan.seed} {configuration_key(plan.config())}", cell)
+        if same is not cell:
+            raise UsageError(f"cells {same.label!r} and {cell.label!r} are the same run (the same configuration and seed): "
+                             "leave one out")
     return plans
 
 

@@ -204,6 +204,16 @@ def test_every_cell_is_planned_before_anything_runs(sweep, tmp_path):
     assert r.code == 2 and "cell flaky blobs l_inf 0.01 quick" in r.err
 
 
+def test_two_cells_that_are_the_same_run_in_other_words_are_refused(sweep, tmp_path):
+    """An option set to its default is the same run: two of them would be two runs of one seed (two "seeds" on the leaderboard)."""
+    (tmp_path / "s.toml").write_text('plugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\nseeds = [0]\n'
+                                     '[[extra]]\nplugin = "flaky"\ndataset = "blobs"\nset = ["trainer.lr=0.1"]\n')
+    r = sweep("s.toml")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "cells 'flaky blobs l_inf 0.01 seed 0' and 'flaky blobs l_inf 0.01 seed 0 trainer.lr=0.1' are the same run" in r.err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_quick_form_and_a_spec_file_exclude_each_other(sweep, tmp_path):
     (tmp_path / "s.toml").write_text('plugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\n')
     r = sweep("s.toml", "--seeds", "2")
