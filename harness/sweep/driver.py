@@ -10,6 +10,7 @@ by Ray (``max_retries``) and takes its run over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -257,11 +258,52 @@ def run_sweep(
     """
     start = time.perf_counter()
     plans = validate(spec, catalog, versions)
+    logs = (save_dir / "sweeps" / spec.name).absolute()
+    # The survey and the run under the sweep's lock (never a dry run): a second driver is refused before it looks.
+    with _one_driver(logs, spec) if not dry_run and store is not None else contextlib.nullcontext():
+        return _sweep(spec, store, db, plans, logs, catalog=catalog, versions=versions, plugins=plugins, save_dir=save_dir,
+                      data_dir=data_dir, address=address, retries=retries, retry_failed=retry_failed, dry_run=dry_run,
+                      use_ray=use_ray, echo=echo, start=start)
+
+
+@contextmanager
+def _one_driver(logs: Path, spec: Spec) -> Iterator[None]:
+    """Hold the sweep's lock (``LOGS/.driver``) while it runs: a second driver of the same sweep (same name, same
+    --save-dir) is a UsageError. Two at once would both start the cells neither sees started yet: two runs of one
+    seed (and Ray task ids repeat from one local instance to the next). The lock goes with the process, however it
+    ends (SIGKILL included)."""
+    import fcntl
+    import platform
+
+    logs.mkdir(parents=True, exist_ok=True)
+    path = logs / ".driver"
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  # held until the sweep ends
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(f"sweep {spec.name} is already running ({holder}; lock {path}): wait for it, or stop it and "
+                             "run this again (harness sweep --status shows its cells)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _sweep(
+    spec: Spec, store: Store | None, db: str, plans: dict[str, Plan], logs: Path, *, catalog: Catalog,
+    versions: dict[str, str | None], plugins: list[str] | None, save_dir: Path, data_dir: Path | None, address: str | None,
+    retries: int, retry_failed: bool, dry_run: bool, use_ray: bool | None, echo: Callable[[str], None], start: float,
+) -> Summary:
     states = survey(spec.cells, store, retries=retries, retry_failed=retry_failed)
     summary = Summary(states)
     for line in plan_lines(spec, states, plans, store.name if store is not None else database_name(db)):
         echo(line)
-    logs = (save_dir / "sweeps" / spec.name).absolute()
     for state in states:
         if dry_run or state.action in (Action.GAVE_UP, Action.RUNNING):
             run = f"run {state.run.id}" if state.run is not None else "no run yet"

@@ -214,6 +214,24 @@ def test_two_cells_that_are_the_same_run_in_other_words_are_refused(sweep, tmp_p
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_second_driver_of_a_running_sweep_is_refused_and_one_killed_leaves_no_lock(sweep, tmp_path):
+    """Two drivers at once would both start the cells neither has seen started: two runs of one seed."""
+    import os
+    from types import SimpleNamespace
+
+    from harness.sweep.driver import _one_driver
+
+    (tmp_path / "s.toml").write_text('name = "twice"\nplugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\nseeds = 1\n'
+                                     'certifiers = ["interval"]\nattacks = ["pgd"]\n')
+    with _one_driver(tmp_path / "runs" / "sweeps" / "twice", SimpleNamespace(name="twice")):  # a driver running now
+        r = sweep("s.toml")
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+        assert f"error: sweep twice is already running (pid {os.getpid()} on " in r.err
+        assert sweep("s.toml", "--dry-run").code == 0 and "1 not started" in sweep("s.toml", "--status").out
+    r = sweep("s.toml")  # its driver gone (however it ended): the lock went with it
+    assert r.code == 0 and "1 finished (1 now)" in r.out, r.out + r.err
+
+
 def test_the_quick_form_and_a_spec_file_exclude_each_other(sweep, tmp_path):
     (tmp_path / "s.toml").write_text('plugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\n')
     r = sweep("s.toml", "--seeds", "2")
