@@ -17,6 +17,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -121,12 +122,18 @@ class InProcess:
         pass
 
 
-def _ray_task(job: CellJob) -> Outcome:
-    """A cell as a Ray task: torch threads = its CPUs; its Ray ids recorded in its run's environment."""
+def _ray_task(job: CellJob, submission: str = "") -> Outcome:
+    """A cell as a Ray task: torch threads = its CPUs; its Ray ids recorded in its run's environment.
+
+    ``ray_task`` names this submission, whatever Ray attempt runs it: Ray's task id and the driver's ``submission``
+    token. Task ids alone repeat from one local Ray instance to the next (the first task of every job 01000000 has
+    the same id), and a run "running under this task" is taken over at once, alive or not.
+    """
     import ray
 
     context = ray.get_runtime_context()
-    launcher = {"ray_task": context.get_task_id(), "ray_node": context.get_node_id()}
+    task = context.get_task_id()
+    launcher = {"ray_task": f"{task}/{submission}" if submission else task, "ray_node": context.get_node_id()}
     return run_cell(job, launcher=launcher, threads=max(1, int(job.cell.resources.cpus)))
 
 
@@ -172,7 +179,7 @@ class OnRay:
         ref = self.remote.options(
             num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=max(1, self.retries), retry_exceptions=False,
             name=f"harness-sweep {job.sweep} {job.cell.id}",
-        ).remote(job)
+        ).remote(job, uuid.uuid4().hex)
         self.refs[ref] = job
 
     def wait(self, timeout: float) -> list[tuple[CellJob, Outcome]]:

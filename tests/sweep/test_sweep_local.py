@@ -296,3 +296,34 @@ def test_cells_that_need_more_gpus_than_the_machine_has_are_refused_before_runni
     assert r.code == 2
     assert r.err.strip() == "error: the cells need 1 GPUs per run; this machine has 0 (lower --gpus, or install Ray and give --address)"
     assert not list((tmp_path / "runs").glob("run-*")) and not list((tmp_path / "runs").rglob("*.log"))  # only the sweep's lock
+
+
+def test_each_submission_of_a_cell_is_its_own_ray_task_though_ray_task_ids_repeat(monkeypatch, tmp_path):
+    """Ray task ids repeat from one local Ray instance to the next: a run "running under this task" (taken over at
+    once, alive or not) must name the submission, which only Ray's own retry of that submission shares."""
+    from types import SimpleNamespace
+
+    from harness.runner import RunRequest
+    from harness.sweep import driver
+    from harness.sweep.cell import CellJob, Outcome
+    from harness.sweep.spec import Cell
+
+    context = SimpleNamespace(get_task_id=lambda: "c8ef45ccd0112571ffffffffffffffffffffffff01000000", get_node_id=lambda: "node")
+    calls: list[tuple] = []
+
+    class Remote:
+        def options(self, **kwargs):
+            return SimpleNamespace(remote=lambda *args: calls.append(args) or len(calls))
+
+    fake = SimpleNamespace(is_initialized=lambda: True, remote=lambda fn: Remote(), get_runtime_context=lambda: context)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    launchers = []
+    monkeypatch.setattr(driver, "run_cell", lambda job, launcher, threads: launchers.append(launcher) or Outcome(job.cell.id, "finished"))
+    job = CellJob(cell=Cell(RunRequest(trainer="flaky", dataset="blobs")), sweep="s", db="x.db", save_dir=tmp_path, log=tmp_path / "l")
+    on_ray = driver.OnRay(None, 2, print)
+    on_ray.submit(job)  # this sweep's submission
+    on_ray.submit(job)  # another sweep's, on another local instance: the same Ray task id
+    for args in (calls[0], calls[0], calls[1]):  # the first submission run twice (Ray retried it), then the other
+        driver._ray_task(*args)
+    assert launchers[0] == launchers[1] and launchers[0]["ray_task"] != launchers[2]["ray_task"]
+    assert launchers[0]["ray_task"].startswith("c8ef45ccd0112571ffffffffffffffffffffffff01000000")
