@@ -122,7 +122,7 @@ class InProcess:
         pass
 
 
-def _ray_task(job: CellJob, submission: str = "") -> Outcome:
+def _ray_task(job: CellJob, submission: str) -> Outcome:
     """A cell as a Ray task: torch threads = its CPUs; its Ray ids recorded in its run's environment.
 
     ``ray_task`` names this submission, whatever Ray attempt runs it: Ray's task id and the driver's ``submission``
