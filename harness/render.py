@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -71,7 +72,7 @@ def _cells(row: Row) -> list[str]:
         value, std = getattr(row, key), getattr(row, f"{key}_std")
         if reported:
             return spread(value, std, row.n, statistic=row.statistic)
-        values = sum(getattr(r, key) is not None for r in row.runs)
+        values = sum(_finite(getattr(r, key)) for r in row.runs)  # those the mean is over (leaderboard.Spread's rule)
         return spread(value, std, values, of=row.n)
 
     attack = stat("robust") + (f" {row.attack}" if row.attack and row.robust is not None else "")
@@ -90,6 +91,10 @@ def _cells(row: Row) -> list[str]:
         n,
         _run_cell(row),
     ]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _run_cell(row: Row) -> str:

@@ -196,6 +196,22 @@ def test_a_certifier_that_failed_in_some_seeds_is_averaged_over_the_others_and_s
         leaderboard.build([run(1, 0.3, seed=0, crown="boom"), run(2, 0.3, seed=1, crown="boom")], []), "table")
 
 
+def test_a_number_missing_or_not_finite_in_one_seed_says_over_how_many_the_mean_is():
+    """The mean leaves out a run without the number (its attack failed) or with a NaN; the count shown must agree."""
+    import dataclasses
+    import math
+
+    failed = run(2, 0.34, seed=1)
+    result = dataclasses.replace(failed.best.result, robust_accuracy=None, attacks=(AttackResult("pgd", label="PGD-10", error="boom"),))
+    evaluation = dataclasses.replace(failed.best, result=result)
+    failed = dataclasses.replace(failed, evaluations=[evaluation], best=evaluation)
+    (row,) = rows([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)])
+    assert row.n == 3 and row.robust == 0.40 and row.certified == 0.32
+    table = render.leaderboard(leaderboard.build([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)], []),
+                               "table")
+    assert "40.00 (1 of 3)" in table and "32.00 ± 2.83 (2 of 3)" in table
+
+
 def test_spread_formatting():
     assert render.spread(0.9333, 0.0008, 8) == "93.33 ± 0.08 (8)"
     assert render.spread(0.9333, None, 1, of=1) == "93.33"
