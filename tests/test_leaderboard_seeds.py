@@ -210,6 +210,10 @@ def test_a_number_missing_or_not_finite_in_one_seed_says_over_how_many_the_mean_
     table = render.leaderboard(leaderboard.build([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)], []),
                                "table")
     assert "40.00 (1 of 3)" in table and "32.00 ± 2.83 (2 of 3)" in table
+    groups = leaderboard.build([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)], [])
+    strict = json.loads(render.leaderboard(groups, "json"), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert [r["certified"] for r in strict[0]["rows"][0]["runs"]] == [0.30, 0.34, None]
+    assert "NaN" not in render.leaderboard(groups, "csv")
 
 
 def test_spread_formatting():
