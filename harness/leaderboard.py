@@ -287,6 +287,19 @@ def _row_from_reported(result: ReportedResult) -> Row:
     )
 
 
+def _one_per_seed(runs: list[RunRecord]) -> list[RunRecord]:
+    """The newest run of each seed: runs of one configuration and one seed are one sample repeated, not two seeds (a run
+    repeated by hand, two sweeps that started the same cell at once); counting both would shrink the std and inflate n.
+    ``--per-seed`` still shows every run."""
+    newest: dict[int | None, RunRecord] = {}
+    for run in runs:
+        if run.info.seed is None:
+            return runs  # no seed recorded: nothing to tell repeats by
+        if run.info.seed not in newest or run.id > newest[run.info.seed].id:
+            newest[run.info.seed] = run
+    return [r for r in runs if newest.get(r.info.seed) is r]
+
+
 def build(
     runs: list[RunRecord],
     reported: list[ReportedResult],
@@ -300,7 +313,7 @@ def build(
     """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them.
 
     Runs that differ only by seed (the same :func:`seed_group_key`) make one row
-    (mean ± std over them); ``per_seed`` gives every run a row of its own.
+    (mean ± std over them, the newest run of each seed); ``per_seed`` gives every run a row of its own.
     ``reported_rows``: "runs" shows reported numbers in groups that have a
     measured run, "all" in every group, "none" nowhere.
     """
@@ -332,7 +345,7 @@ def build(
             key = json.dumps({"run": run.id}) if per_seed else seed_group_key(run)
             members.setdefault(id(g), {}).setdefault(key, []).append(run)
     for g in groups:
-        g.rows = [_row_from_runs(same) for same in members[id(g)].values()]
+        g.rows = [_row_from_runs(_one_per_seed(same)) for same in members[id(g)].values()]
     measured = list(groups)
     if reported_rows != "none":
         for result in reported:

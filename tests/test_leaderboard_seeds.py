@@ -140,6 +140,14 @@ def test_an_exact_multi_process_run_groups_with_single_process_runs_a_local_one_
     assert sorted(r.n for r in rows(local)) == [1, 1, 2]
 
 
+def test_two_runs_of_one_seed_are_one_sample_the_newest():
+    """A seed run twice (by hand, or by two sweeps at once) is one sample repeated: n counts seeds, not runs."""
+    (row,) = rows([run(1, 0.30), run(2, 0.34, seed=1), run(3, 0.31)])
+    assert row.n == 2 and row.seeds == [0, 1] and [r.run_id for r in row.runs] == [3, 2]
+    assert row.certified == pytest.approx(0.325)
+    assert sorted(r.run_id for r in rows([run(1, 0.30), run(2, 0.34, seed=1), run(3, 0.31)], per_seed=True)) == [1, 2, 3]
+
+
 def test_the_evaluation_compared_is_the_one_the_row_shows():
     """A run evaluated again more completely (harness eval) shows that evaluation: it no longer matches its seed siblings."""
     again = run(2, 0.34, seed=1)
