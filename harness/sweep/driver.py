@@ -347,6 +347,7 @@ def _sweep(
     echo(f"logs: {logs}/CELL.log (one per cell)")
     cells = {s.cell.id: s.cell for s in states}
     seen: dict[str, tuple[int, str, int] | None] = {}
+    tries: dict[str, int] = {}
 
     def submit(cell: Cell, retry: bool, what: str) -> None:
         job = CellJob(cell=cell, sweep=spec.name, db=db, save_dir=save_dir.absolute(), log=logs / f"{cell.id}.log",
@@ -360,10 +361,11 @@ def _sweep(
         what = {Action.NEW: "queued", Action.RESUME: f"queued to resume{run} ({state.reason})",
                 Action.RETRY: f"queued to retry{run} ({state.reason})"}[state.action]
         submit(state.cell, state.action == Action.RETRY, what)
+        tries[state.cell.id] = int(state.action == Action.RETRY)
     stopping = False
     try:
         with _stopped_by_signals():
-            _loop(executor, store, cells, seen, summary, echo, retries, use_ray, submit)
+            _loop(executor, store, cells, seen, summary, echo, retries, use_ray, submit, tries)
     except _Stopped:
         stopping = True
     except KeyboardInterrupt:
@@ -393,9 +395,9 @@ class _Stopped(Exception):
 
 def _loop(
     executor: Executor, store: Store, cells: dict[str, Cell], seen: dict[str, Any], summary: Summary, echo: Callable[[str], None],
-    retries: int, use_ray: bool, submit: Callable[[Cell, bool, str], None],
+    retries: int, use_ray: bool, submit: Callable[[Cell, bool, str], None], tries: dict[str, int],
 ) -> None:
-    """Wait for the tasks, report each change, retry what may be retried, until none is left."""
+    """Wait for the tasks, report each change, retry what may be retried (``tries``: this driver's, by cell), until none is left."""
     stopped = False
     while executor.pending():
         done = executor.wait(POLL_S)
@@ -403,8 +405,9 @@ def _loop(
         for job, outcome in done:
             summary.outcomes[outcome.cell] = outcome
             echo(cell_line(job.cell.label, outcome_text(outcome)))
-            again = _retry(store, outcome, retries, use_ray, stopped)
+            again = _retry(store, outcome, retries, use_ray, stopped, tries.get(outcome.cell, 0))
             if again is not None:
+                tries[outcome.cell] = tries.get(outcome.cell, 0) + 1
                 submit(job.cell, True, again)
             elif outcome.status == INTERRUPTED and not use_ray:
                 stopped = True  # Ctrl-C (or a stop signal) reached this process during the cell: the sweep stops here
@@ -452,8 +455,12 @@ def _report_changes(store: Store, cells: dict[str, Cell], seen: dict[str, Any], 
             echo(cell_line(cells[cell_id].label, f"resumed: run {run.id}, resume {run.resumes} ({where})"))
 
 
-def _retry(store: Store, outcome: Outcome, retries: int, use_ray: bool, stopping: bool) -> str | None:
-    """What to say when the cell is tried again; None when it is not."""
+def _retry(store: Store, outcome: Outcome, retries: int, use_ray: bool, stopping: bool, tried: int = 0) -> str | None:
+    """What to say when the cell is tried again; None when it is not.
+
+    The retries are counted by the run's ``resumes`` and by ``tried``, this driver's retries of the cell: a retry
+    that fails before its run is resumed (an unreadable checkpoint, its data gone) counts no resume.
+    """
     if stopping or outcome.run_id is None or not outcome.retryable or outcome.status not in (FAILED, INTERRUPTED):
         return None
     if outcome.status == INTERRUPTED and not use_ray:
@@ -462,6 +469,7 @@ def _retry(store: Store, outcome: Outcome, retries: int, use_ray: bool, stopping
         run = store.get_run(outcome.run_id)
     except HarnessError:
         return None
-    if run.status == "finished" or run.resumes >= retries:
+    done = max(run.resumes, tried)
+    if run.status == "finished" or done >= retries:
         return None
-    return f"retrying: run {run.id}, retry {run.resumes + 1} of {retries}"
+    return f"retrying: run {run.id}, retry {done + 1} of {retries}"

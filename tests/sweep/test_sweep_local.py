@@ -181,6 +181,26 @@ def test_a_cell_that_keeps_failing_is_given_up_after_its_retries_and_retry_faile
     assert "queued to retry run 1" in retried.out and "finished: run 1" in retried.out
 
 
+def test_a_retry_that_fails_before_its_run_is_resumed_is_still_counted(sweep, monkeypatch):
+    """A retry that fails before the store counts a resume (an unreadable checkpoint, data gone) must not be retried forever."""
+    from harness import execution
+    from harness.errors import HarnessError
+
+    monkeypatch.setattr(Flaky, "failures", 1)
+    calls = []
+
+    def unreadable(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:
+            pytest.fail("retried without end")
+        raise HarnessError("checkpoint unreadable")
+
+    monkeypatch.setattr(execution, "_last_checkpoint", unreadable)
+    r = sweep(*QUICK, "--seeds", "0,", "--retries", "2")
+    assert r.code == 1 and len(calls) == 2, r.out
+    assert r.out.count("failed: run 1: checkpoint unreadable") == 2 and "retry 2 of 2" in r.out
+
+
 def test_an_interrupted_sweep_stops_and_the_next_one_resumes_its_cell(sweep, monkeypatch):
     monkeypatch.setattr(Flaky, "interrupts", 1)
     r = sweep(*QUICK, "--seeds", "2")
