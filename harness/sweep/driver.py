@@ -216,6 +216,20 @@ def _check_local_gpus(wanted: float) -> None:
         raise UsageError(f"the cells need {wanted:g} GPUs per run; this machine has {have} (lower --gpus, or install Ray and give --address)")
 
 
+def absolute_db(db: str) -> str:
+    """``db`` for a task: a SQLite file's path made absolute (a Ray worker's directory is not the driver's: a relative
+    path would record the runs in another, new database); a server's URL as it is."""
+    if "://" not in db:
+        return str(Path(db).expanduser().absolute())
+    if db.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(db)
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            return url.set(database=str(Path(url.database).expanduser().absolute())).render_as_string(hide_password=False)
+    return db
+
+
 def ray_available() -> bool:
     try:
         import ray  # noqa: F401
@@ -348,9 +362,10 @@ def _sweep(
     cells = {s.cell.id: s.cell for s in states}
     seen: dict[str, tuple[int, str, int] | None] = {}
     tries: dict[str, int] = {}
+    task_db = absolute_db(db)
 
     def submit(cell: Cell, retry: bool, what: str) -> None:
-        job = CellJob(cell=cell, sweep=spec.name, db=db, save_dir=save_dir.absolute(), log=logs / f"{cell.id}.log",
+        job = CellJob(cell=cell, sweep=spec.name, db=task_db, save_dir=save_dir.absolute(), log=logs / f"{cell.id}.log",
                       data_dir=data_dir.absolute() if data_dir is not None else None, retry=retry, plugins=plugins)
         executor.submit(job)
         echo(cell_line(cell.label, what))

@@ -347,3 +347,18 @@ def test_each_submission_of_a_cell_is_its_own_ray_task_though_ray_task_ids_repea
         driver._ray_task(*args)
     assert launchers[0] == launchers[1] and launchers[0]["ray_task"] != launchers[2]["ray_task"]
     assert launchers[0]["ray_task"].startswith("c8ef45ccd0112571ffffffffffffffffffffffff01000000")
+
+
+def test_a_task_gets_the_sqlite_file_as_an_absolute_path(sweep, monkeypatch, tmp_path):
+    """A Ray worker's directory is not the driver's: a relative --db would record the cells' runs in another database."""
+    from harness.sweep import driver
+
+    assert driver.absolute_db("r.db") == str(tmp_path / "r.db")
+    assert driver.absolute_db("sqlite:///r.db") == f"sqlite:///{tmp_path / 'r.db'}"
+    assert driver.absolute_db("postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
+    jobs = []
+    real = driver.run_cell
+    monkeypatch.setattr(driver, "run_cell", lambda job, **kwargs: jobs.append(job) or real(job, **kwargs))
+    r = sweep(*QUICK, "--seeds", "0,", "--db", "sub.db")
+    assert r.code == 0, r.out + r.err
+    assert [j.db for j in jobs] == [str(tmp_path / "sub.db")]
