@@ -225,6 +225,12 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
         _check_resumed_processes(resume_id, ran, batch_stats, None)
         if isinstance(ran, dict) and isinstance(ran.get("world_size"), int) and ran["world_size"] > 1:
             nproc, batch_stats = ran["world_size"], batch_stats or ran.get("batch_stats")
+    if size == 1 and nproc is not None and nproc > 1 and options["device"] == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < nproc:  # refused here, once, rather than by every rank at once
+            raise UsageError(f"--nproc {nproc} --device cuda needs {nproc} GPUs (one per process); this machine has "
+                             f"{torch.cuda.device_count()} (lower --nproc, or --device cpu)")
     if size == 1 and nproc is not None and nproc > 1:  # the launcher: N copies of this command
         args = _ARGV if _ARGV is not None else sys.argv[1:]
         if "--nproc" not in args and not any(a.startswith("--nproc=") for a in args):

@@ -338,6 +338,16 @@ def test_resume_keeps_the_batch_statistics_and_with_local_ones_the_process_count
     assert fresh.code == 2 and fresh.err.strip() == "error: --batch-stats local needs a multi-process run: --nproc N with N > 1 (or torchrun)"
 
 
+def test_more_processes_than_gpus_is_one_line_before_any_process_starts(harness_cli, monkeypatch):
+    from harness import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "launch", lambda *args, **kwargs: pytest.fail("launched"))
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--nproc", "2", "--device", "cuda")
+    assert r.code == 2 and r.err.strip() == ("error: --nproc 2 --device cuda needs 2 GPUs (one per process); this machine has 1 "
+                                             "(lower --nproc, or --device cpu)")
+
+
 @pytest.mark.gpu
 def test_two_gpus_train_the_single_gpu_weights(tmp_path, builtin_env, shared_data):
     """NCCL (never run where these tests were written: no GPU there). Two GPUs against one, same tolerance."""
