@@ -296,9 +296,12 @@ def _one_driver(logs: Path, spec: Spec) -> Iterator[None]:
     import fcntl
     import platform
 
-    logs.mkdir(parents=True, exist_ok=True)
     path = logs / ".driver"
-    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  # held until the sweep ends
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  # held until the sweep ends
+    except OSError as exc:
+        raise UsageError(f"cannot write the sweep's logs under {logs}: {exc.strerror or exc} (give another --save-dir)") from None
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -362,3 +362,9 @@ def test_a_task_gets_the_sqlite_file_as_an_absolute_path(sweep, monkeypatch, tmp
     r = sweep(*QUICK, "--seeds", "0,", "--db", "sub.db")
     assert r.code == 0, r.out + r.err
     assert [j.db for j in jobs] == [str(tmp_path / "sub.db")]
+
+
+def test_a_save_dir_that_cannot_be_written_is_one_line(sweep, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    r = sweep(*QUICK, "--seeds", "0,", "--save-dir", str(tmp_path / "file" / "runs"))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "cannot write the sweep's logs under" in r.err, r.err
