@@ -218,11 +218,20 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
     from harness import distributed
 
     size = distributed.env_world_size()
+    if batch_stats is not None and size == 1 and (nproc or 1) == 1 and resume_id is None:
+        raise UsageError(f"--batch-stats {batch_stats} needs a multi-process run: --nproc N with N > 1 (or torchrun)")
     if size == 1 and nproc is None and resume_id is not None and store is not None:  # as many processes as it started with
         stored = store.get_run(resume_id).info.config
         ran = stored.get("distributed") if isinstance(stored, dict) else None
+        _check_resumed_processes(resume_id, ran, batch_stats, None)
         if isinstance(ran, dict) and isinstance(ran.get("world_size"), int) and ran["world_size"] > 1:
             nproc, batch_stats = ran["world_size"], batch_stats or ran.get("batch_stats")
+    if size == 1 and nproc is not None and nproc > 1 and options["device"] == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < nproc:  # refused here, once, rather than by every rank at once
+            raise UsageError(f"--nproc {nproc} --device cuda needs {nproc} GPUs (one per process); this machine has "
+                             f"{torch.cuda.device_count()} (lower --nproc, or --device cpu)")
     if size == 1 and nproc is not None and nproc > 1:  # the launcher: N copies of this command
         args = _ARGV if _ARGV is not None else sys.argv[1:]
         if "--nproc" not in args and not any(a.startswith("--nproc=") for a in args):
@@ -281,6 +290,7 @@ def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tup
         ran = resume.info.config.get("distributed") if isinstance(resume.info.config, dict) else None
         if world is not None and batch_stats is None and isinstance(ran, dict) and ran.get("batch_stats"):
             world = distributed.use_batch_stats(ran["batch_stats"])  # under torchrun: the statistics it started with
+        _check_resumed_processes(resume_id, ran, batch_stats, world.size if world is not None else 1)  # every rank alike
         plan = plan_resume(s.catalog, resume, s.plugins.versions(), device=_given(click.get_current_context(), "device"),
                            data_dir=options["data_dir"])
     else:
@@ -387,6 +397,20 @@ def import_results(store: Store, path: Path) -> None:
 
     run_id, how = import_pending(store, read_pending(path))
     click.echo(f"imported {path} as run {run_id} ({how}); harness show {run_id}")
+
+
+def _check_resumed_processes(run_id: int, ran: Any, given: str | None, size: int | None) -> None:
+    """A resumed run keeps its batch statistics, and with ``local`` ones its process count (``size``; ``None``: not known
+    yet), which they depend on: anything else is a UsageError (the run would be half one model, half another)."""
+    then = ran.get("batch_stats") if isinstance(ran, dict) else None
+    mode = then if isinstance(then, str) else "exact"
+    then_size = ran.get("world_size", 1) if isinstance(ran, dict) else 1
+    if given is not None and given != mode:
+        raise UsageError(f"run {run_id} trained with --batch-stats {mode}" + (f" in {then_size} processes" if then_size != 1 else
+                         " in one process") + ": resume it with those (leave --batch-stats out)")
+    if size is not None and mode != "exact" and size != then_size:
+        raise UsageError(f"run {run_id} trained with --batch-stats {mode} in {then_size} processes, which they depend on: "
+                         f"resume it with --nproc {then_size} (or leave --nproc out)")
 
 
 def _not_rank_0(nproc: int | None) -> bool:

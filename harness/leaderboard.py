@@ -30,6 +30,10 @@ REPORTED_CHOICES = ("runs", "all", "none")
 #: ``overrides``, whose every effect is in the resolved trainer, model, threat, preset and evaluation);
 #: sweep bookkeeping (``sweep``); and ``evaluation``, which is taken from the evaluation the row shows instead.
 IGNORED_CONFIG_KEYS = frozenset({"seed", "device", "request", "overrides", "preset_source", "sweep", "evaluation"})
+#: ``config["distributed"]`` (a multi-process run, :mod:`harness.distributed`) counts only as far as it changes the
+#: model: ``exact`` batch statistics train what one process trains (it groups with single-process runs, whatever its
+#: world size and backend); ``local`` ones shift by each process's slice, so its world size makes another configuration.
+EXACT_BATCH_STATS = "exact"
 #: Keys of an evaluation's configuration that do not make it a different one: why the other certifiers did
 #: not apply (a consequence of the model, not a choice).
 IGNORED_EVALUATION_KEYS = frozenset({"not_applicable"})
@@ -43,7 +47,8 @@ def configuration_key(config: Mapping[str, Any], evaluation: Mapping[str, Any] |
     Everything in them counts (trainer and model with their plugins and every resolved option, epochs among
     them; dataset; threat model; preset; train samples; evaluation samples, subset seed, batch size, attackers
     and certifiers with their options; any key a later harness adds) except :data:`IGNORED_CONFIG_KEYS` and
-    :data:`IGNORED_EVALUATION_KEYS`. The radius is compared to 4 significant digits, so ``8/255`` and a typed
+    :data:`IGNORED_EVALUATION_KEYS`; ``distributed`` counts only with ``local`` batch statistics (its world size).
+    The radius is compared to 4 significant digits, so ``8/255`` and a typed
     ``0.03137`` agree.
 
     Before a run is evaluated, ``config["evaluation"]`` lists the certifiers requested (names, or ``null`` for
@@ -51,6 +56,9 @@ def configuration_key(config: Mapping[str, Any], evaluation: Mapping[str, Any] |
     pass ``evaluation={}`` to compare the training configuration alone.
     """
     kept: dict[str, Any] = {k: v for k, v in config.items() if k not in IGNORED_CONFIG_KEYS}
+    distributed = kept.pop("distributed", None)
+    if isinstance(distributed, dict) and distributed.get("batch_stats", EXACT_BATCH_STATS) != EXACT_BATCH_STATS:
+        kept["distributed"] = {"batch_stats": distributed.get("batch_stats"), "world_size": distributed.get("world_size")}
     threat = kept.get("threat")
     if isinstance(threat, dict) and isinstance(threat.get("eps"), int | float):
         kept["threat"] = {**threat, "eps": f"{threat['eps']:.4g}"}
@@ -279,6 +287,19 @@ def _row_from_reported(result: ReportedResult) -> Row:
     )
 
 
+def _one_per_seed(runs: list[RunRecord]) -> list[RunRecord]:
+    """The newest run of each seed: runs of one configuration and one seed are one sample repeated, not two seeds (a run
+    repeated by hand, two sweeps that started the same cell at once); counting both would shrink the std and inflate n.
+    ``--per-seed`` still shows every run."""
+    newest: dict[int | None, RunRecord] = {}
+    for run in runs:
+        if run.info.seed is None:
+            return runs  # no seed recorded: nothing to tell repeats by
+        if run.info.seed not in newest or run.id > newest[run.info.seed].id:
+            newest[run.info.seed] = run
+    return [r for r in runs if newest.get(r.info.seed) is r]
+
+
 def build(
     runs: list[RunRecord],
     reported: list[ReportedResult],
@@ -292,7 +313,7 @@ def build(
     """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them.
 
     Runs that differ only by seed (the same :func:`seed_group_key`) make one row
-    (mean ± std over them); ``per_seed`` gives every run a row of its own.
+    (mean ± std over them, the newest run of each seed); ``per_seed`` gives every run a row of its own.
     ``reported_rows``: "runs" shows reported numbers in groups that have a
     measured run, "all" in every group, "none" nowhere.
     """
@@ -324,7 +345,7 @@ def build(
             key = json.dumps({"run": run.id}) if per_seed else seed_group_key(run)
             members.setdefault(id(g), {}).setdefault(key, []).append(run)
     for g in groups:
-        g.rows = [_row_from_runs(same) for same in members[id(g)].values()]
+        g.rows = [_row_from_runs(_one_per_seed(same)) for same in members[id(g)].values()]
     measured = list(groups)
     if reported_rows != "none":
         for result in reported:

@@ -12,6 +12,7 @@ by ``N / epochs`` so the schedule keeps its shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
@@ -109,8 +110,9 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 raise UsageError("nan")
             return number
         except UsageError:
-            if str(value).strip().lower() in ("inf", "infinity"):
-                return math.inf
+            with contextlib.suppress(ValueError):
+                if math.isinf(infinite := float(str(value).strip())):  # an option may be infinite (a radius may not)
+                    return infinite
             raise UsageError(f"{where}: expected a number, got {value!r}") from None
     if tp is str:
         if isinstance(value, str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict
@@ -71,7 +72,7 @@ def _cells(row: Row) -> list[str]:
         value, std = getattr(row, key), getattr(row, f"{key}_std")
         if reported:
             return spread(value, std, row.n, statistic=row.statistic)
-        values = sum(getattr(r, key) is not None for r in row.runs)
+        values = sum(_finite(getattr(r, key)) for r in row.runs)  # those the mean is over (leaderboard.Spread's rule)
         return spread(value, std, values, of=row.n)
 
     attack = stat("robust") + (f" {row.attack}" if row.attack and row.robust is not None else "")
@@ -90,6 +91,10 @@ def _cells(row: Row) -> list[str]:
         n,
         _run_cell(row),
     ]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def _run_cell(row: Row) -> str:
@@ -112,7 +117,7 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def leaderboard(groups: list[Group], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps([_group_json(g) for g in groups], indent=2)
+        return json.dumps(_strict([_group_json(g) for g in groups]), indent=2, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -121,11 +126,11 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
                          "n", "statistic", "clean_std", "robust_std", "certified_std", "seeds", "run_ids", "runs"])
         for g in groups:
             for r in g.rows:
-                writer.writerow([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.trainer, r.label, r.preset, r.clean, r.robust, r.attack,
-                                 r.certified, json.dumps({k: asdict(v) for k, v in r.by_certifier.items()}), r.epochs, r.train_seconds,
-                                 r.eval_samples, r.train_samples, r.run_id, r.source, json.dumps(r.errors),
-                                 r.n, r.statistic, r.clean_std, r.robust_std, r.certified_std, json.dumps(r.seeds),
-                                 json.dumps([s.run_id for s in r.runs]), json.dumps([asdict(s) for s in r.runs])])
+                writer.writerow(_strict([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.trainer, r.label, r.preset, r.clean, r.robust,
+                                         r.attack, r.certified, _json({k: asdict(v) for k, v in r.by_certifier.items()}), r.epochs,
+                                         r.train_seconds, r.eval_samples, r.train_samples, r.run_id, r.source, _json(r.errors),
+                                         r.n, r.statistic, r.clean_std, r.robust_std, r.certified_std, _json(r.seeds),
+                                         _json([s.run_id for s in r.runs]), _json([asdict(s) for s in r.runs])]))
         return buf.getvalue().rstrip("\n")
     if not groups:
         return "no finished runs yet (harness run --plugin NAME --dataset NAME)"
@@ -168,6 +173,21 @@ def nothing_matches(recorded: list[RunRecord], filters: Sequence[str], *, finish
 def _counts(values: Iterable[str]) -> list[tuple[str, int]]:
     """Each value with how often it occurs, most frequent first."""
     return sorted(Counter(values).items(), key=lambda item: (-item[1], item[0]))
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every NaN or infinite number made ``None``: JSON and CSV readers take them as missing, not as ``NaN``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(_strict(value), allow_nan=False)
 
 
 def _group_json(group: Group) -> dict[str, Any]:

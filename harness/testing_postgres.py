@@ -26,6 +26,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -117,6 +118,7 @@ class PostgresServer:
         self.port: int | None = None
         self._as_user = os.geteuid() == 0
         self._started = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class PostgresServer:
                     raise
                 self.port = None
         self._started = True
+        if self._watchdog is None:
+            self._watchdog = _start_watchdog(os.getpid(), self)
         return self
 
     def halt(self) -> None:
@@ -173,6 +177,11 @@ class PostgresServer:
                           log=directory / "postgres.log")
         shutil.rmtree(directory, ignore_errors=True)
         atexit.unregister(self.stop)
+        if self._watchdog is not None:
+            watchdog, self._watchdog = self._watchdog, None
+            with contextlib.suppress(OSError):
+                watchdog.kill()
+            watchdog.wait()
 
     def __enter__(self) -> PostgresServer:
         return self.start()
@@ -217,6 +226,37 @@ class PostgresServer:
             output = (done.stdout + done.stderr).strip()
             tail = self.log_tail() if log is None else ""
             raise PostgresStartFailed(f"{what} failed (exit {done.returncode}): {output}" + (f"\n-- server log --\n{tail}" if tail else ""))
+
+
+def _start_watchdog(owner: int, server: PostgresServer) -> subprocess.Popen[bytes]:
+    """A process that stops ``server`` and deletes its directory when process ``owner`` is gone without doing it (a test
+    session killed with SIGKILL, or by a timeout: no atexit runs). It lives in its own session, so a signal to the
+    owner's process group does not end it first."""
+    if server.directory is None:
+        raise RuntimeError("the server has no directory yet")
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.testing_postgres", "--watch", str(owner), str(server.bindir), str(server.directory)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd="/",
+    )
+
+
+def _watch(owner: int, bindir: Path, directory: Path, poll_s: float = 0.5) -> None:
+    """The watchdog's loop: wait while ``owner`` lives (or until its server's directory is gone: stopped as it should be)."""
+    import time
+
+    while directory.exists():
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            pass  # alive, another user's
+        time.sleep(poll_s)
+    else:
+        return
+    server = PostgresServer(bindir)
+    server.directory, server._started = directory, True
+    server.stop()
 
 
 def fresh_database(url: str) -> str:
@@ -275,8 +315,10 @@ def server_or_url(url: str | None = None) -> Iterator[str]:
 def main() -> None:
     """``python -m harness.testing_postgres``: start a throwaway server, print its URL, keep it until Ctrl-C."""
     import signal
-    import sys
 
+    if len(sys.argv) == 5 and sys.argv[1] == "--watch":
+        _watch(int(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+        return
     try:
         server = PostgresServer().start()
     except (PostgresNotFound, PostgresStartFailed) as exc:

@@ -25,15 +25,17 @@ def parse_norm(value: str | float) -> str:
 def parse_eps(value: str | float) -> float:
     """Parse a radius given as a number or a fraction such as ``8/255``."""
     if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*", text)
-    try:
-        if match:
-            return float(match.group(1)) / float(match.group(2))
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"eps {value!r} is not a number (examples: 0.3, 8/255)") from None
+        eps = float(value)
+    else:
+        text = str(value).strip()
+        match = re.fullmatch(r"\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*", text)
+        try:
+            eps = float(match.group(1)) / float(match.group(2)) if match else float(text)
+        except (ValueError, ZeroDivisionError):
+            raise UsageError(f"eps {value!r} is not a number (examples: 0.3, 8/255)") from None
+    if not math.isfinite(eps):
+        raise UsageError(f"eps {value!r} is not a finite number (examples: 0.3, 8/255)")
+    return eps
 
 
 def format_eps(eps: float) -> str:

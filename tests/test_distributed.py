@@ -312,6 +312,42 @@ def test_resume_starts_as_many_processes_as_the_run_recorded(whole, tmp_path, ha
     assert other.code == 0 and launched[-1][0] == 3  # another count is allowed (exact statistics: only rounding changes)
 
 
+def test_resume_keeps_the_batch_statistics_and_with_local_ones_the_process_count(whole, tmp_path, harness_cli, monkeypatch):
+    """A resumed run trained with exact statistics cannot go on with local ones (nor the other way round), nor a local one
+    in another number of processes (its statistics depend on it); --batch-stats without processes is refused too."""
+    import shutil
+
+    from harness import distributed
+
+    shutil.copy(whole / "results.db", tmp_path / "results.db")
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
+    launched: list[int] = []
+    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats: launched.append(n) or 0)
+    refused = harness_cli("run", "--resume", "1", "--batch-stats", "local")
+    assert refused.code == 2 and not launched
+    assert refused.err.strip() == ("error: run 1 trained with --batch-stats exact in 2 processes: resume it with those "
+                                   "(leave --batch-stats out)")
+    with sqlite3.connect(tmp_path / "results.db") as conn:
+        conn.execute("UPDATE runs SET config = json_set(config, '$.distributed.batch_stats', 'local') WHERE id = 1")
+    assert harness_cli("run", "--resume", "1", "--batch-stats", "exact").code == 2 and not launched
+    one = harness_cli("run", "--resume", "1", "--nproc", "1")  # no launcher: this process is the run, and refuses
+    assert one.code == 2 and "run 1 trained with --batch-stats local in 2 processes, which they depend on: resume it with --nproc 2" in one.err
+    assert harness_cli("run", "--resume", "1").code == 0 and launched == [2]
+    fresh = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--batch-stats", "local")
+    assert fresh.code == 2 and fresh.err.strip() == "error: --batch-stats local needs a multi-process run: --nproc N with N > 1 (or torchrun)"
+
+
+def test_more_processes_than_gpus_is_one_line_before_any_process_starts(harness_cli, monkeypatch):
+    from harness import distributed
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(distributed, "launch", lambda *args, **kwargs: pytest.fail("launched"))
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--nproc", "2", "--device", "cuda")
+    assert r.code == 2 and r.err.strip() == ("error: --nproc 2 --device cuda needs 2 GPUs (one per process); this machine has 1 "
+                                             "(lower --nproc, or --device cpu)")
+
+
 @pytest.mark.gpu
 def test_two_gpus_train_the_single_gpu_weights(tmp_path, builtin_env, shared_data):
     """NCCL (never run where these tests were written: no GPU there). Two GPUs against one, same tolerance."""

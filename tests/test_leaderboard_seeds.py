@@ -125,6 +125,29 @@ def test_runs_that_differ_in_anything_else_are_rows_of_their_own(path, value):
     assert [r.n for r in rows([run(1, 0.30), run(2, 0.34, seed=1, cfg=cfg)])] == [1, 1]
 
 
+def test_an_exact_multi_process_run_groups_with_single_process_runs_a_local_one_does_not():
+    """Exact batch statistics train what one process trains: world size and backend are where it ran. Local ones
+    shift by each process's slice: another model, and another one for each world size."""
+    def ddp(seed, size=2, stats="exact", backend="gloo"):
+        cfg = config(seed)
+        cfg["distributed"] = {"world_size": size, "backend": backend, "batch_stats": stats}
+        return cfg
+
+    exact = [run(1, 0.30), run(2, 0.34, seed=1, cfg=ddp(1)), run(3, 0.32, seed=2, cfg=ddp(2, size=4, backend="nccl"))]
+    assert [r.n for r in rows(exact)] == [3]
+    local = [run(1, 0.30), run(2, 0.34, seed=1, cfg=ddp(1, stats="local")), run(3, 0.32, seed=2, cfg=ddp(2, size=4, stats="local")),
+             run(4, 0.31, seed=3, cfg=ddp(3, stats="local", backend="nccl"))]
+    assert sorted(r.n for r in rows(local)) == [1, 1, 2]
+
+
+def test_two_runs_of_one_seed_are_one_sample_the_newest():
+    """A seed run twice (by hand, or by two sweeps at once) is one sample repeated: n counts seeds, not runs."""
+    (row,) = rows([run(1, 0.30), run(2, 0.34, seed=1), run(3, 0.31)])
+    assert row.n == 2 and row.seeds == [0, 1] and [r.run_id for r in row.runs] == [3, 2]
+    assert row.certified == pytest.approx(0.325)
+    assert sorted(r.run_id for r in rows([run(1, 0.30), run(2, 0.34, seed=1), run(3, 0.31)], per_seed=True)) == [1, 2, 3]
+
+
 def test_the_evaluation_compared_is_the_one_the_row_shows():
     """A run evaluated again more completely (harness eval) shows that evaluation: it no longer matches its seed siblings."""
     again = run(2, 0.34, seed=1)
@@ -179,6 +202,26 @@ def test_a_certifier_that_failed_in_some_seeds_is_averaged_over_the_others_and_s
     (all_failed,) = rows([run(1, 0.3, seed=0, crown="boom"), run(2, 0.3, seed=1, crown="boom")])
     assert all_failed.by_certifier["crown"].error == "boom" and "crown ERROR" in render.leaderboard(
         leaderboard.build([run(1, 0.3, seed=0, crown="boom"), run(2, 0.3, seed=1, crown="boom")], []), "table")
+
+
+def test_a_number_missing_or_not_finite_in_one_seed_says_over_how_many_the_mean_is():
+    """The mean leaves out a run without the number (its attack failed) or with a NaN; the count shown must agree."""
+    import dataclasses
+    import math
+
+    failed = run(2, 0.34, seed=1)
+    result = dataclasses.replace(failed.best.result, robust_accuracy=None, attacks=(AttackResult("pgd", label="PGD-10", error="boom"),))
+    evaluation = dataclasses.replace(failed.best, result=result)
+    failed = dataclasses.replace(failed, evaluations=[evaluation], best=evaluation)
+    (row,) = rows([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)])
+    assert row.n == 3 and row.robust == 0.40 and row.certified == 0.32
+    table = render.leaderboard(leaderboard.build([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)], []),
+                               "table")
+    assert "40.00 (1 of 3)" in table and "32.00 ± 2.83 (2 of 3)" in table
+    groups = leaderboard.build([run(1, 0.30, robust=0.40), failed, run(3, math.nan, seed=2, robust=math.nan)], [])
+    strict = json.loads(render.leaderboard(groups, "json"), parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
+    assert [r["certified"] for r in strict[0]["rows"][0]["runs"]] == [0.30, 0.34, None]
+    assert "NaN" not in render.leaderboard(groups, "csv")
 
 
 def test_spread_formatting():

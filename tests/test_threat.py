@@ -12,6 +12,9 @@ def test_eps_accepts_fractions_and_numbers():
     assert parse_eps(0.1) == 0.1
     with pytest.raises(UsageError, match="'abc'"):
         parse_eps("abc")
+    for value in ("nan", "inf", "-inf", "1e999", math.nan, math.inf):  # was a traceback in format_eps (harness run --eps nan)
+        with pytest.raises(UsageError, match="is not a finite number"):
+            parse_eps(value)
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,14 @@ by Ray (``max_retries``) and takes its run over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,14 +67,22 @@ class Summary:
 
 def validate(spec: Spec, catalog: Catalog, versions: dict[str, str | None]) -> dict[str, Plan]:
     """Plan every cell before anything runs (device ``auto``: the driver may have no GPU); the first bad one is a UsageError naming it."""
+    from harness.leaderboard import configuration_key
     from harness.runner import plan_run
 
     plans: dict[str, Plan] = {}
+    resolved: dict[str, Cell] = {}
     for cell in spec.cells:
         try:
-            plans[cell.id] = plan_run(catalog, dataclasses.replace(cell.request, device="auto"), versions)
+            plan = plans[cell.id] = plan_run(catalog, dataclasses.replace(cell.request, device="auto"), versions)
         except HarnessError as exc:
             raise UsageError(f"cell {cell.label}: {exc}") from None
+        # Two cells asking for the same run in other words (an option set to its default, a preset named or chosen by
+        # default): two runs of one seed, which the leaderboard would show as two seeds.
+        same = resolved.setdefault(f"{plan.seed} {configuration_key(plan.config())}", cell)
+        if same is not cell:
+            raise UsageError(f"cells {same.label!r} and {cell.label!r} are the same run (the same configuration and seed): "
+                             "leave one out")
     return plans
 
 
@@ -112,12 +122,18 @@ class InProcess:
         pass
 
 
-def _ray_task(job: CellJob) -> Outcome:
-    """A cell as a Ray task: torch threads = its CPUs; its Ray ids recorded in its run's environment."""
+def _ray_task(job: CellJob, submission: str) -> Outcome:
+    """A cell as a Ray task: torch threads = its CPUs; its Ray ids recorded in its run's environment.
+
+    ``ray_task`` names this submission, whatever Ray attempt runs it: Ray's task id and the driver's ``submission``
+    token. Task ids alone repeat from one local Ray instance to the next (the first task of every job 01000000 has
+    the same id), and a run "running under this task" is taken over at once, alive or not.
+    """
     import ray
 
     context = ray.get_runtime_context()
-    launcher = {"ray_task": context.get_task_id(), "ray_node": context.get_node_id()}
+    task = context.get_task_id()
+    launcher = {"ray_task": f"{task}/{submission}" if submission else task, "ray_node": context.get_node_id()}
     return run_cell(job, launcher=launcher, threads=max(1, int(job.cell.resources.cpus)))
 
 
@@ -163,7 +179,7 @@ class OnRay:
         ref = self.remote.options(
             num_cpus=resources.cpus, num_gpus=resources.gpus, max_retries=max(1, self.retries), retry_exceptions=False,
             name=f"harness-sweep {job.sweep} {job.cell.id}",
-        ).remote(job)
+        ).remote(job, uuid.uuid4().hex)
         self.refs[ref] = job
 
     def wait(self, timeout: float) -> list[tuple[CellJob, Outcome]]:
@@ -198,6 +214,20 @@ def _check_local_gpus(wanted: float) -> None:
     have = torch.cuda.device_count()
     if wanted > have:
         raise UsageError(f"the cells need {wanted:g} GPUs per run; this machine has {have} (lower --gpus, or install Ray and give --address)")
+
+
+def absolute_db(db: str) -> str:
+    """``db`` for a task: a SQLite file's path made absolute (a Ray worker's directory is not the driver's: a relative
+    path would record the runs in another, new database); a server's URL as it is."""
+    if "://" not in db:
+        return str(Path(db).expanduser().absolute())
+    if db.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        url = make_url(db)
+        if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+            return url.set(database=str(Path(url.database).expanduser().absolute())).render_as_string(hide_password=False)
+    return db
 
 
 def ray_available() -> bool:
@@ -249,11 +279,55 @@ def run_sweep(
     """
     start = time.perf_counter()
     plans = validate(spec, catalog, versions)
+    logs = (save_dir / "sweeps" / spec.name).absolute()
+    # The survey and the run under the sweep's lock (never a dry run): a second driver is refused before it looks.
+    with _one_driver(logs, spec) if not dry_run and store is not None else contextlib.nullcontext():
+        return _sweep(spec, store, db, plans, logs, catalog=catalog, versions=versions, plugins=plugins, save_dir=save_dir,
+                      data_dir=data_dir, address=address, retries=retries, retry_failed=retry_failed, dry_run=dry_run,
+                      use_ray=use_ray, echo=echo, start=start)
+
+
+@contextmanager
+def _one_driver(logs: Path, spec: Spec) -> Iterator[None]:
+    """Hold the sweep's lock (``LOGS/.driver``) while it runs: a second driver of the same sweep (same name, same
+    --save-dir) is a UsageError. Two at once would both start the cells neither sees started yet: two runs of one
+    seed (and Ray task ids repeat from one local instance to the next). The lock goes with the process, however it
+    ends (SIGKILL included)."""
+    import fcntl
+    import platform
+
+    path = logs / ".driver"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115  # held until the sweep ends
+    except OSError as exc:
+        raise UsageError(f"cannot write the sweep's logs under {logs}: {exc.strerror or exc} (give another --save-dir)") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UsageError(f"sweep {spec.name} is already running ({holder}; lock {path}): wait for it, or stop it and "
+                             "run this again (harness sweep --status shows its cells)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def _sweep(
+    spec: Spec, store: Store | None, db: str, plans: dict[str, Plan], logs: Path, *, catalog: Catalog,
+    versions: dict[str, str | None], plugins: list[str] | None, save_dir: Path, data_dir: Path | None, address: str | None,
+    retries: int, retry_failed: bool, dry_run: bool, use_ray: bool | None, echo: Callable[[str], None], start: float,
+) -> Summary:
     states = survey(spec.cells, store, retries=retries, retry_failed=retry_failed)
     summary = Summary(states)
     for line in plan_lines(spec, states, plans, store.name if store is not None else database_name(db)):
         echo(line)
-    logs = (save_dir / "sweeps" / spec.name).absolute()
     for state in states:
         if dry_run or state.action in (Action.GAVE_UP, Action.RUNNING):
             run = f"run {state.run.id}" if state.run is not None else "no run yet"
@@ -290,9 +364,11 @@ def run_sweep(
     echo(f"logs: {logs}/CELL.log (one per cell)")
     cells = {s.cell.id: s.cell for s in states}
     seen: dict[str, tuple[int, str, int] | None] = {}
+    tries: dict[str, int] = {}
+    task_db = absolute_db(db)
 
     def submit(cell: Cell, retry: bool, what: str) -> None:
-        job = CellJob(cell=cell, sweep=spec.name, db=db, save_dir=save_dir.absolute(), log=logs / f"{cell.id}.log",
+        job = CellJob(cell=cell, sweep=spec.name, db=task_db, save_dir=save_dir.absolute(), log=logs / f"{cell.id}.log",
                       data_dir=data_dir.absolute() if data_dir is not None else None, retry=retry, plugins=plugins)
         executor.submit(job)
         echo(cell_line(cell.label, what))
@@ -303,10 +379,11 @@ def run_sweep(
         what = {Action.NEW: "queued", Action.RESUME: f"queued to resume{run} ({state.reason})",
                 Action.RETRY: f"queued to retry{run} ({state.reason})"}[state.action]
         submit(state.cell, state.action == Action.RETRY, what)
+        tries[state.cell.id] = int(state.action == Action.RETRY)
     stopping = False
     try:
         with _stopped_by_signals():
-            _loop(executor, store, cells, seen, summary, echo, retries, use_ray, submit)
+            _loop(executor, store, cells, seen, summary, echo, retries, use_ray, submit, tries)
     except _Stopped:
         stopping = True
     except KeyboardInterrupt:
@@ -336,9 +413,9 @@ class _Stopped(Exception):
 
 def _loop(
     executor: Executor, store: Store, cells: dict[str, Cell], seen: dict[str, Any], summary: Summary, echo: Callable[[str], None],
-    retries: int, use_ray: bool, submit: Callable[[Cell, bool, str], None],
+    retries: int, use_ray: bool, submit: Callable[[Cell, bool, str], None], tries: dict[str, int],
 ) -> None:
-    """Wait for the tasks, report each change, retry what may be retried, until none is left."""
+    """Wait for the tasks, report each change, retry what may be retried (``tries``: this driver's, by cell), until none is left."""
     stopped = False
     while executor.pending():
         done = executor.wait(POLL_S)
@@ -346,8 +423,9 @@ def _loop(
         for job, outcome in done:
             summary.outcomes[outcome.cell] = outcome
             echo(cell_line(job.cell.label, outcome_text(outcome)))
-            again = _retry(store, outcome, retries, use_ray, stopped)
+            again = _retry(store, outcome, retries, use_ray, stopped, tries.get(outcome.cell, 0))
             if again is not None:
+                tries[outcome.cell] = tries.get(outcome.cell, 0) + 1
                 submit(job.cell, True, again)
             elif outcome.status == INTERRUPTED and not use_ray:
                 stopped = True  # Ctrl-C (or a stop signal) reached this process during the cell: the sweep stops here
@@ -395,8 +473,12 @@ def _report_changes(store: Store, cells: dict[str, Cell], seen: dict[str, Any], 
             echo(cell_line(cells[cell_id].label, f"resumed: run {run.id}, resume {run.resumes} ({where})"))
 
 
-def _retry(store: Store, outcome: Outcome, retries: int, use_ray: bool, stopping: bool) -> str | None:
-    """What to say when the cell is tried again; None when it is not."""
+def _retry(store: Store, outcome: Outcome, retries: int, use_ray: bool, stopping: bool, tried: int = 0) -> str | None:
+    """What to say when the cell is tried again; None when it is not.
+
+    The retries are counted by the run's ``resumes`` and by ``tried``, this driver's retries of the cell: a retry
+    that fails before its run is resumed (an unreadable checkpoint, its data gone) counts no resume.
+    """
     if stopping or outcome.run_id is None or not outcome.retryable or outcome.status not in (FAILED, INTERRUPTED):
         return None
     if outcome.status == INTERRUPTED and not use_ray:
@@ -405,6 +487,7 @@ def _retry(store: Store, outcome: Outcome, retries: int, use_ray: bool, stopping
         run = store.get_run(outcome.run_id)
     except HarnessError:
         return None
-    if run.status == "finished" or run.resumes >= retries:
+    done = max(run.resumes, tried)
+    if run.status == "finished" or done >= retries:
         return None
-    return f"retrying: run {run.id}, retry {run.resumes + 1} of {retries}"
+    return f"retrying: run {run.id}, retry {done + 1} of {retries}"

@@ -50,7 +50,7 @@ from typing import Any
 
 from harness.errors import UsageError, unknown_name
 from harness.runner import RunRequest, request_json, run_arguments
-from harness.threat import format_eps, parse_eps, parse_norm
+from harness.threat import format_eps, parse_eps, parse_norm, same_eps
 
 #: RunRequest fields that say where a run runs, not what it is: not part of a cell's identity.
 WHERE_FIELDS = ("device", "data_dir", "save_dir", "checkpoint_every")
@@ -366,8 +366,13 @@ def _threats(data: dict[str, Any]) -> list[tuple[str | None, float | None]]:
         threats = [_threat({"norm": data.get("norm"), "eps": v}) for v in values]
     if not threats:
         raise UsageError("threats is empty: give at least one (or leave it out for each preset's own)")
-    if len(set(threats)) != len(threats):
-        raise UsageError(f"a threat model is given twice: {threats}")
+    for i, (norm, eps) in enumerate(threats):
+        for other_norm, other_eps in threats[:i]:
+            same = eps == other_eps if eps is None or other_eps is None else same_eps(eps, other_eps)
+            if (norm or "inf") == (other_norm or "inf") and same:
+                # 8/255 and 0.0313725 are one threat model: the leaderboard would count their runs as two seeds of one row
+                shown = "the preset's radius" if eps is None else f"eps {format_eps(other_eps or 0)} and {format_eps(eps)}"
+                raise UsageError(f"a threat model is given twice: l_{norm or 'inf'} {shown}")
     return threats
 
 

@@ -181,6 +181,26 @@ def test_a_cell_that_keeps_failing_is_given_up_after_its_retries_and_retry_faile
     assert "queued to retry run 1" in retried.out and "finished: run 1" in retried.out
 
 
+def test_a_retry_that_fails_before_its_run_is_resumed_is_still_counted(sweep, monkeypatch):
+    """A retry that fails before the store counts a resume (an unreadable checkpoint, data gone) must not be retried forever."""
+    from harness import execution
+    from harness.errors import HarnessError
+
+    monkeypatch.setattr(Flaky, "failures", 1)
+    calls = []
+
+    def unreadable(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 5:
+            pytest.fail("retried without end")
+        raise HarnessError("checkpoint unreadable")
+
+    monkeypatch.setattr(execution, "_last_checkpoint", unreadable)
+    r = sweep(*QUICK, "--seeds", "0,", "--retries", "2")
+    assert r.code == 1 and len(calls) == 2, r.out
+    assert r.out.count("failed: run 1: checkpoint unreadable") == 2 and "retry 2 of 2" in r.out
+
+
 def test_an_interrupted_sweep_stops_and_the_next_one_resumes_its_cell(sweep, monkeypatch):
     monkeypatch.setattr(Flaky, "interrupts", 1)
     r = sweep(*QUICK, "--seeds", "2")
@@ -202,6 +222,34 @@ def test_every_cell_is_planned_before_anything_runs(sweep, tmp_path):
     assert not (tmp_path / "runs").exists()
     r = sweep("--plugin", "flaky", "--dataset", "blobs", "--eps", "0.01", "--preset", "quick")
     assert r.code == 2 and "cell flaky blobs l_inf 0.01 quick" in r.err
+
+
+def test_two_cells_that_are_the_same_run_in_other_words_are_refused(sweep, tmp_path):
+    """An option set to its default is the same run: two of them would be two runs of one seed (two "seeds" on the leaderboard)."""
+    (tmp_path / "s.toml").write_text('plugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\nseeds = [0]\n'
+                                     '[[extra]]\nplugin = "flaky"\ndataset = "blobs"\nset = ["trainer.lr=0.1"]\n')
+    r = sweep("s.toml")
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+    assert "cells 'flaky blobs l_inf 0.01 seed 0' and 'flaky blobs l_inf 0.01 seed 0 trainer.lr=0.1' are the same run" in r.err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_second_driver_of_a_running_sweep_is_refused_and_one_killed_leaves_no_lock(sweep, tmp_path):
+    """Two drivers at once would both start the cells neither has seen started: two runs of one seed."""
+    import os
+    from types import SimpleNamespace
+
+    from harness.sweep.driver import _one_driver
+
+    (tmp_path / "s.toml").write_text('name = "twice"\nplugins = ["flaky"]\ndatasets = ["blobs"]\neps = 0.01\nseeds = 1\n'
+                                     'certifiers = ["interval"]\nattacks = ["pgd"]\n')
+    with _one_driver(tmp_path / "runs" / "sweeps" / "twice", SimpleNamespace(name="twice")):  # a driver running now
+        r = sweep("s.toml")
+        assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
+        assert f"error: sweep twice is already running (pid {os.getpid()} on " in r.err
+        assert sweep("s.toml", "--dry-run").code == 0 and "1 not started" in sweep("s.toml", "--status").out
+    r = sweep("s.toml")  # its driver gone (however it ended): the lock went with it
+    assert r.code == 0 and "1 finished (1 now)" in r.out, r.out + r.err
 
 
 def test_the_quick_form_and_a_spec_file_exclude_each_other(sweep, tmp_path):
@@ -267,7 +315,7 @@ def test_cells_that_need_more_gpus_than_the_machine_has_are_refused_before_runni
     r = sweep(*QUICK, "--gpus", "1")
     assert r.code == 2
     assert r.err.strip() == "error: the cells need 1 GPUs per run; this machine has 0 (lower --gpus, or install Ray and give --address)"
-    assert not (tmp_path / "runs").exists()
+    assert not list((tmp_path / "runs").glob("run-*")) and not list((tmp_path / "runs").rglob("*.log"))  # only the sweep's lock
 
 
 def test_a_multi_process_cell_launches_harness_run_resume_and_a_retried_task_takes_over_its_run(
@@ -327,3 +375,55 @@ def test_a_multi_process_cell_launches_harness_run_resume_and_a_retried_task_tak
     retried = run_cell(dataclasses.replace(job, retry=True), catalog=harness_catalog(BlobsPlugin()), versions={}, launcher={})
     assert retried.status == "failed" and not retried.retryable and retried.run_id == 1
     assert retried.reason == "its 2 processes ended with status 2 before resuming run 1 (the log says why)"
+
+
+def test_each_submission_of_a_cell_is_its_own_ray_task_though_ray_task_ids_repeat(monkeypatch, tmp_path):
+    """Ray task ids repeat from one local Ray instance to the next: a run "running under this task" (taken over at
+    once, alive or not) must name the submission, which only Ray's own retry of that submission shares."""
+    from types import SimpleNamespace
+
+    from harness.runner import RunRequest
+    from harness.sweep import driver
+    from harness.sweep.cell import CellJob, Outcome
+    from harness.sweep.spec import Cell
+
+    context = SimpleNamespace(get_task_id=lambda: "c8ef45ccd0112571ffffffffffffffffffffffff01000000", get_node_id=lambda: "node")
+    calls: list[tuple] = []
+
+    class Remote:
+        def options(self, **kwargs):
+            return SimpleNamespace(remote=lambda *args: calls.append(args) or len(calls))
+
+    fake = SimpleNamespace(is_initialized=lambda: True, remote=lambda fn: Remote(), get_runtime_context=lambda: context)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    launchers = []
+    monkeypatch.setattr(driver, "run_cell", lambda job, launcher, threads: launchers.append(launcher) or Outcome(job.cell.id, "finished"))
+    job = CellJob(cell=Cell(RunRequest(trainer="flaky", dataset="blobs")), sweep="s", db="x.db", save_dir=tmp_path, log=tmp_path / "l")
+    on_ray = driver.OnRay(None, 2, print)
+    on_ray.submit(job)  # this sweep's submission
+    on_ray.submit(job)  # another sweep's, on another local instance: the same Ray task id
+    for args in (calls[0], calls[0], calls[1]):  # the first submission run twice (Ray retried it), then the other
+        driver._ray_task(*args)
+    assert launchers[0] == launchers[1] and launchers[0]["ray_task"] != launchers[2]["ray_task"]
+    assert launchers[0]["ray_task"].startswith("c8ef45ccd0112571ffffffffffffffffffffffff01000000")
+
+
+def test_a_task_gets_the_sqlite_file_as_an_absolute_path(sweep, monkeypatch, tmp_path):
+    """A Ray worker's directory is not the driver's: a relative --db would record the cells' runs in another database."""
+    from harness.sweep import driver
+
+    assert driver.absolute_db("r.db") == str(tmp_path / "r.db")
+    assert driver.absolute_db("sqlite:///r.db") == f"sqlite:///{tmp_path / 'r.db'}"
+    assert driver.absolute_db("postgresql://u:pw@h/db") == "postgresql://u:pw@h/db"
+    jobs = []
+    real = driver.run_cell
+    monkeypatch.setattr(driver, "run_cell", lambda job, **kwargs: jobs.append(job) or real(job, **kwargs))
+    r = sweep(*QUICK, "--seeds", "0,", "--db", "sub.db")
+    assert r.code == 0, r.out + r.err
+    assert [j.db for j in jobs] == [str(tmp_path / "sub.db")]
+
+
+def test_a_save_dir_that_cannot_be_written_is_one_line(sweep, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    r = sweep(*QUICK, "--seeds", "0,", "--save-dir", str(tmp_path / "file" / "runs"))
+    assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "cannot write the sweep's logs under" in r.err, r.err
