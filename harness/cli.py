@@ -236,7 +236,8 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
         args = _ARGV if _ARGV is not None else sys.argv[1:]
         if "--nproc" not in args and not any(a.startswith("--nproc=") for a in args):
             args = [*args, "--nproc", str(nproc)]
-        code = distributed.launch(nproc, args, batch_stats=batch_stats or "exact")
+        args, db = _database_out_of(args)  # to the ranks through their environment: a URL's password stays off `ps`
+        code = distributed.launch(nproc, args, batch_stats=batch_stats or "exact", env={"HARNESS_DB": db} if db is not None else None)
         if code:
             raise click.exceptions.Exit(code)
         return
@@ -411,6 +412,21 @@ def _check_resumed_processes(run_id: int, ran: Any, given: str | None, size: int
     if size is not None and mode != "exact" and size != then_size:
         raise UsageError(f"run {run_id} trained with --batch-stats {mode} in {then_size} processes, which they depend on: "
                          f"resume it with --nproc {then_size} (or leave --nproc out)")
+
+
+def _database_out_of(args: list[str]) -> tuple[list[str], str | None]:
+    """``args`` without their ``--db URL`` (or ``--db=URL``), and that URL (the last one given, as click takes it)."""
+    kept: list[str] = []
+    db = None
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--db":
+            db = next(tokens, None)
+        elif token.startswith("--db="):
+            db = token.removeprefix("--db=")
+        else:
+            kept.append(token)
+    return kept, db
 
 
 def _not_rank_0(nproc: int | None) -> bool:

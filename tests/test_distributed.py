@@ -304,7 +304,7 @@ def test_resume_starts_as_many_processes_as_the_run_recorded(whole, tmp_path, ha
     with sqlite3.connect(tmp_path / "results.db") as conn:
         conn.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
     launched: list[tuple[int, list[str], str]] = []
-    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats: launched.append((n, list(args), batch_stats)) or 0)
+    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats, **kw: launched.append((n, list(args), batch_stats)) or 0)
     done = harness_cli("run", "--resume", "1")
     assert done.code == 0, done.err
     assert launched == [(2, ["run", "--resume", "1", "--nproc", "2"], "exact")]
@@ -323,7 +323,7 @@ def test_resume_keeps_the_batch_statistics_and_with_local_ones_the_process_count
     with sqlite3.connect(tmp_path / "results.db") as conn:
         conn.execute("UPDATE runs SET status = 'interrupted' WHERE id = 1")
     launched: list[int] = []
-    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats: launched.append(n) or 0)
+    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats, **kw: launched.append(n) or 0)
     refused = harness_cli("run", "--resume", "1", "--batch-stats", "local")
     assert refused.code == 2 and not launched
     assert refused.err.strip() == ("error: run 1 trained with --batch-stats exact in 2 processes: resume it with those "
@@ -364,3 +364,18 @@ def test_two_gpus_train_the_single_gpu_weights(tmp_path, builtin_env, shared_dat
     diff, largest = _largest_difference(_weights(tmp_path / "two" / "run-1"), _weights(tmp_path / "one" / "run-1"))
     print(f"2 GPUs vs 1: largest |weight difference| {diff:.3g} (largest |weight| {largest:.3g})")
     assert diff <= WEIGHT_TOLERANCE * largest
+
+
+def test_the_ranks_get_the_database_through_their_environment_not_their_command_line(harness_cli, monkeypatch):
+    """A URL's password must not show in ``ps``: the launcher takes ``--db`` off the ranks' arguments."""
+    from harness import distributed
+
+    launched: list[tuple[list[str], dict | None]] = []
+    monkeypatch.setattr(distributed, "launch", lambda n, args, batch_stats, env=None, **kw: launched.append((list(args), env)) or 0)
+    url = "postgresql://harness:s3cret@127.0.0.1:1/harness"
+    for given in (["--db", url], [f"--db={url}"]):
+        r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", *given, "--nproc", "2", "--device", "cpu")
+        assert r.code == 0, r.err
+        args, env = launched.pop()
+        assert env == {"HARNESS_DB": url} and "s3cret" not in " ".join(args)
+        assert args == ["run", "--plugin", "linf_v2", "--dataset", "mnist", "--nproc", "2", "--device", "cpu"]
