@@ -44,6 +44,7 @@ PUBLIC_MODULES = (
 )
 
 _EXPORTS = {
+    "AttackStages": "harness.components",
     "Attacker": "harness.components",
     "Certificate": "harness.components",
     "Certifier": "harness.components",
@@ -72,6 +73,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AttackStages",
     "Attacker",
     "BatchLoss",
     "Certificate",
@@ -116,6 +118,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from harness.components import (
         Attacker,
+        AttackStages,
         Certificate,
         Certifier,
         Dataset,

@@ -14,6 +14,7 @@ apply.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,10 +234,17 @@ class Certificate:
 
 
 class Certifier(Component):
-    """Sound robustness verification of a trained model."""
+    """Sound robustness verification of a trained model.
+
+    ``sound`` is false only for a paper's own evaluation protocol that is not a
+    certificate (an estimate of a Lipschitz constant from below): its verdicts
+    are stored and shown as "paper protocol", never counted as certified, and an
+    attack breaking one is not a soundness failure.
+    """
 
     kind = "certifier"
     norms: ClassVar[tuple[str, ...]]
+    sound: ClassVar[bool] = True
 
     def applies_to(self, model: nn.Module, threat: ThreatModel) -> bool:
         """Whether this certifier can certify ``model`` (trained, in eval mode) under ``threat``.
@@ -270,20 +278,68 @@ class Certifier(Component):
         """Certify a batch (the model is in eval mode, on the images' device)."""
         raise NotImplementedError(f"certifier {self.name!r} does not implement certify()")
 
+    def radius_tolerance(self) -> float | None:
+        """The tolerance of the harness's bisection for a per-sample radius, ``None`` for no bisection.
+
+        Asked only of a certifier whose :meth:`certify` yields no radius. By
+        default the ``radius_tolerance`` field of its options (0 or absent: none).
+        """
+        tolerance = getattr(self.options, "radius_tolerance", None)
+        return float(tolerance) if tolerance else None
+
+    def certify_at(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, eps: torch.Tensor
+    ) -> torch.Tensor:
+        """Whether sample ``i`` is certified within radius ``eps[i]`` (a bool tensor ``(n,)``): the bisection's step.
+
+        By default one :meth:`certify` per distinct radius; a certifier that can
+        bound every sample over its own radius in one pass (bound propagation
+        over per-sample input boxes) overrides it.
+        """
+        certified = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+        for value in eps.unique().tolist():
+            rows = torch.nonzero(eps == value).flatten()
+            verdicts = self.certify(model, images[rows], labels[rows], dataclasses.replace(threat, eps=value)).certified
+            certified[rows] = verdicts.to(certified.device, torch.bool)
+        return certified
+
+
+@dataclass
+class AttackStages:
+    """What a multi-stage attack (AutoAttack) returns from :meth:`Attacker.perturb`: each stage's images, in the order run.
+
+    Every stage's tensor has the images' shape: its adversarial example where
+    the stage found one, the clean image (or any point in the ball) elsewhere.
+    The harness checks each stage's images as any attack's and takes the
+    worst case per sample; it stores each stage's robust accuracy and, per
+    sample, the first stage that broke it. ``gradient_free`` names the stages
+    that use no gradient (Square), which the gradient-masking check compares
+    with the others.
+    """
+
+    stages: dict[str, torch.Tensor]
+    gradient_free: frozenset[str] = frozenset()
+
 
 class Attacker(Component):
-    """An empirical attack: an upper bound on robust accuracy."""
+    """An empirical attack: an upper bound on robust accuracy.
+
+    ``gradient_free``: the attack queries the model's outputs only (a
+    score-based attack such as Square); the gradient-masking check compares
+    what it breaks with what the gradient attacks break.
+    """
 
     kind = "attacker"
     norms: ClassVar[tuple[str, ...]]
+    gradient_free: ClassVar[bool] = False
 
     def label(self) -> str:
         """How tables name this attack with its settings (e.g. ``PGD-100``)."""
         return self.name
 
     @required
-    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-        """Return adversarial images inside the threat model's ball and ``[0,1]``."""
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor | AttackStages:
+        """Return adversarial images inside the threat model's ball and ``[0,1]`` (or, for a multi-stage attack, :class:`AttackStages`)."""
         raise NotImplementedError(f"attacker {self.name!r} does not implement perturb()")
 
 

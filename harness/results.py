@@ -22,6 +22,48 @@ class RadiusStats:
     median: float
 
 
+#: A certifier's outcome on one sample. A time-out or an error is never a certificate: it counts as not certified in
+#: every accuracy, and tables show how many there were.
+OUTCOMES = ("certified", "not-certified", "timeout", "error")
+
+#: How a certifier's per-sample radii were obtained: its own closed form, or the harness's bisection over eps.
+RADIUS_METHODS = ("closed-form", "bisection")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a component (an attack, a certifier) cost in one evaluation.
+
+    ``seconds`` of wall time; ``samples_per_second`` over the samples it ran on;
+    ``peak_memory_bytes`` the peak while it ran, of the kind ``memory_kind``:
+    ``cuda-allocated`` (``torch.cuda.max_memory_allocated`` on its device,
+    reset before it) or ``rss`` (the process's resident set on the CPU,
+    sampled while it ran).
+    """
+
+    seconds: float | None = None
+    samples_per_second: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class GradientMasking:
+    """Signs that an attack's numbers overstate robustness (gradient masking), per evaluation.
+
+    ``zero_gradient_fraction``: the fraction of evaluated samples whose input
+    gradient of the cross-entropy loss is exactly zero. ``gradient_free_breaks``:
+    samples that a gradient-free attack (or stage, as AutoAttack's Square)
+    broke and every gradient attack missed; ``unreliable`` when they exceed
+    AutoAttack's own threshold (``checks.check_square_sr``: 0.2 % of the
+    samples), as RobustBench flags such a model.
+    """
+
+    zero_gradient_fraction: float | None = None
+    gradient_free_breaks: int | None = None
+    unreliable: bool | None = None
+
+
 @dataclass(frozen=True)
 class AttackResult:
     """One attack's outcome.
@@ -39,6 +81,11 @@ class AttackResult:
     attacked: int = 0
     seconds: float | None = None
     error: str | None = None
+    cost: Cost = field(default_factory=Cost)
+    #: A multi-stage attack (AutoAttack): stage → robust accuracy after it (stages run in order, each on what survived).
+    stages: dict[str, float] = field(default_factory=dict)
+    #: Whether the attack uses no gradient (Square): the gradient-masking check compares it with the others.
+    gradient_free: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +106,18 @@ class CertifierResult:
     radius: RadiusStats | None = None
     seconds: float | None = None
     error: str | None = None
+    cost: Cost = field(default_factory=Cost)
+    #: Samples it ran out of time on (its time budget), and samples a batch of which raised: never certified.
+    timeouts: int = 0
+    errors: int = 0
+    #: The first per-sample error's message (the certifier as a whole stands; ``error`` is for one that does not).
+    sample_error: str | None = None
+    #: How its radii were found (:data:`RADIUS_METHODS`), and the bisection's tolerance; ``None`` without radii.
+    radius_method: str | None = None
+    radius_tolerance: float | None = None
+    #: False for a paper's own protocol that is not a sound certificate (``liplt-estimate``): shown as such, never
+    #: counted in certified accuracy, and not a soundness failure when an attack breaks what it "certifies".
+    sound: bool = True
 
 
 @dataclass(frozen=True)
@@ -67,7 +126,8 @@ class EvaluationResult:
 
     ``robust_accuracy``: correct and surviving every attack that ran without
     error (``None`` when none did); ``certified_accuracy``: certified by any
-    certifier that ran without error (``None`` when none did). Both are over
+    sound certifier that ran without error (``None`` when none did); an
+    estimate (``sound`` false) never counts. Both are over
     all ``samples``.
     """
 
@@ -79,6 +139,7 @@ class EvaluationResult:
     certifiers: tuple[CertifierResult, ...] = ()
     #: Certifier name → why it did not apply to the model.
     not_applicable: dict[str, str] = field(default_factory=dict)
+    masking: GradientMasking | None = None
 
     @property
     def errors(self) -> list[str]:
@@ -106,7 +167,10 @@ class SampleResult:
     ``index`` is the sample's index in the dataset's test split. ``attacks``
     maps an attack name to whether the sample *survived* it (still classified
     correctly); ``certificates`` maps a certifier name to (certified, radius),
-    radius ``None`` when the certifier yields none.
+    radius ``None`` when the certifier yields none. ``outcomes`` maps every
+    certifier in ``certificates`` to one of :data:`OUTCOMES` (certified exactly
+    when ``certificates`` says so); ``broken_by`` maps a multi-stage attack that
+    broke the sample to the stage that did.
     """
 
     index: int
@@ -114,3 +178,5 @@ class SampleResult:
     prediction: int
     attacks: dict[str, bool] = field(default_factory=dict)
     certificates: dict[str, tuple[bool, float | None]] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)
+    broken_by: dict[str, str] = field(default_factory=dict)
