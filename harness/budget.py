@@ -47,6 +47,11 @@ class Budgets:
             return None
         return {"default": self.default, "certifiers": dict(sorted(self.per_certifier.items()))}
 
+    def to_args(self) -> list[str]:
+        """The ``--certifier-budget`` values that parse back to these budgets."""
+        default = [] if self.default is None else [repr(float(self.default))]
+        return default + [f"{name}={float(seconds)!r}" for name, seconds in sorted(self.per_certifier.items())]
+
     @classmethod
     def parse(cls, values: list[str] | tuple[str, ...]) -> Budgets:
         """``--certifier-budget`` values: ``SECONDS`` (every certifier) or ``NAME=SECONDS``; UsageError naming a bad one."""
