@@ -1,9 +1,10 @@
 """What a component of the evaluation costs: wall time, samples per second and peak memory.
 
-On a CUDA device the peak is PyTorch's own count of the memory it allocated
-on that device (``torch.cuda.max_memory_allocated``, its peak statistics reset
-when the component starts): what the component needed, not what the caching
-allocator happened to hold. On the CPU there is no such count, so a thread
+On a CUDA device the peak is PyTorch's own count of the memory allocated on
+that device (``torch.cuda.max_memory_allocated``, its peak reset when the
+component starts, so an earlier component's peak does not count; the model and
+data already there do): what was in use, not what the caching allocator
+happened to hold. On the CPU there is no such count, so a thread
 samples the process's resident set (``/proc/self/statm``) every
 :data:`SAMPLE_INTERVAL_S` while the component runs; where that file does not
 exist, the process's lifetime peak (``ru_maxrss``) is the best there is.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -60,3 +61,17 @@ def test_measure_counts_the_samples_it_is_told_and_none_when_there_were_none():
     with measure(CPU) as meter:
         meter.samples = 5
     assert meter.cost().samples_per_second == 5 / meter.seconds
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_on_cuda_the_peak_is_what_the_component_allocated_there():
+    device = torch.device("cuda")
+    held = torch.ones(2**28, device=device)  # allocated before: not the component's
+    with measure(device) as meter:
+        buffer = torch.ones(BIG // 4, device=device)
+        del buffer
+    assert meter.memory_kind == "cuda-allocated"
+    # The peak counts what was held already (4 * 2**28 bytes) and the buffer on top of it; nothing else of that size.
+    assert 4 * 2**28 + BIG <= meter.peak_memory_bytes < 4 * 2**28 + 2 * BIG
+    del held
