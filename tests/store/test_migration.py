@@ -8,6 +8,9 @@ failed, an interrupted and a killed (still ``running``) run.
 store revision 2 (``schema_meta.version`` 2, which is Alembic's revision 1;
 ``data/make-revision-1.sh``): three finished runs (l_inf and l2, seven
 certifiers among them, radii, a CROWN subset), a failed, an interrupted and a killed run.
+``data/revision-2.db`` holds real runs made at commit 885e2fb, the last before store
+revision 3 (``data/make-revision-2.sh``): two finished runs (one evaluated twice,
+certified and uncertified samples, radii, a CROWN subset) and a failed one.
 The tests read the old rows with ``sqlite3`` first and check that the upgraded
 store says the same things, typed, and that the upgraded schema is the schema
 a new database gets.
@@ -237,6 +240,51 @@ def test_revision_2_upgrades_to_3_with_each_outcome_from_its_verdict(revision_1)
         store.close()
 
 
+REVISION_2_TABLES = ("runs", "evaluations", "results", "attack_results", "certifier_results", "samples", "sample_attacks",
+                     "sample_certificates")
+
+
+def read_tables(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table of revision 2, sorted, as sqlite3 reads them."""
+    with sqlite3.connect(path) as db:
+        columns = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in REVISION_2_TABLES}
+        rows = {t: sorted(db.execute(f"SELECT {', '.join(columns[t])} FROM {t}").fetchall(), key=repr) for t in REVISION_2_TABLES}
+    db.close()
+    return {"columns": columns, **rows}
+
+
+def test_every_row_of_the_frozen_revision_2_survives_the_upgrade_with_its_outcomes_derived(tmp_path):
+    path = tmp_path / "revision-2.db"
+    shutil.copy(DATA / "revision-2.db", path)
+    old = read_tables(path)
+    assert database_revision(str(path)).revision == 2
+    assert [r[0] for r in old["evaluations"]] == [1, 2, 3] and len(old["sample_certificates"]) > 150
+    assert sum(r[3] for r in old["sample_certificates"]) > 0  # some certified, some not: both outcomes are derived
+    store = open_store(str(path))
+    try:
+        (note,) = store.warnings
+        assert note.startswith(f"upgraded database '{path}' from revision 2 to revision 3; backup: {path}.rev2-backup-")
+        runs = store.list_runs()
+        assert [r.status for r in runs] == ["finished", "finished", "failed"] and len(runs[0].evaluations) == 2
+        for record in runs:
+            for evaluation in record.evaluations:
+                assert_predates_revision_3(evaluation.result)
+                for s in store.samples(record.id, evaluation.id):
+                    assert s.outcomes == {n: "certified" if ok else "not-certified" for n, (ok, _) in s.certificates.items()}
+                    assert s.broken_by == {}
+    finally:
+        store.close()
+    # Every value revision 2 held is there, unchanged, in the columns it had.
+    with sqlite3.connect(path) as db:
+        for table in REVISION_2_TABLES:
+            columns = ", ".join(old["columns"][table])
+            assert sorted(db.execute(f"SELECT {columns} FROM {table}").fetchall(), key=repr) == old[table], table
+        derived = db.execute("SELECT count(*) FROM sample_certificates WHERE outcome != CASE WHEN certified THEN 'certified' "
+                             "ELSE 'not-certified' END").fetchone()
+    db.close()
+    assert derived == (0,)
+
+
 def test_the_upgraded_database_takes_new_runs_and_never_reuses_an_id(frozen):
     path, old = frozen
     with sqlite3.connect(path) as db:  # a run deleted by hand: its id is still never handed out again
@@ -279,8 +327,15 @@ def schema(path: Path) -> dict:
         engine.dispose()
 
 
-def test_the_upgraded_schema_is_the_fresh_schema(frozen, tmp_path):
-    path, _ = frozen
+@pytest.fixture(params=["schema-1.db", "revision-1.db", "revision-2.db"])
+def any_frozen(request, tmp_path):
+    copy = tmp_path / request.param
+    shutil.copy(DATA / request.param, copy)
+    return copy
+
+
+def test_the_upgraded_schema_is_the_fresh_schema(any_frozen, tmp_path):
+    path = any_frozen
     open_store(str(path)).close()
     open_store(str(tmp_path / "fresh.db")).close()
     upgraded, fresh = schema(path), schema(tmp_path / "fresh.db")
