@@ -45,7 +45,7 @@ class Budgets:
         """As the evaluation's configuration stores it (``None`` without any budget)."""
         if self.default is None and not self.per_certifier:
             return None
-        return {"default": self.default, "certifiers": dict(sorted(self.per_certifier.items()))}
+        return {"default": self.default, "per_certifier": dict(sorted(self.per_certifier.items()))}
 
     def to_args(self) -> list[str]:
         """The ``--certifier-budget`` values that parse back to these budgets."""

@@ -288,9 +288,9 @@ def _masking(
     mine = batches(n, batch_size, world)
     problem: str | None = None
     zero = torch.zeros(n, dtype=torch.bool)
-    with progress.task("check: gradient masking", total=sum(s.stop - s.start for s in mine)):
+    with progress.task("check: gradient masking", total=sum(s.stop - s.start for s in mine)) as task:
         try:
-            zero = zero_gradient_rows(model, batch, mine, n)
+            zero = zero_gradient_rows(model, batch, mine, n, done=task.advance)
         except Exception as exc:  # a model without a usable gradient: the check says nothing  # noqa: BLE001
             problem = fail_message(exc)
     problem = first_problem(problem, world)

@@ -41,7 +41,10 @@ def memory_text(cost: Cost) -> str:
 
 
 def rate_text(cost: Cost) -> str:
-    return "—" if cost.samples_per_second is None else f"{cost.samples_per_second:.3g}/s"
+    rate = cost.samples_per_second
+    if rate is None:
+        return "—"
+    return f"{rate:,.0f}/s" if rate >= 100 else f"{rate:.3g}/s"
 
 
 def radius_text(c: CertifierResult) -> str:
@@ -90,7 +93,7 @@ def worst_case_text(r: EvaluationResult) -> str:
         return "robust accuracy —: no attack ran without error"
     each = ", ".join(f"{a.label} {pct(a.accuracy)}" for a in ran)
     if len(ran) == 1:
-        return f"robust accuracy {pct(r.robust_accuracy)}: {ran[0].label}"
+        return f"robust accuracy {pct(r.robust_accuracy)} under {ran[0].label}"
     return f"robust accuracy {pct(r.robust_accuracy)}: the per-sample worst case over {len(ran)} attacks ({each})"
 
 

@@ -65,11 +65,13 @@ def masking_check(zero_fraction: float | None, breaks: int | None, samples: int)
 
 
 def zero_gradient_rows(
-    model: nn.Module, batch: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], slices: list[slice], n: int
+    model: nn.Module, batch: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], slices: list[slice], n: int,
+    done: Callable[[int], None] = lambda rows: None,
 ) -> torch.Tensor:
-    """:func:`zero_gradients` of the rows in ``slices`` (zero elsewhere, for merging over processes)."""
+    """:func:`zero_gradients` of the rows in ``slices`` (zero elsewhere, for merging over processes); ``done(rows)`` after each."""
     zero = torch.zeros(n, dtype=torch.bool)
     for s in slices:
         x, y = batch(s)
         zero[s] = zero_gradients(model, x, y)
+        done(s.stop - s.start)
     return zero

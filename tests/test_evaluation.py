@@ -249,6 +249,6 @@ def test_budgets_parse_a_default_and_per_certifier_values_and_check_names():
 
     budgets = Budgets.parse(["60", "crown=600", "ibp=1.5"])
     assert (budgets.of("crown"), budgets.of("ibp"), budgets.of("interval")) == (600.0, 1.5, 60.0)
-    assert budgets.to_json() == {"default": 60.0, "certifiers": {"crown": 600.0, "ibp": 1.5}} and Budgets().to_json() is None
+    assert budgets.to_json() == {"default": 60.0, "per_certifier": {"crown": 600.0, "ibp": 1.5}} and Budgets().to_json() is None
     with pytest.raises(UsageError, match=r"--certifier-budget crown=...: 'crown' is not a certifier of this evaluation \(valid: ibp, interval\)"):
         budgets.check_names(["interval", "ibp"])
