@@ -110,16 +110,22 @@ class Deadline:
             yield
             return
 
+        armed = [True]
+
         def alarm(signum: int, frame: FrameType | None) -> None:
-            raise BudgetExceeded
+            if armed[0]:  # not once the block is over: the alarm then has nobody to interrupt
+                raise BudgetExceeded
 
         previous = signal.signal(signal.SIGALRM, alarm)
-        signal.setitimer(signal.ITIMER_REAL, remaining)
         try:
+            signal.setitimer(signal.ITIMER_REAL, remaining)
             yield
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            armed[0] = False
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            finally:
+                signal.signal(signal.SIGALRM, previous)
 
 
 def _can_alarm() -> bool:

@@ -216,7 +216,8 @@ def _conclude(out: Certified, codes: torch.Tensor, radius: torch.Tensor, kind: s
     codes = merge(codes.to(torch.int32) + 1, world) - 1 if world is not None else codes
     attempted = codes != NOT_ATTEMPTED
     if bool(attempted.any()) and bool((codes[attempted] == ERROR).all()):
-        out.discard(out.sample_error or "certify() raised on every batch")  # nothing it did stands
+        out.discard(out.sample_error or "certify() raised on every batch")  # nothing it did stands: its error says why
+        out.sample_error = None
         return
     out.codes = codes.to(torch.int8)
     if kinds & {CLOSED_FORM, BISECTION}:

@@ -157,6 +157,7 @@ def test_a_raising_batch_makes_its_samples_errors_and_the_certifier_goes_on(prob
                      batch_size=50).result
     assert every.errors == ["certifier 'raises-on': raised RuntimeError: CUDA out of memory on this batch"]
     assert every.certified_accuracy is None and every.certifier("raises-on").accuracy is None
+    assert every.certifier("raises-on").sample_error is None  # the error says it once
 
 
 class Slow(Margin):
