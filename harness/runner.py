@@ -150,15 +150,17 @@ def evaluation_config(
     that applies to the model); after it, only those that ran, and
     ``not_applicable`` says why each other one did not. ``component(c, **extra)``
     describes one component (its key, plugin and options). ``certifier_budget``: each certifier's time budget
-    (``--certifier-budget``; ``None`` without one).
+    (``--certifier-budget``; absent without one).
     """
     evaluation: dict[str, Any] = {
         "samples": samples,
         "subset_seed": SUBSET_SEED,
         "batch_size": batch_size,
         "attackers": [component(a, label=_label(a)) for a in attackers],
-        "certifier_budget": (budget or Budgets()).to_json(),
     }
+    budgets = (budget or Budgets()).to_json()
+    if budgets is not None:  # only then: an evaluation without one is configured as before budgets (the leaderboard compares them)
+        evaluation["certifier_budget"] = budgets
     if result is None:
         evaluation["certifiers"] = [component(c)["name"] for c in certifiers] if requested else None
     else:
@@ -175,6 +177,12 @@ def request_json(request: RunRequest) -> dict[str, Any]:
         data[key] = str(Path(data[key]).absolute()) if data[key] is not None else None
     for key in ("attacks", "certifiers", "overrides"):
         data[key] = list(data[key]) if data[key] is not None else None
+    if request.certifier_budget.to_json() is None:
+        # Without a budget, the request is stored as harnesses before budgets stored it: a sweep finds its cells' runs by it.
+        del data["certifier_budget"]
+    else:
+        data["certifier_budget"] = {"default": request.certifier_budget.default,
+                                    "per_certifier": dict(sorted(request.certifier_budget.per_certifier.items()))}
     return data
 
 
