@@ -253,3 +253,15 @@ def test_budgets_parse_a_default_and_per_certifier_values_and_check_names():
     assert budgets.to_json() == {"default": 60.0, "per_certifier": {"crown": 600.0, "ibp": 1.5}} and Budgets().to_json() is None
     with pytest.raises(UsageError, match=r"--certifier-budget crown=...: 'crown' is not a certifier of this evaluation \(valid: ibp, interval\)"):
         budgets.check_names(["interval", "ibp"])
+
+
+def test_a_runs_budget_is_stored_in_its_evaluation_configuration_only_when_given():
+    from harness.runner import RunRequest, plan_run
+    from harness.testing import make_catalog
+
+    catalog = make_catalog()
+    request = RunRequest(trainer="linf_v2", dataset="mnist", preset="quick", device="cpu", certifiers=["interval"],
+                         certifier_budget=Budgets(per_certifier={"interval": 30.0}))
+    assert plan_run(catalog, request).config()["evaluation"]["certifier_budget"] == {"default": None, "per_certifier": {"interval": 30.0}}
+    plain = plan_run(catalog, RunRequest(trainer="linf_v2", dataset="mnist", preset="quick", device="cpu")).config()
+    assert "certifier_budget" not in plain["evaluation"] and "certifier_budget" not in plain["request"]
