@@ -177,6 +177,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
               help="Run only these certifiers (repeatable). Default: every certifier that applies.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override an option: model.width=256, trainer.lr=0.01, attacker.pgd.steps=20.")
+@click.option("--certifier-budget", "certifier_budget", multiple=True, metavar="[NAME=]SECONDS",
+              help="Time budget of each certifier (SECONDS), or of one (NAME=SECONDS); repeatable. Samples it has not certified "
+                   "when its budget is spent are time-outs, never certified. Default: none.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_DATA", default=None,
               help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
 @click.option("--save-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), show_default=True,
@@ -211,6 +214,7 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
       harness run --plugin linf_v2 --dataset mnist --eps 0.3        # the paper's preset
       harness run --plugin linf_v2 --dataset cifar10 --epochs 20 --set model.width=1024
       harness run --plugin crm --dataset fashion-mnist --no-preset --norm 2 --eps 1.0 --certifier liplt
+      harness run --plugin linf_v2 --dataset mnist --preset quick --certifier-budget crown=600
       harness run --resume 7                                         # continue run 7
       harness run --plugin linf_v2 --dataset cifar10 --nproc 4 --device cuda
       torchrun --nproc-per-node 4 -m harness.cli run --plugin linf_v2 --dataset cifar10 --device cuda
@@ -254,13 +258,15 @@ def run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tupl
 
 def run_request(no_save: bool, attacks: Sequence[str], certifiers: Sequence[str], options: dict[str, Any]) -> RunRequest:
     """The RunRequest of ``harness run``'s parsed options (:func:`harness.runner.run_arguments` is its inverse)."""
+    from harness.budget import Budgets
     from harness.runner import RunRequest
 
     return RunRequest(
         attacks=list(attacks) or None,
         certifiers=list(certifiers) or None,
         save_dir=None if no_save else options["save_dir"],
-        **{k: v for k, v in options.items() if k != "save_dir"},
+        certifier_budget=Budgets.parse(options.get("certifier_budget", ())),
+        **{k: v for k, v in options.items() if k not in ("save_dir", "certifier_budget")},
     )
 
 
@@ -329,6 +335,9 @@ def _run(store: Store | None, no_save: bool, resume_id: int | None, attacks: tup
 @click.option("--eval-batch-size", type=int, default=500, show_default=True, help="Batch size of the evaluation.")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override an attack's or certifier's option (attacker.pgd.steps=20); with --weights also model.KEY.")
+@click.option("--certifier-budget", "certifier_budget", multiple=True, metavar="[NAME=]SECONDS",
+              help="Time budget of each certifier (SECONDS), or of one (NAME=SECONDS); repeatable. Samples it has not certified "
+                   "when its budget is spent are time-outs, never certified. Default: none.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="Evaluation device.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="HARNESS_DATA", default=None,
               help="Data folder [env HARNESS_DATA; default ~/.cache/harness/data].")
@@ -345,14 +354,18 @@ def evaluate(store: Store, run_id: int | None, weights: Path | None, model: str 
     Examples:
       harness eval 3                                   # every attack and certifier installed now
       harness eval 3 --certifier crown --eval-samples 1000
+      harness eval 3 --certifier-budget 60 --certifier-budget crown=3600
       harness eval --weights net.pt --model linf_dist_net --dataset mnist --eps 0.3 --set model.width=128
     """
     from harness import reevaluation, render
+    from harness.budget import Budgets
     from harness.progress import ConsoleProgress
     from harness.threat import ThreatModel
 
     s = state()
-    request = reevaluation.EvaluationRequest(attacks=list(attacks) or None, certifiers=list(certifiers) or None, **options)
+    budget = Budgets.parse(options.pop("certifier_budget"))
+    request = reevaluation.EvaluationRequest(attacks=list(attacks) or None, certifiers=list(certifiers) or None,
+                                             certifier_budget=budget, **options)
     external = {"--weights": weights, "--model": model, "--dataset": dataset, "--eps": eps}
     if run_id is not None:
         given = [flag for flag, value in external.items() if value is not None]

@@ -292,6 +292,8 @@ class Certifier(Component):
     ) -> torch.Tensor:
         """Whether sample ``i`` is certified within radius ``eps[i]`` (a bool tensor ``(n,)``): the bisection's step.
 
+        ``eps`` is float32, on the images' device (the radius recorded is exactly the float32 value asked).
+
         By default one :meth:`certify` per distinct radius; a certifier that can
         bound every sample over its own radius in one pass (bound propagation
         over per-sample input boxes) overrides it.

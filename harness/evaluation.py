@@ -6,18 +6,27 @@ On the test split (or a fixed, seeded subset of it, the same for every run):
 2. every certifier given that applies to the trained model (on all samples,
    or on a fixed, seeded subset of at most
    :meth:`~harness.Certifier.sample_limit` samples where a certifier is costly;
-   its accuracy is then over that subset); the others are reported with the
-   reason they do not apply;
+   its accuracy is then over that subset), each sample ending certified, not
+   certified, timed out (its time budget) or in error (its batch raised), with
+   a radius per sample where the certifier gives one or bisection finds one
+   (:mod:`harness.certification`); the others are reported with the reason
+   they do not apply;
 3. every attack given, on every correctly classified sample (certified ones
-   included: they are the soundness check).
+   included: they are the soundness check), each stage of a multi-stage attack
+   checked as an attack (:mod:`harness.attacking`);
+4. the gradient-masking check (:mod:`harness.masking`).
 
-A sample counts as certified if any certifier certifies it.
+Robust accuracy is the per-sample worst case over the attacks: a sample is
+robust if it survives every attack that ran. A sample counts as certified if
+any sound certifier certifies it; an estimate (``sound = False``) is stored
+and shown, never counted. Every attack and certifier records its cost
+(:mod:`harness.cost`).
 
 Each certifier and attack is isolated: one that raises, returns malformed
 verdicts or adversarial points outside the threat model is recorded as an
 error naming it, its partial outcome is discarded, and the evaluation goes on
-with the others. A certificate is a promise: a certifier that certifies a
-misclassified sample, or one an attack broke, is recorded as **unsound** (an
+with the others. A certificate is a promise: a sound certifier that certifies
+a misclassified sample, or one an attack broke, is recorded as **unsound** (an
 error) and none of its verdicts count.
 """
 
@@ -25,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
@@ -33,27 +41,24 @@ from typing import ParamSpec, TypeVar
 import torch
 from torch import nn
 
-from harness import distributed
-from harness.components import Attacker, Certificate, Certifier
+from harness.attacking import Attacked, attack
+from harness.batches import SUBSET_SEED, batches, eval_indices, first_problem, merge
+from harness.budget import Budgets
+from harness.certification import Certified, certify
+from harness.components import Attacker, Certifier
 from harness.distributed import World
-from harness.env import synchronize
-from harness.errors import HarnessError, one_line
+from harness.errors import HarnessError
+from harness.evaluation_checks import ComponentFailed, attack_label, check_certificate, check_in_ball, fail_message
+from harness.masking import gradient_free_breaks, masking_check, zero_gradient_rows
 from harness.numerics import beyond_bound
 from harness.options import options_dict
 from harness.progress import Progress, SilentProgress
-from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
+from harness.results import OUTCOMES, AttackResult, CertifierResult, EvaluationResult, GradientMasking, RadiusStats, SampleResult
 from harness.threat import ThreatModel
 
-#: Seed of the evaluation subset: fixed, so every run sees the same samples.
-SUBSET_SEED = 0
-
-
-def eval_indices(n_test: int, samples: int | None, seed: int = SUBSET_SEED) -> torch.Tensor:
-    """Indices of the test samples to evaluate: all, or a fixed seeded subset, sorted."""
-    if samples is None or samples >= n_test:
-        return torch.arange(n_test)
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_test, generator=generator)[:samples].sort().values
+__all__ = [
+    "SUBSET_SEED", "ComponentFailed", "Evaluation", "attack_label", "check_certificate", "check_in_ball", "eval_indices", "evaluate",
+]
 
 
 @dataclass
@@ -62,95 +67,6 @@ class Evaluation:
 
     result: EvaluationResult
     samples: list[SampleResult]
-
-
-class ComponentFailed(HarnessError):
-    """A certifier or attack broke its contract; recorded against it, never raised out of :func:`evaluate`."""
-
-
-def _batches(n: int, batch_size: int, world: World | None = None) -> list[slice]:
-    """The batches of ``n`` rows; with ``world``, this rank's: batch k goes to rank k mod size (each batch is one
-    process's batch, rows and size, so a deterministic component gives each row what one process gives it)."""
-    slices = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-    return slices if world is None else slices[world.rank :: world.size]
-
-
-def _merge(t: torch.Tensor, world: World | None) -> torch.Tensor:
-    """Every rank's rows of ``t`` (zero elsewhere on each rank) on every rank: exact, as x + 0 = x."""
-    if world is None:
-        return t
-    if t.dtype == torch.bool:
-        return distributed.all_reduce(t.to(torch.int32)) > 0
-    return distributed.all_reduce(t)
-
-
-def _first_problem(problem: str | None, world: World | None) -> str | None:
-    """The first rank's problem (in rank order), the same on every rank."""
-    if world is None:
-        return problem
-    return next((p for p in distributed.gather_objects(problem) if p is not None), None)
-
-
-def check_in_ball(adv: object, x: torch.Tensor, threat: ThreatModel) -> torch.Tensor:
-    """An attack must return points inside the threat model; anything else would inflate robustness gaps."""
-    if not isinstance(adv, torch.Tensor) or adv.shape != x.shape:
-        shape = tuple(adv.shape) if isinstance(adv, torch.Tensor) else type(adv).__name__
-        raise ComponentFailed(f"perturb() returned {shape}; expected a tensor of the images' shape {tuple(x.shape)}")
-    adv = adv.detach()
-    if not bool(torch.isfinite(adv).all()):
-        raise ComponentFailed("perturb() returned non-finite images")
-    delta = (adv - x).flatten(1)
-    size = delta.abs().amax(1) if threat.norm == "inf" else delta.norm(dim=1)
-    slack = 1e-5 * max(threat.eps, 1.0)
-    if adv.min() < 0 or adv.max() > 1 or bool((size > threat.eps + slack).any()):
-        raise ComponentFailed(f"perturb() returned points outside the {threat} ball or [0,1] (largest perturbation {size.max():.6g})")
-    return adv
-
-
-def check_certificate(result: object, n: int, threat: ThreatModel) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(certified, radius)`` of a batch of ``n`` on the CPU, or ComponentFailed saying what is malformed."""
-    if not isinstance(result, Certificate):
-        raise ComponentFailed(f"certify() returned {type(result).__name__}; expected a harness.Certificate")
-    certified = result.certified
-    if not isinstance(certified, torch.Tensor) or certified.shape != (n,):
-        shape = tuple(certified.shape) if isinstance(certified, torch.Tensor) else type(certified).__name__
-        raise ComponentFailed(f"certify() returned verdicts of shape {shape} for a batch of {n}; expected ({n},)")
-    certified = certified.detach().cpu()
-    if certified.dtype != torch.bool:
-        if certified.dtype.is_floating_point or certified.dtype.is_complex or not bool(((certified == 0) | (certified == 1)).all()):
-            raise ComponentFailed(f"certify() returned verdicts of dtype {certified.dtype}; expected bool")
-        certified = certified.bool()
-    radius = result.radius
-    if radius is None:
-        return certified, None
-    if not isinstance(radius, torch.Tensor) or radius.shape != (n,):
-        shape = tuple(radius.shape) if isinstance(radius, torch.Tensor) else type(radius).__name__
-        raise ComponentFailed(f"certify() returned radii of shape {shape} for a batch of {n}; expected ({n},)")
-    radius = radius.detach().cpu().double()
-    if bool(torch.isnan(radius).any()) or bool((radius < 0).any()):
-        raise ComponentFailed("certify() returned NaN or negative radii")
-    if bool((certified & (radius < threat.eps)).any()):
-        raise ComponentFailed(f"certify() certified samples at radii below eps {threat.eps:g}")
-    if bool((~certified & (radius > threat.eps)).any()):
-        raise ComponentFailed(f"certify() returned radii above eps {threat.eps:g} for samples it did not certify")
-    return certified, radius
-
-
-def attack_label(attacker: Attacker) -> str:
-    """How tables name ``attacker``: its ``label()``; ComponentFailed if that raises or is not a string."""
-    try:
-        label = attacker.label()
-    except Exception as exc:  # a third party's label() must not stop a run  # noqa: BLE001
-        raise ComponentFailed(f"label() {_fail_message(exc)}") from exc
-    if not isinstance(label, str) or not label:
-        raise ComponentFailed(f"label() returned {label!r}; expected a non-empty string")
-    return label
-
-
-def _fail_message(exc: Exception) -> str:
-    if isinstance(exc, ComponentFailed):
-        return str(exc)
-    return f"raised {type(exc).__name__}: {one_line(exc)}"
 
 
 class _ModelGuard:
@@ -202,25 +118,6 @@ class _ModelGuard:
         return f"it changed the model ({' and '.join(what)}); the model was restored and this component's results discarded"
 
 
-@dataclass
-class _Certified:
-    certifier: Certifier
-    name: str
-    verdicts: torch.Tensor | None = None
-    radius: torch.Tensor | None = None
-    attempted: torch.Tensor | None = None
-    seconds: float | None = None
-    error: str | None = None
-
-
-@dataclass
-class _Attacked:
-    attacker: Attacker
-    name: str
-    label: str = ""
-    survived: torch.Tensor | None = None
-    seconds: float | None = None
-    error: str | None = None
 
 
 P = ParamSpec("P")
@@ -260,6 +157,7 @@ def evaluate(
     progress: Progress | None = None,
     names: Callable[[Attacker | Certifier], str] | None = None,
     world: World | None = None,
+    budgets: Budgets | None = None,
 ) -> Evaluation:
     """Evaluate ``model`` on uint8 ``images`` (``N×C×H×W``) and ``labels``, reproducibly (seeded, see :func:`_seeded`).
 
@@ -267,6 +165,7 @@ def evaluate(
     ``certifiers`` that do not apply to the model are reported with their
     reason; ``attackers`` must all be for ``threat``'s norm. ``names`` gives
     the name a component is recorded under (its catalog key; default its name).
+    ``budgets`` limits each certifier's time (by that name; default: none).
 
     ``world`` (a multi-process run; every rank calls this with the same
     arguments): each phase's batches are split over the ranks (batch k to
@@ -275,7 +174,7 @@ def evaluate(
     as one process computes them. A deterministic component gives the same
     per-sample results as one process; an attack's random start draws from
     each rank's own stream (seeded with :data:`EVAL_SEED` on every rank), so
-    it differs per sample, not in distribution.
+    it differs per sample, not in distribution. A time budget is each rank's.
 
     :raises HarnessError: the model itself fails: logits of the wrong shape, non-finite, or at least
         2^64 in magnitude (:data:`harness.numerics.OVERFLOW_BOUND`: margins computed from them can
@@ -283,6 +182,7 @@ def evaluate(
     """
     progress = progress or SilentProgress()
     name_of = names or (lambda component: component.name)
+    budgets = budgets or Budgets()
     model.eval()
     n = images.shape[0]
     indices = torch.arange(n) if indices is None else indices
@@ -294,49 +194,55 @@ def evaluate(
     world = world if world is not None and world.size > 1 else None
     predictions = torch.empty(n, dtype=torch.long) if world is None else torch.zeros(n, dtype=torch.long)
     try:
-        _predict(model, batch, _batches(n, batch_size, world), predictions, n if world is None else None, progress)
+        _predict(model, batch, batches(n, batch_size, world), predictions, n if world is None else None, progress)
     except HarnessError as exc:
         if world is None:
             raise
         problem: str | None = str(exc)
     else:
         problem = None
-    problem = _first_problem(problem, world)
+    problem = first_problem(problem, world)
     if problem is not None:
         raise HarnessError(problem)
-    predictions = _merge(predictions, world)
+    predictions = merge(predictions, world)
     correct = predictions == labels
 
     guard = _ModelGuard(model)
     not_applicable: dict[str, str] = {}
-    certified_runs: list[_Certified] = []
+    certified_runs: list[Certified] = []
     for certifier in certifiers:
         name = name_of(certifier)
         reason = _applicability(certifier, model, threat)
         if reason is None:
-            outcome = _certify(certifier, name, model, images, labels, threat, batch_size, device, progress, world)
+            outcome = certify(certifier, name, model, images, labels, correct, threat, batch_size=batch_size, device=device,
+                              progress=progress, budget=budgets.of(name), world=world)
             certified_runs.append(outcome)
-        changed = _first_problem(guard.changed(), world)
+        changed = first_problem(guard.changed(), world)
         if changed is not None and reason is None:
-            outcome.error, outcome.verdicts, outcome.radius, outcome.attempted = changed, None, None, None
+            outcome.discard(changed)
         elif changed is not None:
             not_applicable[name] = f"deciding whether it applies {changed}"
         elif reason is not None:
             not_applicable[name] = reason
 
     attack_rows = torch.nonzero(correct).flatten()
-    attacked_runs: list[_Attacked] = []
+    attacked_runs: list[Attacked] = []
     for attacker in attackers:
         if threat.norm not in attacker.norms:
             continue
-        attacked = _attack(attacker, name_of(attacker), model, images, labels, attack_rows, threat, batch_size, device, progress, world)
-        changed = _first_problem(guard.changed(), world)
+        attacked = attack(attacker, name_of(attacker), model, images, labels, attack_rows, threat, batch_size=batch_size, device=device,
+                          progress=progress, world=world)
+        changed = first_problem(guard.changed(), world)
         if changed is not None:
-            attacked.error, attacked.survived = changed, None
+            attacked.discard(changed)
         attacked_runs.append(attacked)
 
     _check_soundness(indices, correct, certified_runs, attacked_runs)
-    return _collect(n, indices, labels, predictions, correct, certified_runs, attacked_runs, not_applicable)
+    masking = _masking(model, batch, n, batch_size, correct, attacked_runs, progress, world)
+    changed = first_problem(guard.changed(), world)
+    if changed is not None:  # computing gradients must leave the model as it was; a model that changes itself is a bug
+        raise HarnessError(f"the gradient-masking check: {changed}")
+    return _collect(n, indices, labels, predictions, correct, certified_runs, attacked_runs, not_applicable, masking)
 
 
 def _predict(
@@ -370,149 +276,58 @@ def _applicability(certifier: Certifier, model: nn.Module, threat: ThreatModel) 
             return None
         reason = certifier.not_applicable_reason(model, threat)
     except Exception as exc:  # a third party's applicability test must not stop the evaluation  # noqa: BLE001
-        return f"deciding whether it applies {_fail_message(exc)}"
+        return f"deciding whether it applies {fail_message(exc)}"
     return reason or f"its applies_to() is false for {type(model).__name__} under {threat}"
 
 
-def _certify(
-    certifier: Certifier,
-    name: str,
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    threat: ThreatModel,
-    batch_size: int,
-    device: torch.device,
-    progress: Progress,
-    world: World | None = None,
-) -> _Certified:
-    n = images.shape[0]
-    outcome = _Certified(certifier, name)
-    start = time.perf_counter()
-    mine: list[slice] = []
-    try:
-        limit = certifier.sample_limit(model, threat)
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ComponentFailed(f"sample_limit() returned {limit!r}; expected None (all samples) or a positive integer")
-        rows = eval_indices(n, limit, seed=SUBSET_SEED + 1)  # a subset of the evaluated rows, fixed per n
-        certified = torch.zeros(n, dtype=torch.bool)
-        radius: torch.Tensor | None = None
-        label = f"certify: {name}" + (f" ({len(rows)} of {n})" if len(rows) < n else "")
-        mine = _batches(len(rows), batch_size, world)
-        with progress.task(label, total=sum(s.stop - s.start for s in mine)) as task:
-            for k, s in enumerate(mine):
-                part = rows[s]
-                x, y = images[part].to(device).float().div_(255), labels[part].to(device)
-                verdicts, radii = check_certificate(certifier.certify(model, x, y, threat), len(part), threat)
-                certified[part] = verdicts
-                if radii is not None:
-                    if radius is None:
-                        if k > 0:
-                            raise ComponentFailed("certify() returned radii for some batches only")
-                        radius = torch.zeros(n, dtype=torch.float64)
-                    radius[part] = radii
-                elif radius is not None:
-                    raise ComponentFailed("certify() returned radii for some batches only")
-                task.advance(len(part), certified=f"{certified[rows[: s.stop]].float().mean().item():.2%}")
-        synchronize(device)
-    except Exception as exc:  # isolated: recorded against this certifier  # noqa: BLE001
-        outcome.error = _fail_message(exc)
-        progress.log(f"certifier {name!r} failed: {outcome.error}")
-    else:
-        outcome.verdicts, outcome.radius = certified, radius
-        outcome.attempted = torch.zeros(n, dtype=torch.bool).index_fill_(0, rows, True)
-    outcome.seconds = time.perf_counter() - start
-    if world is not None:
-        _merge_certified(outcome, n, world, has_rows=bool(mine) if outcome.error is None else None)
-    return outcome
+def _masking(
+    model: nn.Module, batch: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], n: int, batch_size: int, correct: torch.Tensor,
+    attacked: list[Attacked], progress: Progress, world: World | None,
+) -> GradientMasking:
+    """The gradient-masking check: zero input gradients over every sample, and what gradient-free attacks alone broke."""
+    mine = batches(n, batch_size, world)
+    problem: str | None = None
+    zero = torch.zeros(n, dtype=torch.bool)
+    with progress.task("check: gradient masking", total=sum(s.stop - s.start for s in mine)) as task:
+        try:
+            zero = zero_gradient_rows(model, batch, mine, n, done=task.advance)
+        except Exception as exc:  # a model without a usable gradient: the check says nothing  # noqa: BLE001
+            problem = fail_message(exc)
+    problem = first_problem(problem, world)
+    if problem is not None:
+        progress.log(f"gradient-masking check: the input gradient could not be computed ({problem})")
+    zero_fraction = None if problem is not None or n == 0 else int(merge(zero, world).sum()) / n
+    survived: dict[str, torch.Tensor] = {}
+    free: set[str] = set()
+    for a in attacked:
+        if a.survived is None:
+            continue
+        for stage, alive in a.stages.items():
+            key = f"{a.name}/{stage}" if a.multi_stage else a.name
+            survived[key] = alive
+            if a.gradient_free or stage in a.gradient_free_stages:
+                free.add(key)
+    return masking_check(zero_fraction, gradient_free_breaks(correct, survived, free), n)
 
 
-def _merge_certified(outcome: _Certified, n: int, world: World, has_rows: bool | None) -> None:
-    """Every rank's verdicts and radii in ``outcome``, the same on every rank (any rank's error is the certifier's)."""
-    told = distributed.gather_objects((outcome.error, has_rows, outcome.radius is not None, outcome.seconds))
-    error = next((e for e, _, _, _ in told if e is not None), None)
-    radii = {r for _, rows, r, _ in told if rows}
-    if error is None and len(radii) > 1:
-        error = "certify() returned radii for some batches only"
-    outcome.seconds = max(t for *_, t in told)
-    if error is not None:
-        outcome.error, outcome.verdicts, outcome.radius, outcome.attempted = error, None, None, None
-        return
-    outcome.verdicts = _merge(outcome.verdicts if outcome.verdicts is not None else torch.zeros(n, dtype=torch.bool), world)
-    if radii == {True}:
-        outcome.radius = _merge(outcome.radius if outcome.radius is not None else torch.zeros(n, dtype=torch.float64), world)
-    else:
-        outcome.radius = None
-
-
-def _attack(
-    attacker: Attacker,
-    name: str,
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    attack_rows: torch.Tensor,
-    threat: ThreatModel,
-    batch_size: int,
-    device: torch.device,
-    progress: Progress,
-    world: World | None = None,
-) -> _Attacked:
-    n = images.shape[0]
-    outcome = _Attacked(attacker, name, label=name)
-    start = time.perf_counter()
-    alive = torch.zeros(n, dtype=torch.bool)
-    try:
-        outcome.label = attack_label(attacker)
-        mine = _batches(len(attack_rows), batch_size, world)
-        with progress.task(f"attack: {name}", total=sum(s.stop - s.start for s in mine)) as task:
-            for s in mine:
-                rows = attack_rows[s]
-                x, y = images[rows].to(device).float().div_(255), labels[rows].to(device)
-                # A copy: an attack that wrote into the clean batch would otherwise pass the check against itself.
-                adv = check_in_ball(attacker.perturb(model, x.clone(), y, threat), x, threat)
-                with torch.no_grad():
-                    alive[rows] = (model(adv).argmax(1) == y).cpu()
-                # Robust accuracy so far over every evaluated sample up to the last one attacked (misclassified
-                # ones count as not robust), so that the last line shows exactly the number that is stored.
-                seen = int(attack_rows[s.stop - 1]) + 1 if s.stop < len(attack_rows) else n
-                task.advance(len(rows), robust=f"{alive[:seen].float().mean().item():.2%}")
-        synchronize(device)
-    except Exception as exc:  # isolated: recorded against this attack  # noqa: BLE001
-        outcome.error = _fail_message(exc)
-        progress.log(f"attack {name!r} failed: {outcome.error}")
-    else:
-        outcome.survived = alive
-    outcome.seconds = time.perf_counter() - start
-    if world is not None:  # every rank's survivals; any rank's error is the attack's
-        told = distributed.gather_objects((outcome.error, outcome.seconds))
-        error = next((e for e, _ in told if e is not None), None)
-        outcome.seconds = max(t for _, t in told)
-        if error is not None:
-            outcome.error, outcome.survived = error, None
-        else:
-            outcome.survived = _merge(alive, world)
-    return outcome
-
-
-def _check_soundness(indices: torch.Tensor, correct: torch.Tensor, certified: list[_Certified], attacked: list[_Attacked]) -> None:
-    """Mark every certifier that certified a misclassified sample, or one an attack broke, as unsound."""
+def _check_soundness(indices: torch.Tensor, correct: torch.Tensor, certified: list[Certified], attacked: list[Attacked]) -> None:
+    """Mark every sound certifier that certified a misclassified sample, or one an attack broke, as unsound."""
     for c in certified:
-        if c.verdicts is None:
+        verdicts = c.verdicts
+        if verdicts is None or not c.sound:  # an estimate promises nothing: what an attack breaks is what it shows
             continue
         problems = []
-        wrong = torch.nonzero(c.verdicts & ~correct).flatten()
+        wrong = torch.nonzero(verdicts & ~correct).flatten()
         if len(wrong):
             problems.append(f"certified {len(wrong)} misclassified samples (e.g. test index {int(indices[wrong[0]])})")
         for a in attacked:
             if a.survived is None:
                 continue
-            broken = torch.nonzero(c.verdicts & correct & ~a.survived).flatten()
+            broken = torch.nonzero(verdicts & correct & ~a.survived).flatten()
             if len(broken):
                 problems.append(f"certified {len(broken)} samples that {a.name} broke (e.g. test index {int(indices[broken[0]])})")
         if problems:
-            c.error = "UNSOUND certificate: " + "; ".join(problems)
-            c.verdicts = c.radius = c.attempted = None
+            c.discard("UNSOUND certificate: " + "; ".join(problems))
 
 
 def _finite(value: float) -> float:
@@ -533,16 +348,17 @@ def _collect(
     labels: torch.Tensor,
     predictions: torch.Tensor,
     correct: torch.Tensor,
-    certified: list[_Certified],
-    attacked: list[_Attacked],
+    certified: list[Certified],
+    attacked: list[Attacked],
     not_applicable: dict[str, str],
+    masking: GradientMasking,
 ) -> Evaluation:
-    # The outcomes that stand: (name, verdicts or survivals, rows attempted, radii).
-    survived = {a.name: a.survived for a in attacked if a.survived is not None}
-    verdicts = {c.name: (c.verdicts, c.attempted, c.radius) for c in certified if c.verdicts is not None and c.attempted is not None}
+    standing_attacks = [a for a in attacked if a.survived is not None]
+    standing = [c for c in certified if c.codes is not None]
     # Accuracies are counts over totals, in Python floats (a float32 mean would store 0.15000000596).
-    robust = int(torch.stack(list(survived.values())).all(0).sum()) / n if survived else None
-    any_certified = int(torch.stack([v for v, _, _ in verdicts.values()]).any(0).sum()) / n if verdicts else None
+    robust = int(torch.stack([a.survived for a in standing_attacks if a.survived is not None]).all(0).sum()) / n if standing_attacks else None
+    sound = [v for c in standing if c.sound and (v := c.verdicts) is not None]
+    any_certified = int(torch.stack(sound).any(0).sum()) / n if sound else None
     attack_results = tuple(
         AttackResult(
             name=a.name,
@@ -550,23 +366,35 @@ def _collect(
             options=options_dict(a.attacker.options),
             accuracy=None if a.survived is None else int(a.survived.sum()) / n,
             attacked=int(correct.sum()),
-            seconds=a.seconds,
+            seconds=a.cost.seconds,
             error=a.error,
+            cost=a.cost,
+            stages=a.cumulative(n),
+            gradient_free=a.gradient_free,
         )
         for a in attacked
     )
     certifier_results = []
     for c in certified:
-        outcome = verdicts.get(c.name) if c.error is None else None
+        attempted = c.attempted
+        tried = 0 if attempted is None else int(attempted.sum())
+        verdicts = c.verdicts
         certifier_results.append(
             CertifierResult(
                 name=c.name,
                 options=options_dict(c.certifier.options),
-                accuracy=None if outcome is None else int(outcome[0][outcome[1]].sum()) / int(outcome[1].sum()),
-                samples=0 if outcome is None else int(outcome[1].sum()),
-                radius=None if outcome is None else _radius_stats(outcome[2], outcome[1]),
-                seconds=c.seconds,
+                accuracy=None if verdicts is None or attempted is None else int(verdicts[attempted].sum()) / tried,
+                samples=tried,
+                radius=None if attempted is None else _radius_stats(c.radius, attempted),
+                seconds=c.cost.seconds,
                 error=c.error,
+                cost=c.cost,
+                timeouts=c.count(OUTCOMES.index("timeout")),
+                errors=c.count(OUTCOMES.index("error")),
+                sample_error=c.sample_error,
+                radius_method=c.radius_method if c.radius is not None else None,
+                radius_tolerance=c.radius_tolerance if c.radius is not None else None,
+                sound=c.sound,
             )
         )
     result = EvaluationResult(
@@ -577,20 +405,28 @@ def _collect(
         attacks=attack_results,
         certifiers=tuple(certifier_results),
         not_applicable=not_applicable,
+        masking=masking,
     )
+    # Python lists, read once: indexing tensors per row would cost more than the whole evaluation of a cheap model.
+    broken_by = {a.name: a.broken_by(correct) for a in standing_attacks if a.multi_stage}
+    survived = {a.name: a.survived.tolist() for a in standing_attacks if a.survived is not None}
+    outcomes = {c.name: [OUTCOMES[k] if k >= 0 else None for k in c.codes.tolist()] for c in standing if c.codes is not None}
+    radii = {c.name: None if c.radius is None else [_finite(r) for r in c.radius.tolist()] for c in standing}
+    index, label, prediction = indices.tolist(), labels.tolist(), predictions.tolist()
     samples = []
     for row in range(n):
-        samples.append(
-            SampleResult(
-                index=int(indices[row]),
-                label=int(labels[row]),
-                prediction=int(predictions[row]),
-                attacks={name: bool(alive[row]) for name, alive in survived.items()},
-                certificates={
-                    name: (bool(v[row]), None if radius is None else _finite(radius[row].item()))
-                    for name, (v, attempted, radius) in verdicts.items()
-                    if attempted[row]
-                },
-            )
+        sample = SampleResult(
+            index=int(index[row]),
+            label=int(label[row]),
+            prediction=int(prediction[row]),
+            attacks={name: bool(alive[row]) for name, alive in survived.items()},
+            broken_by={name: stage for name, stages in broken_by.items() if (stage := stages[row]) is not None},
         )
+        for name, outcome in outcomes.items():
+            if outcome[row] is None:
+                continue  # outside a costly certifier's subset
+            radius = radii[name]
+            sample.certificates[name] = (outcome[row] == "certified", None if radius is None else radius[row])
+            sample.outcomes[name] = str(outcome[row])
+        samples.append(sample)
     return Evaluation(result=result, samples=samples)

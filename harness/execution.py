@@ -297,6 +297,7 @@ def _evaluate(
         progress=progress,
         names=plan.key,
         world=world,
+        budgets=plan.request.certifier_budget,
     )
     if plan.request.certifiers is not None:
         for name, reason in sorted(evaluation.result.not_applicable.items()):

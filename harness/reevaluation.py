@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.budget import Budgets
 from harness.catalog import Catalog, Entry
 from harness.checkpoint import load_weights as read_weights
 from harness.checkpoint import sha256_file
@@ -58,6 +59,7 @@ class EvaluationRequest:
     eval_batch_size: int = 500
     device: str = "auto"
     data_dir: Path | None = None
+    certifier_budget: Budgets = field(default_factory=Budgets)
 
 
 @dataclass
@@ -83,7 +85,7 @@ class EvaluationPlan(RecordsComponents):
         r = self.request
         return evaluation_config(
             self.describe, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
-            requested=r.certifiers is not None, result=result,
+            requested=r.certifiers is not None, result=result, budget=r.certifier_budget,
         )
 
 
@@ -104,6 +106,7 @@ def _components(catalog: Catalog, request: EvaluationRequest, norm: str, model_o
     attackers, certifiers = evaluation_components(catalog, norm, request.attacks, request.certifiers, overrides, entries)
     if overrides:
         raise UsageError(f"--set {sorted(overrides)[0]}.…: that component does not run in this l_{norm} evaluation (see --attack, --certifier)")
+    request.certifier_budget.check_names([entries[id(c)].key for c in certifiers])
     return attackers, certifiers, model_options, entries
 
 
@@ -199,7 +202,7 @@ def execute_evaluation(plan: EvaluationPlan, store: Store, *, progress: Progress
     evaluation: Evaluation = evaluate(
         model, splits.test_images[index], splits.test_labels[index], plan.threat, attackers=plan.attackers,
         certifiers=plan.certifiers, device=plan.device, indices=index, batch_size=plan.request.eval_batch_size,
-        progress=progress, names=plan.key,
+        progress=progress, names=plan.key, budgets=plan.request.certifier_budget,
     )
     seconds = time.perf_counter() - start
     env = {**environment(plan.plugin_versions), "device": device_name(plan.device)}

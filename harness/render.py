@@ -12,6 +12,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from harness import evaluation_report
 from harness.commands import text_table
 from harness.leaderboard import CertifierCell, Group, Row
 from harness.results import CertifierResult, EvaluationResult, SampleResult
@@ -198,17 +199,20 @@ def _group_json(group: Group) -> dict[str, Any]:
 
 
 def run_summary(record: RunRecord) -> str:
-    """One line: status, clean / attacked / certified accuracy, per certifier, times."""
+    """One line: status, clean / attacked / certified accuracy, per certifier, times; then what robust accuracy is and
+    each certifier's radii (:func:`harness.evaluation_report.summary_lines`)."""
     times = f"train {record.train_seconds or 0:.0f}s, eval {record.eval_seconds or 0:.0f}s"
     if record.result is None:
         return f"run {record.id} {record.status}; {times}"
-    return f"run {record.id} {record.status}: {_result_line(record.result)}; {times}"
+    first = f"run {record.id} {record.status}: {_result_line(record.result)}; {times}"
+    return "\n".join([first, *("  " + line for line in evaluation_report.summary_lines(record.result))])
 
 
 def evaluation_summary(record: RunRecord, evaluation: EvaluationRecord) -> str:
-    """One line for one evaluation of a run (``harness eval``)."""
+    """One line for one evaluation of a run (``harness eval``), then the lines :func:`run_summary` adds."""
     best = " (the leaderboard's)" if record.best is not None and record.best.id == evaluation.id else ""
-    return f"run {record.id}, evaluation {evaluation.id}{best}: {_result_line(evaluation.result)}; eval {evaluation.seconds or 0:.0f}s"
+    first = f"run {record.id}, evaluation {evaluation.id}{best}: {_result_line(evaluation.result)}; eval {evaluation.seconds or 0:.0f}s"
+    return "\n".join([first, *("  " + line for line in evaluation_report.summary_lines(evaluation.result))])
 
 
 def _result_line(r: EvaluationResult) -> str:
@@ -296,7 +300,9 @@ def run_details(record: RunRecord, samples: list[SampleResult], *, stale: str | 
                     cells.append("survived" if s.attacks[name] else "broken")
                 elif name in s.certificates:
                     ok, radius = s.certificates[name]
-                    cells.append(("certified" if ok else "-") + (f" r={radius:.4g}" if radius is not None else ""))
+                    outcome = s.outcomes.get(name, "certified" if ok else "not-certified")
+                    cells.append(("certified" if ok else "-" if outcome == "not-certified" else outcome)
+                                 + (f" r={radius:.4g}" if radius is not None else ""))
                 else:
                     cells.append("")  # outside a costly certifier's subset
             table.append(cells)
@@ -306,29 +312,7 @@ def run_details(record: RunRecord, samples: list[SampleResult], *, stale: str | 
 
 
 def _result_lines(r: EvaluationResult) -> list[str]:
-    lines = [
-        f"results on {r.samples} test samples:",
-        f"  clean accuracy      {_pct(r.clean_accuracy)}",
-        f"  robust accuracy     {_pct(r.robust_accuracy)}" + (f" ({r.attack_label()})" if r.attack_label() else ""),
-        f"  certified accuracy  {_pct(r.certified_accuracy)} (certified by any certifier)",
-    ]
-    rows = []
-    for a in r.attacks:
-        outcome = f"ERROR: {a.error}" if a.error else f"robust {_pct(a.accuracy)} (attacked {a.attacked})"
-        rows.append(["attack", a.name, a.label, outcome, duration(a.seconds)])
-    for c in r.certifiers:
-        if c.error:
-            outcome = f"ERROR: {c.error}"
-        else:
-            outcome = f"certified {_pct(c.accuracy)} of {c.samples}"
-            if c.radius is not None:
-                outcome += f", radius mean {c.radius.mean:.4g} median {c.radius.median:.4g}"
-        rows.append(["certifier", c.name, "", outcome, duration(c.seconds)])
-    for name, reason in sorted(r.not_applicable.items()):
-        rows.append(["certifier", name, "", f"did not apply: {reason}", "—"])
-    if rows:
-        lines += ["  " + line for line in text_table(["kind", "name", "label", "outcome", "time"], rows).splitlines()]
-    return lines
+    return evaluation_report.result_lines(r)
 
 
 def run_json(record: RunRecord, samples: list[SampleResult]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ fractions in ``[0, 1]``; times are seconds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -87,6 +87,9 @@ class AttackResult:
     #: Whether the attack uses no gradient (Square): the gradient-masking check compares it with the others.
     gradient_free: bool = False
 
+    def __post_init__(self) -> None:
+        _same_seconds(self)
+
 
 @dataclass(frozen=True)
 class CertifierResult:
@@ -118,6 +121,19 @@ class CertifierResult:
     #: False for a paper's own protocol that is not a sound certificate (``liplt-estimate``): shown as such, never
     #: counted in certified accuracy, and not a soundness failure when an attack breaks what it "certifies".
     sound: bool = True
+
+    def __post_init__(self) -> None:
+        _same_seconds(self)
+
+
+def _same_seconds(result: AttackResult | CertifierResult) -> None:
+    """``seconds`` and ``cost.seconds`` are one number (the store keeps one): either given fills the other."""
+    if result.cost.seconds is None and result.seconds is not None:
+        object.__setattr__(result, "cost", replace(result.cost, seconds=result.seconds))
+    elif result.seconds is None and result.cost.seconds is not None:
+        object.__setattr__(result, "seconds", result.cost.seconds)
+    elif result.seconds != result.cost.seconds:
+        raise ValueError(f"{result.name!r}: seconds {result.seconds} and cost.seconds {result.cost.seconds} differ")
 
 
 @dataclass(frozen=True)
@@ -180,3 +196,8 @@ class SampleResult:
     certificates: dict[str, tuple[bool, float | None]] = field(default_factory=dict)
     outcomes: dict[str, str] = field(default_factory=dict)
     broken_by: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # A certificate given without its outcome (a result from before outcomes) has the one its verdict says.
+        for name, (certified, _) in self.certificates.items():
+            self.outcomes.setdefault(name, "certified" if certified else "not-certified")

@@ -7,7 +7,7 @@ recorded (the run, its training record, the evaluation with every per-sample
 result) to ``results.json`` in the run's directory; ``harness import FILE``
 records it in a database later, as a new run if the database does not know it.
 
-The file is plain JSON (``format`` 1), written atomically.
+The file is plain JSON (``format`` 2; format 1, from before per-sample outcomes and costs, is still read), written atomically.
 """
 
 from __future__ import annotations
@@ -20,9 +20,11 @@ from typing import Any
 
 from harness.checkpoint import write_text_atomic
 from harness.errors import UsageError, one_line
-from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
+from harness.results import AttackResult, CertifierResult, Cost, EvaluationResult, GradientMasking, RadiusStats, SampleResult
 
-FORMAT = 1
+FORMAT = 2
+#: Formats this harness reads: 1 (before per-sample outcomes, costs and the masking check) and 2.
+READS = (1, 2)
 FILENAME = "results.json"
 
 
@@ -31,34 +33,48 @@ def result_to_json(result: EvaluationResult) -> dict[str, Any]:
 
 
 def result_from_json(data: dict[str, Any]) -> EvaluationResult:
+    """The inverse of :func:`result_to_json`; a format-1 result (without costs, stages, outcomes or the masking check) reads with those
+    fields at their defaults."""
+
     def radius(value: dict[str, float] | None) -> RadiusStats | None:
         return None if value is None else RadiusStats(mean=float(value["mean"]), median=float(value["median"]))
 
+    def cost(value: dict[str, Any] | None, seconds: float | None) -> Cost:
+        return Cost(seconds=seconds) if value is None else Cost(**value)
+
+    masking = data.get("masking")
     return EvaluationResult(
         samples=int(data["samples"]),
         clean_accuracy=float(data["clean_accuracy"]),
         robust_accuracy=data.get("robust_accuracy"),
         certified_accuracy=data.get("certified_accuracy"),
-        attacks=tuple(AttackResult(**a) for a in data.get("attacks", ())),
-        certifiers=tuple(CertifierResult(**{**c, "radius": radius(c.get("radius"))}) for c in data.get("certifiers", ())),
+        attacks=tuple(AttackResult(**{**a, "cost": cost(a.get("cost"), a.get("seconds"))}) for a in data.get("attacks", ())),
+        certifiers=tuple(
+            CertifierResult(**{**c, "radius": radius(c.get("radius")), "cost": cost(c.get("cost"), c.get("seconds"))})
+            for c in data.get("certifiers", ())
+        ),
         not_applicable=dict(data.get("not_applicable", {})),
+        masking=None if masking is None else GradientMasking(**masking),
     )
 
 
 def samples_to_json(samples: list[SampleResult]) -> list[dict[str, Any]]:
     return [
         {"index": s.index, "label": s.label, "prediction": s.prediction, "attacks": s.attacks,
-         "certificates": {name: list(value) for name, value in s.certificates.items()}}
+         "certificates": {name: list(value) for name, value in s.certificates.items()}, "outcomes": s.outcomes, "broken_by": s.broken_by}
         for s in samples
     ]
 
 
 def samples_from_json(rows: list[dict[str, Any]]) -> list[SampleResult]:
+    """The inverse of :func:`samples_to_json`; format 1 has no outcomes (the store derives them from the verdicts) and no stages."""
     return [
         SampleResult(
             index=int(r["index"]), label=int(r["label"]), prediction=int(r["prediction"]),
             attacks={str(k): bool(v) for k, v in r.get("attacks", {}).items()},
             certificates={str(k): (bool(v[0]), None if v[1] is None else float(v[1])) for k, v in r.get("certificates", {}).items()},
+            outcomes={str(k): str(v) for k, v in r.get("outcomes", {}).items()},
+            broken_by={str(k): str(v) for k, v in r.get("broken_by", {}).items()},
         )
         for r in rows
     ]
@@ -76,11 +92,14 @@ class PendingResults:
     result: EvaluationResult
     samples: list[SampleResult]
     reason: str  # why it was not recorded
+    #: The fingerprint of the file it was read from, as written (a format-1 file's, which reading fills with newer defaults).
+    read_fingerprint: str | None = None
 
     def fingerprint(self) -> str:
         """The sha256 of the result and per-sample outcomes: what makes two results files the same results."""
-        text = json.dumps([result_to_json(self.result), samples_to_json(self.samples)], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        if self.read_fingerprint is not None:
+            return self.read_fingerprint
+        return _fingerprint(result_to_json(self.result), samples_to_json(self.samples))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,8 +118,8 @@ class PendingResults:
     def from_json(cls, data: Any) -> PendingResults:
         if not isinstance(data, dict):
             raise ValueError(f"it holds a JSON {type(data).__name__}, not an object")
-        if data.get("format") != FORMAT:
-            raise ValueError(f"format {data.get('format')!r}, this harness reads format {FORMAT}")
+        if data.get("format") not in READS or isinstance(data.get("format"), bool):
+            raise ValueError(f"format {data.get('format')!r}, this harness reads formats {', '.join(map(str, READS))}")
         for key, kind in (("database", str), ("run", dict), ("training", dict), ("evaluation", dict), ("result", dict), ("samples", list)):
             if not isinstance(data.get(key), kind):
                 raise ValueError(f"its field {key!r} is missing or not a JSON {'object' if kind is dict else kind.__name__}")
@@ -117,7 +136,12 @@ class PendingResults:
             result=result_from_json(data["result"]),
             samples=samples_from_json(data["samples"]),
             reason=str(data.get("reason", "")),
+            read_fingerprint=_fingerprint(data["result"], data["samples"]),
         )
+
+
+def _fingerprint(result: Any, samples: Any) -> str:
+    return hashlib.sha256(json.dumps([result, samples], sort_keys=True).encode()).hexdigest()
 
 
 def write_pending(path: Path, pending: PendingResults) -> Path:

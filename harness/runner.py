@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness.budget import Budgets
 from harness.catalog import Catalog, Entry
 from harness.components import Attacker, Certifier, Dataset, Model, Trainer
 from harness.data.files import default_data_dir
@@ -59,6 +60,7 @@ class RunRequest:
     data_dir: Path | None = None
     save_dir: Path | None = None
     checkpoint_every: int = 1  # epochs between checkpoints (and at least every 30 minutes)
+    certifier_budget: Budgets = field(default_factory=Budgets)  # seconds per certifier in the evaluation (--certifier-budget)
 
 
 class RecordsComponents:
@@ -111,7 +113,7 @@ class Plan(RecordsComponents):
         r = self.request
         evaluation = evaluation_config(
             self.describe, self.attackers, self.certifiers, samples=r.eval_samples, batch_size=r.eval_batch_size,
-            requested=r.certifiers is not None, result=result,
+            requested=r.certifiers is not None, result=result, budget=r.certifier_budget,
         )
         return jsonable(
             {
@@ -140,13 +142,15 @@ def evaluation_config(
     batch_size: int,
     requested: bool,
     result: EvaluationResult | None = None,
+    budget: Budgets | None = None,
 ) -> dict[str, Any]:
     """The evaluation section of a configuration: samples, subset, attackers and certifiers with their options.
 
     Before evaluation the certifiers are those requested (``null``: every one
     that applies to the model); after it, only those that ran, and
     ``not_applicable`` says why each other one did not. ``component(c, **extra)``
-    describes one component (its key, plugin and options).
+    describes one component (its key, plugin and options). ``certifier_budget``: each certifier's time budget
+    (``--certifier-budget``; absent without one).
     """
     evaluation: dict[str, Any] = {
         "samples": samples,
@@ -154,6 +158,9 @@ def evaluation_config(
         "batch_size": batch_size,
         "attackers": [component(a, label=_label(a)) for a in attackers],
     }
+    budgets = (budget or Budgets()).to_json()
+    if budgets is not None:  # only then: an evaluation without one is configured as before budgets (the leaderboard compares them)
+        evaluation["certifier_budget"] = budgets
     if result is None:
         evaluation["certifiers"] = [component(c)["name"] for c in certifiers] if requested else None
     else:
@@ -170,6 +177,12 @@ def request_json(request: RunRequest) -> dict[str, Any]:
         data[key] = str(Path(data[key]).absolute()) if data[key] is not None else None
     for key in ("attacks", "certifiers", "overrides"):
         data[key] = list(data[key]) if data[key] is not None else None
+    if request.certifier_budget.to_json() is None:
+        # Without a budget, the request is stored as harnesses before budgets stored it: a sweep finds its cells' runs by it.
+        del data["certifier_budget"]
+    else:
+        data["certifier_budget"] = {"default": request.certifier_budget.default,
+                                    "per_certifier": dict(sorted(request.certifier_budget.per_certifier.items()))}
     return data
 
 
@@ -182,6 +195,8 @@ def request_from_json(data: dict[str, Any]) -> RunRequest:
     for key in ("data_dir", "save_dir"):
         values[key] = Path(values[key]) if values.get(key) is not None else None
     values["overrides"] = tuple(values.get("overrides") or ())
+    budget = values.get("certifier_budget")  # absent from the requests of older harnesses
+    values["certifier_budget"] = Budgets(budget["default"], dict(budget["per_certifier"])) if isinstance(budget, dict) else Budgets()
     return RunRequest(**values)
 
 
@@ -213,6 +228,7 @@ def run_arguments(request: RunRequest) -> list[str]:
     args += [item for name in r.attacks or () for item in ("--attack", name)]
     args += [item for name in r.certifiers or () for item in ("--certifier", name)]
     args += [item for override in r.overrides for item in ("--set", override)]
+    args += [item for value in r.certifier_budget.to_args() for item in ("--certifier-budget", value)]
     args += ["--save-dir", str(Path(r.save_dir).absolute())] if r.save_dir is not None else ["--no-save"]
     return args
 
@@ -395,6 +411,7 @@ def plan_run(catalog: Catalog, request: RunRequest, plugin_versions: dict[str, s
     unused = sorted(k for k in overrides if k not in ("model", "trainer"))
     if unused:
         raise UsageError(f"--set {unused[0]}.…: that component does not run in this l_{norm} evaluation (see --attack, --certifier)")
+    request.certifier_budget.check_names([entries[id(c)].key for c in certifiers])
 
     seed = request.seed if request.seed is not None else (preset.seed if preset and preset.seed is not None else 0)
     return Plan(

@@ -318,8 +318,12 @@ def check_certifier_sound(
             raise AssertionError(f"{certifier.name} certified sample {index}, but {what} changes its label")
 
     holds(images, "the clean image")
+    from harness.components import AttackStages
+
     for attacker in attackers:
-        holds(attacker.perturb(model, images, labels, threat).detach(), f"attack {attacker.name}")
+        given = attacker.perturb(model, images, labels, threat)
+        for stage, points in (given.stages.items() if isinstance(given, AttackStages) else [("", given)]):
+            holds(points.detach(), f"attack {attacker.name}" + (f" (stage {stage})" if stage else ""))
     generator = torch.Generator().manual_seed(seed)
     for _ in range(samples):
         if threat.norm == "inf":
@@ -341,15 +345,17 @@ def check_attacker_in_ball(
 
     The check is the evaluation's own: a finite tensor of the images' shape,
     inside ``[0, 1]`` and within ``threat.eps`` of the clean images in its norm
-    (up to a rounding slack of ``1e-5·max(eps, 1)``). The evaluation records an
-    attack that fails it as an error and discards its outcome. The clean images
-    must come back unchanged.
+    (up to a rounding slack of ``1e-5·max(eps, 1)``); for a multi-stage attack
+    (:class:`harness.AttackStages`) every stage's, and the images returned are
+    the worst case per sample (the first stage's image the model misclassifies,
+    else the last stage's). The evaluation records an attack that fails it as
+    an error and discards its outcome. The clean images must come back unchanged.
 
     :raises AssertionError: saying what is wrong.
     """
     import torch
 
-    from harness.evaluation import ComponentFailed, check_in_ball
+    from harness.evaluation_checks import ComponentFailed, check_stages
 
     model.eval()
     clean = images.clone()
@@ -357,9 +363,18 @@ def check_attacker_in_ball(
     if not torch.equal(images, clean):
         raise AssertionError(f"{attacker.name} changed the clean images in place")
     try:
-        return check_in_ball(adversarial, images, threat)
+        stages, _ = check_stages(adversarial, images, threat)
     except ComponentFailed as exc:
         raise AssertionError(f"{attacker.name}: {exc}") from None
+    points = list(stages.values())
+    worst = points[-1].clone()
+    alive = torch.ones(len(images), dtype=torch.bool, device=images.device)
+    with torch.no_grad():
+        for stage_points in points:
+            broken = alive & (model(stage_points).argmax(1) != labels)
+            worst[broken] = stage_points[broken]
+            alive &= ~broken
+    return worst
 
 
 # -- the CLI in-process -----------------------------------------------------------------------------------------

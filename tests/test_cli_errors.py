@@ -283,3 +283,16 @@ def assert_no_runs(harness_cli):
 
     if Path("results.db").exists():
         assert harness_cli("runs").out.strip() == "no runs recorded"
+
+
+@pytest.mark.parametrize("command", [["run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick"], ["eval", "--weights", "w.pt",
+                                     "--model", "linf_dist_net", "--dataset", "mnist", "--eps", "0.3"]])
+def test_a_bad_certifier_budget_is_one_line_naming_it(harness_cli, command):
+    r = harness_cli(*command, "--certifier-budget", "-3")
+    assert_one_line_error(r, "--certifier-budget '-3': give SECONDS or NAME=SECONDS, with SECONDS a positive number")
+
+
+def test_a_certifier_budget_for_a_certifier_that_does_not_run_names_the_valid_ones(harness_cli):
+    r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--certifier", "interval",
+                    "--certifier-budget", "crown=60")
+    assert_one_line_error(r, "--certifier-budget crown=...: 'crown' is not a certifier of this evaluation (valid: interval)")

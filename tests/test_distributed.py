@@ -95,7 +95,7 @@ def _plain(evaluation: Any) -> Any:
 
     result = dataclasses.asdict(evaluation.result)
     for part in (*result["attacks"], *result["certifiers"]):
-        part["seconds"] = None
+        part["seconds"] = part["cost"] = None  # times and memory differ from run to run
     return {"result": result, "samples": [dataclasses.asdict(s) for s in evaluation.samples]}
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness import Attacker, Certificate, Certifier, Model, ThreatModel
+from harness import Attacker, AttackStages, Certificate, Certifier, Model, ThreatModel
 from harness.scaffold import BatchLoss, EpochTrainer, Step
 from harness.testing import check_attacker_in_ball, check_certifier_sound, make_catalog, tiny_info, train_tiny
 
@@ -103,6 +103,34 @@ def test_check_attacker_in_ball_returns_the_points_of_an_attack_that_keeps_to_th
 def test_check_attacker_in_ball_names_an_attack_that_leaves_the_ball(run, attacker, expected):
     with pytest.raises(AssertionError, match=expected):
         check_attacker_in_ball(attacker, run.model, run.images.clone(), run.labels, THREAT)
+
+
+class TwoCorners(Attacker):
+    name = "two-corners"
+    description = "the -eps corner, then the +eps corner (test)"
+    norms = ("inf",)
+
+    def perturb(self, model, images, labels, threat):
+        return AttackStages({"minus": (images - threat.eps).clamp(0, 1), "plus": (images + threat.eps).clamp(0, 1)})
+
+
+def test_check_attacker_in_ball_checks_every_stage_and_returns_the_worst_case(run):
+    strong = ThreatModel("inf", 0.5)
+    adversarial = check_attacker_in_ball(TwoCorners(), run.model, run.images, run.labels, strong)
+    minus, plus = (run.images - 0.5).clamp(0, 1), (run.images + 0.5).clamp(0, 1)
+    with torch.no_grad():
+        broken_minus = run.model(minus).argmax(1) != run.labels
+    assert bool(broken_minus.any()) and not bool(broken_minus.all())
+    assert torch.equal(adversarial[broken_minus], minus[broken_minus]) and torch.equal(adversarial[~broken_minus], plus[~broken_minus])
+
+    class FarStage(TwoCorners):
+        name = "far-stage"
+
+        def perturb(self, model, images, labels, threat):
+            return AttackStages({"ok": images.clone(), "far": (images + 2 * threat.eps).clamp(0, 1)})
+
+    with pytest.raises(AssertionError, match=r"far-stage: perturb\(\)'s stage 'far' returned points outside"):
+        check_attacker_in_ball(FarStage(), run.model, run.images, run.labels, THREAT)
 
 
 class Everything(Certifier):

@@ -36,13 +36,17 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
+    text,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from harness.results import OUTCOMES, RADIUS_METHODS
 from harness.store import ORIGINS, STATUSES
 
 #: The Alembic revision these tables are; revisions are "1", "2", ... in order.
-REVISION = 2
+REVISION = 3
 #: What ``schema_meta.version`` holds at this revision: above 2, so that a harness from before Alembic refuses the database.
 LEGACY_VERSION = 3
 
@@ -75,6 +79,10 @@ def table(row_class: type[Base]) -> Table:
 
 def _one_of(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+#: A certificate's two columns agree: a time-out or an error is never certified (the same text in revision 3's migration).
+CERTIFIED_IS_OUTCOME = "certified = (outcome = 'certified')"
 
 
 class SchemaMeta(Base):
@@ -152,6 +160,10 @@ class ResultRow(Base):
     certified_accuracy: Mapped[float | None] = mapped_column(Double)
     #: Certifier → why it did not apply to the model.
     not_applicable: Mapped[dict[str, str]] = mapped_column(JSON)
+    #: The gradient-masking check (:class:`harness.results.GradientMasking`); NULL where it was not made.
+    zero_gradient_fraction: Mapped[float | None] = mapped_column(Double)
+    gradient_free_breaks: Mapped[int | None] = mapped_column(Integer)
+    unreliable: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class AttackResultRow(Base):
@@ -165,10 +177,17 @@ class AttackResultRow(Base):
     attacked: Mapped[int] = mapped_column(Integer)
     seconds: Mapped[float | None] = mapped_column(Double)
     error: Mapped[str | None] = mapped_column(Text)
+    samples_per_second: Mapped[float | None] = mapped_column(Double)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_kind: Mapped[str | None] = mapped_column(String(32))
+    #: A multi-stage attack's robust accuracy after each stage, in the order run: {stage: accuracy}; {} for one stage (NULL before revision 3).
+    stages: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    gradient_free: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class CertifierResultRow(Base):
     __tablename__ = "certifier_results"
+    __table_args__ = (CheckConstraint(_one_of("radius_method", RADIUS_METHODS), name="ck_certifier_results_radius_method"),)
 
     evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id"), primary_key=True)
     certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
@@ -179,6 +198,17 @@ class CertifierResultRow(Base):
     median_radius: Mapped[float | None] = mapped_column(Double)
     seconds: Mapped[float | None] = mapped_column(Double)
     error: Mapped[str | None] = mapped_column(Text)
+    samples_per_second: Mapped[float | None] = mapped_column(Double)
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_kind: Mapped[str | None] = mapped_column(String(32))
+    #: Samples it ran out of time on, and samples whose batch raised (the first such message in sample_error).
+    timeouts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    errors: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    sample_error: Mapped[str | None] = mapped_column(Text)
+    radius_method: Mapped[str | None] = mapped_column(String(16))
+    radius_tolerance: Mapped[float | None] = mapped_column(Double)
+    #: False for an estimate (a paper's protocol that is not a certificate): never counted as certified.
+    sound: Mapped[bool] = mapped_column(Boolean, server_default=true())
 
 
 class SampleRow(Base):
@@ -198,17 +228,25 @@ class AttackRow(Base):
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     attack: Mapped[str] = mapped_column(String(100), primary_key=True)
     survived: Mapped[bool] = mapped_column(Boolean)
+    #: The stage of a multi-stage attack that broke the sample; NULL if it survived or the attack has one stage.
+    broken_by: Mapped[str | None] = mapped_column(String(100))
 
 
 class CertificateRow(Base):
     __tablename__ = "sample_certificates"
-    __table_args__ = (ForeignKeyConstraint(["evaluation_id", "idx"], ["samples.evaluation_id", "samples.idx"]),)
+    __table_args__ = (
+        ForeignKeyConstraint(["evaluation_id", "idx"], ["samples.evaluation_id", "samples.idx"]),
+        CheckConstraint(_one_of("outcome", OUTCOMES), name="ck_sample_certificates_outcome"),
+        CheckConstraint(CERTIFIED_IS_OUTCOME, name="ck_sample_certificates_certified"),
+    )
 
     evaluation_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     idx: Mapped[int] = mapped_column(Integer, primary_key=True)
     certifier: Mapped[str] = mapped_column(String(100), primary_key=True)
     certified: Mapped[bool] = mapped_column(Boolean)
     radius: Mapped[float | None] = mapped_column(Double)
+    #: One of :data:`harness.results.OUTCOMES`; ``certified`` is true exactly when it is "certified".
+    outcome: Mapped[str] = mapped_column(String(16))
 
 
 metadata = Base.metadata

@@ -60,7 +60,17 @@ from sqlalchemy.orm import Session
 from sqlalchemy.types import NullType, TypeEngine
 
 from harness.errors import HarnessError, UsageError, one_line
-from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats, SampleResult
+from harness.results import (
+    OUTCOMES,
+    RADIUS_METHODS,
+    AttackResult,
+    CertifierResult,
+    Cost,
+    EvaluationResult,
+    GradientMasking,
+    RadiusStats,
+    SampleResult,
+)
 from harness.store import (
     EXTERNAL,
     FAILED,
@@ -572,17 +582,31 @@ def _evaluations(session: Session, run_ids: list[int]) -> dict[int, list[tuple[E
                 problems += [f"evaluation {evaluation_id}: {p}" for p in more]
                 if more:
                     continue
+                cost = Cost(seconds=part["seconds"], samples_per_second=part["samples_per_second"],
+                            peak_memory_bytes=part["peak_memory_bytes"], memory_kind=part["memory_kind"])
                 if part["kind"] == AttackResultRow.__tablename__:
+                    stages = part["stages"] or {}
+                    bad = [k for k, v in stages.items() if not _is(v, _NUMBER)]
+                    if bad:
+                        problems.append(f"evaluation {evaluation_id}: attack_results.stages holds {_short(stages[bad[0]])} for stage "
+                                        f"{bad[0]!r}, not a number")
+                        continue
                     attacks.append(AttackResult(name=part["attack"], label=part["label"], options=part["options"], accuracy=part["accuracy"],
-                                                attacked=part["attacked"], seconds=part["seconds"], error=part["error"]))
+                                                attacked=part["attacked"], seconds=part["seconds"], error=part["error"], cost=cost,
+                                                stages={str(k): float(v) for k, v in stages.items()},
+                                                gradient_free=bool(part["gradient_free"])))
                 else:
                     mean, median = part["mean_radius"], part["median_radius"]
                     median = median if median is not None else mean
                     radius = None if mean is None or median is None else RadiusStats(mean=mean, median=median)
                     certifiers.append(CertifierResult(name=part["certifier"], options=part["options"], accuracy=part["accuracy"],
-                                                      samples=part["samples"], radius=radius, seconds=part["seconds"], error=part["error"]))
+                                                      samples=part["samples"], radius=radius, seconds=part["seconds"], error=part["error"],
+                                                      cost=cost, timeouts=part["timeouts"], errors=part["errors"],
+                                                      sample_error=part["sample_error"], radius_method=part["radius_method"],
+                                                      radius_tolerance=part["radius_tolerance"], sound=bool(part["sound"])))
             record = None
             if not problems:
+                masked = (summary["zero_gradient_fraction"], summary["gradient_free_breaks"], summary["unreliable"])
                 result = EvaluationResult(
                     samples=summary["eval_samples"],
                     clean_accuracy=summary["clean_accuracy"],
@@ -591,6 +615,9 @@ def _evaluations(session: Session, run_ids: list[int]) -> dict[int, list[tuple[E
                     attacks=tuple(attacks),
                     certifiers=tuple(certifiers),
                     not_applicable=dict(summary["not_applicable"]),
+                    masking=None if all(v is None for v in masked) else GradientMasking(
+                        zero_gradient_fraction=masked[0], gradient_free_breaks=masked[1],
+                        unreliable=None if masked[2] is None else bool(masked[2])),
                 )
                 record = EvaluationRecord(id=evaluation_id, run_id=run_id, created_at=values["created_at"], seconds=values["seconds"],
                                           config=values["config"], environment=values["environment"], result=result)
@@ -645,21 +672,29 @@ def _samples(session: Session, evaluation_id: int) -> list[SampleResult]:
         by_index[idx] = SampleResult(index=_int(idx, "samples.idx"), label=_int(label, "samples.label"),
                                      prediction=_int(prediction, "samples.prediction"))
     attack_rows = session.execute(
-        select(AttackRow.idx, AttackRow.attack, _raw(AttackRow.survived))
+        select(AttackRow.idx, AttackRow.attack, _raw(AttackRow.survived), _raw(AttackRow.broken_by))
         .where(AttackRow.evaluation_id == evaluation_id)
         .order_by(AttackRow.idx, AttackRow.attack)
     )
-    for idx, attack, survived in attack_rows:
+    for idx, attack, survived, broken_by in attack_rows:
         by_index[idx].attacks[attack] = _bool(survived, "sample_attacks.survived")
+        if broken_by is not None:
+            if not isinstance(broken_by, str):
+                raise ValueError(f"sample_attacks.broken_by holds {_short(broken_by)}, not a text")
+            by_index[idx].broken_by[attack] = broken_by
     certificate_rows = session.execute(
-        select(CertificateRow.idx, CertificateRow.certifier, _raw(CertificateRow.certified), _raw(CertificateRow.radius))
+        select(CertificateRow.idx, CertificateRow.certifier, _raw(CertificateRow.certified), _raw(CertificateRow.radius),
+               _raw(CertificateRow.outcome))
         .where(CertificateRow.evaluation_id == evaluation_id)
         .order_by(CertificateRow.idx, CertificateRow.certifier)
     )
-    for idx, certifier, certified, radius in certificate_rows:
+    for idx, certifier, certified, radius, outcome in certificate_rows:
         if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int | float)):
             raise ValueError(f"sample_certificates.radius holds {_short(radius)}, not a number")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"sample_certificates.outcome holds {_short(outcome)}, not one of {', '.join(OUTCOMES)}")
         by_index[idx].certificates[certifier] = (_bool(certified, "sample_certificates.certified"), None if radius is None else float(radius))
+        by_index[idx].outcomes[certifier] = outcome
     return list(by_index.values())
 
 
@@ -685,24 +720,35 @@ def _bool(value: Any, where: str) -> bool:
 
 def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[tuple[type, list[dict[str, Any]]]]:
     """The rows of an evaluation's result and samples, without their ``evaluation_id``, parents first."""
+    masking = result.masking or GradientMasking()
     summary = {
         "eval_samples": int(result.samples),
         "clean_accuracy": float(result.clean_accuracy),
         "robust_accuracy": _float(result.robust_accuracy),
         "certified_accuracy": _float(result.certified_accuracy),
         "not_applicable": dict(result.not_applicable),
+        "zero_gradient_fraction": _float(masking.zero_gradient_fraction),
+        "gradient_free_breaks": None if masking.gradient_free_breaks is None else int(masking.gradient_free_breaks),
+        "unreliable": None if masking.unreliable is None else bool(masking.unreliable),
     }
     attack_rows = [
         {"attack": a.name, "label": a.label, "options": _plain_json("attack options", a.options),
-         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": _text(a.error)}
+         "accuracy": _float(a.accuracy), "attacked": int(a.attacked), "seconds": _float(a.seconds), "error": _text(a.error),
+         **_cost(a.cost), "stages": {str(k): float(v) for k, v in a.stages.items()}, "gradient_free": bool(a.gradient_free)}
         for a in result.attacks
     ]
+    for c in result.certifiers:
+        if c.radius_method is not None and c.radius_method not in RADIUS_METHODS:
+            raise HarnessError(f"certifier {c.name!r}: radius method {c.radius_method!r} is not one of {', '.join(RADIUS_METHODS)}; "
+                               "nothing was stored")
     certifier_rows = [
         {"certifier": c.name, "options": _plain_json("certifier options", c.options),
          "accuracy": _float(c.accuracy), "samples": int(c.samples),
          "mean_radius": None if c.radius is None else float(c.radius.mean),
          "median_radius": None if c.radius is None else float(c.radius.median),
-         "seconds": _float(c.seconds), "error": _text(c.error)}
+         "seconds": _float(c.seconds), "error": _text(c.error), **_cost(c.cost),
+         "timeouts": int(c.timeouts), "errors": int(c.errors), "sample_error": _text(c.sample_error),
+         "radius_method": c.radius_method, "radius_tolerance": _float(c.radius_tolerance), "sound": bool(c.sound)}
         for c in result.certifiers
     ]
     sample_rows: list[dict[str, Any]] = []
@@ -712,14 +758,16 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
         idx = int(s.index)
         sample_rows.append({"idx": idx, "label": int(s.label), "prediction": int(s.prediction)})
         for attack, survived in s.attacks.items():
-            sample_attack_rows.append({"idx": idx, "attack": attack, "survived": bool(survived)})
+            sample_attack_rows.append({"idx": idx, "attack": attack, "survived": bool(survived), "broken_by": s.broken_by.get(attack)})
         for certifier, (certified, radius) in s.certificates.items():
             certificate_rows.append({"idx": idx, "certifier": certifier, "certified": bool(certified),
-                                     "radius": None if radius is None else float(radius)})
+                                     "radius": None if radius is None else float(radius),
+                                     "outcome": _outcome(idx, certifier, bool(certified), s.outcomes.get(certifier))})
     checks: list[tuple[type, list[dict[str, Any]]]] = [
         (AttackResultRow, attack_rows),
         (CertifierResultRow, certifier_rows),
         (AttackRow, [{"attack": a} for a in {a for s in samples for a in s.attacks}]),
+        (AttackRow, [{"broken_by": b} for b in {b for s in samples for b in s.broken_by.values()}]),
         (CertificateRow, [{"certifier": c} for c in {c for s in samples for c in s.certificates}]),
     ]
     for row_class, checked in checks:
@@ -733,6 +781,25 @@ def _result_rows(result: EvaluationResult, samples: list[SampleResult]) -> list[
         (AttackRow, sample_attack_rows),
         (CertificateRow, certificate_rows),
     ]
+
+
+def _cost(cost: Cost) -> dict[str, Any]:
+    return {
+        "samples_per_second": _float(cost.samples_per_second),
+        "peak_memory_bytes": None if cost.peak_memory_bytes is None else int(cost.peak_memory_bytes),
+        "memory_kind": cost.memory_kind,
+    }
+
+
+def _outcome(idx: int, certifier: str, certified: bool, outcome: str | None) -> str:
+    """A certificate's outcome (from its verdict where the sample gives none); HarnessError if it is unknown or contradicts the verdict."""
+    if outcome is None:
+        return "certified" if certified else "not-certified"
+    if outcome not in OUTCOMES:
+        raise HarnessError(f"sample {idx}: certifier {certifier!r} has outcome {outcome!r}, not one of {', '.join(OUTCOMES)}; nothing was stored")
+    if (outcome == "certified") != certified:
+        raise HarnessError(f"sample {idx}: certifier {certifier!r} has outcome {outcome!r} but certified={certified}; nothing was stored")
+    return outcome
 
 
 def _text(message: str | None) -> str | None:
@@ -770,10 +837,17 @@ def _check_finite(run_id: int, result: EvaluationResult) -> None:
         "robust_accuracy": result.robust_accuracy,
         "certified_accuracy": result.certified_accuracy,
     }
+    if result.masking is not None:
+        values["zero_gradient_fraction"] = result.masking.zero_gradient_fraction
     for a in result.attacks:
         values[f"attack {a.name!r} accuracy"] = a.accuracy
+        values[f"attack {a.name!r} samples per second"] = a.cost.samples_per_second
+        for stage, accuracy in a.stages.items():
+            values[f"attack {a.name!r} stage {stage!r} accuracy"] = accuracy
     for c in result.certifiers:
         values[f"certifier {c.name!r} accuracy"] = c.accuracy
+        values[f"certifier {c.name!r} samples per second"] = c.cost.samples_per_second
+        values[f"certifier {c.name!r} radius tolerance"] = c.radius_tolerance
         if c.radius is not None:
             values[f"certifier {c.name!r} radius"] = c.radius.mean
     bad = sorted(name for name, value in values.items() if value is not None and not math.isfinite(value))

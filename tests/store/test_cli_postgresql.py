@@ -61,7 +61,7 @@ def test_every_command_works_on_postgresql_and_never_shows_or_stores_the_passwor
     again = cli("eval", "1", "--certifier", "interval", "--eval-samples", "20")
     assert "run 1, evaluation 2" in again.out
     assert [len(e["result"]["certifiers"]) >= 1 for e in json.loads(cli("show", "1", "--format", "json").out)["evaluations"]] == [True, True]
-    assert "revision 2 (the newest)" in cli("db", "current").out
+    assert "revision 3 (the newest)" in cli("db", "current").out
     assert "nothing to do" in cli("db", "upgrade").out
 
     # A second run whose results the database cannot take: they go to a file, which `harness import` records.

@@ -8,6 +8,9 @@ failed, an interrupted and a killed (still ``running``) run.
 store revision 2 (``schema_meta.version`` 2, which is Alembic's revision 1;
 ``data/make-revision-1.sh``): three finished runs (l_inf and l2, seven
 certifiers among them, radii, a CROWN subset), a failed, an interrupted and a killed run.
+``data/revision-2.db`` holds real runs made at commit 885e2fb, the last before store
+revision 3 (``data/make-revision-2.sh``): two finished runs (one evaluated twice,
+certified and uncertified samples, radii, a CROWN subset) and a failed one.
 The tests read the old rows with ``sqlite3`` first and check that the upgraded
 store says the same things, typed, and that the upgraded schema is the schema
 a new database gets.
@@ -28,7 +31,7 @@ import pytest
 from sqlalchemy import create_engine, inspect
 
 from harness.errors import UsageError
-from harness.results import EvaluationResult
+from harness.results import Cost, EvaluationResult
 from harness.store import FINISHED, RunInfo, database_revision, open_store, upgrade_database
 from harness.store import _migrate as migrate
 from harness.store._schema import REVISION
@@ -76,7 +79,7 @@ def revision_1(tmp_path):
 
 def test_the_frozen_databases_are_what_they_say(tmp_path):
     schema_1, revision_1 = read_old(DATA / "schema-1.db"), read_old(DATA / "revision-1.db")
-    assert (schema_1["version"], revision_1["version"], REVISION) == (1, 2, 2)
+    assert (schema_1["version"], revision_1["version"], REVISION) == (1, 2, 3)
     assert [r["status"] for r in schema_1["runs"]] == ["finished", "finished", "finished", "interrupted", "running", "failed"]
     assert [r["status"] for r in revision_1["runs"]] == ["finished", "finished", "finished", "failed", "interrupted", "running"]
     assert len(revision_1["sample_certificates"]) > 200 and len(revision_1["certifier_results"]) == 10
@@ -87,7 +90,7 @@ def test_every_run_result_and_sample_of_revision_1_survives_the_upgrade(revision
     store = open_store(str(path))
     try:
         (note,) = store.warnings
-        assert note.startswith(f"upgraded database '{path}' from revision 1 to revision 2; backup: {path}.rev1-backup-")
+        assert note.startswith(f"upgraded database '{path}' from revision 1 to revision 3; backup: {path}.rev1-backup-")
         runs = store.list_runs()
         assert [r.id for r in runs] == [r["id"] for r in old["runs"]]
         for record, row in zip(runs, old["runs"]):
@@ -134,7 +137,7 @@ def test_every_run_metric_and_sample_of_schema_1_survives_the_upgrade(tmp_path):
     store = open_store(str(path))
     try:
         (note,) = store.warnings
-        assert note.startswith(f"upgraded database '{path}' from schema 1 (from before revisions) to revision 2; backup: {path}.schema1-backup-")
+        assert note.startswith(f"upgraded database '{path}' from schema 1 (from before revisions) to revision 3; backup: {path}.schema1-backup-")
         runs = store.list_runs()
         assert [r.id for r in runs] == [r["id"] for r in old["runs"]]
         for record, row in zip(runs, old["runs"]):
@@ -191,9 +194,95 @@ def assert_samples_survived(store, old: dict) -> None:
             samples.append((record.id, s.index, s.label, s.prediction))
             attacks += [(record.id, s.index, name, int(survived)) for name, survived in s.attacks.items()]
             certificates += [(record.id, s.index, name, int(ok), radius) for name, (ok, radius) in s.certificates.items()]
+            # Revision 3's outcome comes from the stored verdict; no stored attack had stages.
+            assert s.outcomes == {name: "certified" if ok else "not-certified" for name, (ok, _) in s.certificates.items()}
+            assert s.broken_by == {}
+        for evaluation in record.evaluations:
+            assert_predates_revision_3(evaluation.result)
     assert sorted(samples) == old["samples"]
     assert sorted(attacks) == old["sample_attacks"]
     assert sorted(certificates) == old["sample_certificates"]
+
+
+def assert_predates_revision_3(result: EvaluationResult) -> None:
+    """What an evaluation stored before revision 3 reads as: no cost, stages, time-outs, radius method or masking check."""
+    assert result.masking is None
+    for a in result.attacks:
+        assert (a.cost, a.stages, a.gradient_free) == (Cost(seconds=a.seconds), {}, False)
+    for c in result.certifiers:
+        assert (c.cost, c.timeouts, c.errors, c.sample_error, c.radius_method, c.radius_tolerance, c.sound) == (
+            Cost(seconds=c.seconds), 0, 0, None, None, None, True)
+
+
+def test_revision_2_upgrades_to_3_with_each_outcome_from_its_verdict(revision_1):
+    """Revision 2 as its migration leaves the frozen revision-1 file, then the automatic upgrade to revision 3."""
+    from alembic import command
+
+    path, old = revision_1
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        config = migrate._config(conn)
+        command.stamp(config, "1")
+        command.upgrade(config, "2")
+    engine.dispose()
+    assert database_revision(str(path)).revision == 2
+    store = open_store(str(path))
+    try:
+        (note,) = store.warnings
+        assert note.startswith(f"upgraded database '{path}' from revision 2 to revision 3; backup: {path}.rev2-backup-")
+        assert_samples_survived(store, old)
+        with sqlite3.connect(path) as db:
+            counts = dict(db.execute("SELECT outcome, count(*) FROM sample_certificates GROUP BY outcome").fetchall())
+        db.close()
+        certified = sum(row[3] for row in old["sample_certificates"])
+        assert counts == {"certified": certified, "not-certified": len(old["sample_certificates"]) - certified}
+    finally:
+        store.close()
+
+
+REVISION_2_TABLES = ("runs", "evaluations", "results", "attack_results", "certifier_results", "samples", "sample_attacks",
+                     "sample_certificates")
+
+
+def read_tables(path: Path) -> dict[str, list[tuple]]:
+    """Every row of every table of revision 2, sorted, as sqlite3 reads them."""
+    with sqlite3.connect(path) as db:
+        columns = {t: [r[1] for r in db.execute(f"PRAGMA table_info({t})")] for t in REVISION_2_TABLES}
+        rows = {t: sorted(db.execute(f"SELECT {', '.join(columns[t])} FROM {t}").fetchall(), key=repr) for t in REVISION_2_TABLES}
+    db.close()
+    return {"columns": columns, **rows}
+
+
+def test_every_row_of_the_frozen_revision_2_survives_the_upgrade_with_its_outcomes_derived(tmp_path):
+    path = tmp_path / "revision-2.db"
+    shutil.copy(DATA / "revision-2.db", path)
+    old = read_tables(path)
+    assert database_revision(str(path)).revision == 2
+    assert [r[0] for r in old["evaluations"]] == [1, 2, 3] and len(old["sample_certificates"]) > 150
+    assert sum(r[3] for r in old["sample_certificates"]) > 0  # some certified, some not: both outcomes are derived
+    store = open_store(str(path))
+    try:
+        (note,) = store.warnings
+        assert note.startswith(f"upgraded database '{path}' from revision 2 to revision 3; backup: {path}.rev2-backup-")
+        runs = store.list_runs()
+        assert [r.status for r in runs] == ["finished", "finished", "failed"] and len(runs[0].evaluations) == 2
+        for record in runs:
+            for evaluation in record.evaluations:
+                assert_predates_revision_3(evaluation.result)
+                for s in store.samples(record.id, evaluation.id):
+                    assert s.outcomes == {n: "certified" if ok else "not-certified" for n, (ok, _) in s.certificates.items()}
+                    assert s.broken_by == {}
+    finally:
+        store.close()
+    # Every value revision 2 held is there, unchanged, in the columns it had.
+    with sqlite3.connect(path) as db:
+        for table in REVISION_2_TABLES:
+            columns = ", ".join(old["columns"][table])
+            assert sorted(db.execute(f"SELECT {columns} FROM {table}").fetchall(), key=repr) == old[table], table
+        derived = db.execute("SELECT count(*) FROM sample_certificates WHERE outcome != CASE WHEN certified THEN 'certified' "
+                             "ELSE 'not-certified' END").fetchone()
+    db.close()
+    assert derived == (0,)
 
 
 def test_the_upgraded_database_takes_new_runs_and_never_reuses_an_id(frozen):
@@ -238,8 +327,15 @@ def schema(path: Path) -> dict:
         engine.dispose()
 
 
-def test_the_upgraded_schema_is_the_fresh_schema(frozen, tmp_path):
-    path, _ = frozen
+@pytest.fixture(params=["schema-1.db", "revision-1.db", "revision-2.db"])
+def any_frozen(request, tmp_path):
+    copy = tmp_path / request.param
+    shutil.copy(DATA / request.param, copy)
+    return copy
+
+
+def test_the_upgraded_schema_is_the_fresh_schema(any_frozen, tmp_path):
+    path = any_frozen
     open_store(str(path)).close()
     open_store(str(tmp_path / "fresh.db")).close()
     upgraded, fresh = schema(path), schema(tmp_path / "fresh.db")
@@ -277,28 +373,28 @@ def test_revision_1_built_by_its_migration_is_the_frozen_schema_and_upgrades_to_
 def test_the_backup_is_the_database_as_it_was(revision_1):
     path, old = revision_1
     done = upgrade_database(str(path))
-    assert (done.from_revision, done.to_revision) == (1, 2) and done.backup is not None
+    assert (done.from_revision, done.to_revision) == (1, 3) and done.backup is not None
     backup = Path(done.backup)
     assert backup.parent == path.parent and backup.name.startswith("revision-1.db.rev1-backup-")
     assert read_old(backup) == old
-    assert str(done) == f"upgraded database '{path}' from revision 1 to revision 2; backup: {backup}"
+    assert str(done) == f"upgraded database '{path}' from revision 1 to revision 3; backup: {backup}"
     again = upgrade_database(str(path))
-    assert (again.from_revision, again.backup) == (2, None)
-    assert str(again) == f"database '{path}' is at revision 2, the newest: nothing to do"
+    assert (again.from_revision, again.backup) == (3, None)
+    assert str(again) == f"database '{path}' is at revision 3, the newest: nothing to do"
 
 
 def test_harness_db_current_and_upgrade(harness_cli, revision_1):
     path, _ = revision_1
     current = harness_cli("db", "current", "--db", str(path))
     assert current.code == 0 and current.out.strip() == (
-        f"{path}: revision 1; this harness upgrades it to revision 2: harness db upgrade --db {path}"
+        f"{path}: revision 1; this harness upgrades it to revision 3: harness db upgrade --db {path}"
     )
     upgraded = harness_cli("db", "upgrade", "--db", str(path))
     assert upgraded.code == 0, upgraded.err
-    assert upgraded.out.startswith(f"upgraded database '{path}' from revision 1 to revision 2; backup: {path}.rev1-backup-")
+    assert upgraded.out.startswith(f"upgraded database '{path}' from revision 1 to revision 3; backup: {path}.rev1-backup-")
     assert Path(upgraded.out.split("backup: ")[1].strip()).is_file()
-    assert harness_cli("db", "current", "--db", str(path)).out.strip() == f"{path}: revision 2 (the newest)"
-    assert database_revision(str(path)).revision == 2
+    assert harness_cli("db", "current", "--db", str(path)).out.strip() == f"{path}: revision 3 (the newest)"
+    assert database_revision(str(path)).revision == 3
 
 
 def test_an_automatic_upgrade_waits_for_no_writer_and_says_what_to_run(revision_1):
@@ -310,7 +406,7 @@ def test_an_automatic_upgrade_waits_for_no_writer_and_says_what_to_run(revision_
             with pytest.raises(UsageError) as exc:
                 open_store(str(path), readonly=readonly)
             assert str(exc.value) == (
-                f"database '{path}' is at an older revision than this harness's 2 and cannot be upgraded automatically "
+                f"database '{path}' is at an older revision than this harness's 3 and cannot be upgraded automatically "
                 f"(another process is writing to it now): run `harness db upgrade --db {path}`"
             )
     finally:
@@ -342,7 +438,7 @@ def test_a_failed_upgrade_leaves_the_database_as_it_was(revision_1, monkeypatch)
     assert "evaluations" not in tables and "alembic_version" not in tables
     monkeypatch.undo()
     open_store(str(path)).close()
-    assert database_revision(str(path)).revision == 2
+    assert database_revision(str(path)).revision == 3
 
 
 def set_revision(path: Path, value: str) -> None:
@@ -354,13 +450,13 @@ def set_revision(path: Path, value: str) -> None:
 
 def test_a_newer_revision_is_refused_naming_both(tmp_path):
     path = tmp_path / "future.db"
-    set_revision(path, "3")
+    set_revision(path, "4")
     before = path.read_bytes()
     for call in (lambda: open_store(str(path)), lambda: open_store(str(path), readonly=True), lambda: upgrade_database(str(path)),
                  lambda: database_revision(str(path))):
         with pytest.raises(UsageError) as exc:
             call()
-        assert str(exc.value) == f"database '{path}' was written by a newer harness (revision 3; this harness knows up to 2)"
+        assert str(exc.value) == f"database '{path}' was written by a newer harness (revision 4; this harness knows up to 3)"
     assert path.read_bytes() == before
 
 
@@ -370,7 +466,7 @@ def test_an_unknown_revision_is_refused_in_one_line(tmp_path, harness_cli, value
     set_revision(path, value)
     with pytest.raises(UsageError) as exc:
         open_store(str(path), readonly=True)
-    assert str(exc.value) == f"cannot open database '{path}': its revision {value!r} is not a harness revision (known: 1, 2)"
+    assert str(exc.value) == f"cannot open database '{path}': its revision {value!r} is not a harness revision (known: 1, 2, 3)"
     r = harness_cli("runs", "--db", str(path))
     assert r.code == 2 and r.err.strip() == f"error: {exc.value}"
 
@@ -395,4 +491,4 @@ def test_an_empty_database_file_is_created_by_a_write_and_refused_by_a_read(tmp_
         open_store(str(path), readonly=True)
     assert database_revision(str(path)).revision is None
     open_store(str(path)).close()
-    assert database_revision(str(path)).revision == 2
+    assert database_revision(str(path)).revision == 3

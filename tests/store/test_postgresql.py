@@ -80,7 +80,7 @@ def test_revision_1_is_upgraded_by_harness_db_upgrade_only_to_the_fresh_schema(h
         open_store(URL)  # never automatically: a server database is backed up first, with its own tools
     assert database_revision(URL).revision == 1
     done = upgrade_database(URL)
-    assert (done.from_revision, done.to_revision, done.backup) == (1, 2, None)
+    assert (done.from_revision, done.to_revision, done.backup) == (1, 3, None)
     assert schema(URL) == fresh
     store = open_store(URL)
     try:

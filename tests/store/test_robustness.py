@@ -253,10 +253,10 @@ def test_a_missing_table_or_column_is_found_at_open(db):
     execute(db, "ALTER TABLE runs DROP COLUMN resumes")
     for readonly in (False, True):
         message = one_line_usage_error(lambda: open_store(db, readonly=readonly))  # noqa: B023
-        assert message == f"cannot open database '{db}': its table 'runs' has no column 'resumes' (revision 2 has it)"
+        assert message == f"cannot open database '{db}': its table 'runs' has no column 'resumes' (revision 3 has it)"
     execute(db, "ALTER TABLE runs ADD COLUMN resumes INTEGER", "DROP TABLE sample_certificates")
     message = one_line_usage_error(lambda: open_store(db))
-    assert message == f"cannot open database '{db}': its table 'sample_certificates' is missing (revision 2 has it)"
+    assert message == f"cannot open database '{db}': its table 'sample_certificates' is missing (revision 3 has it)"
 
 
 def test_a_read_only_store_writes_nothing_and_an_empty_database_is_not_read(db):

@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from harness.errors import HarnessError, UsageError
-from harness.results import AttackResult, CertifierResult, EvaluationResult, RadiusStats
+from harness.results import AttackResult, CertifierResult, Cost, EvaluationResult, GradientMasking, RadiusStats
 from harness.store import (
     EXTERNAL,
     FAILED,
@@ -57,6 +57,7 @@ def make_samples(n: int, attacks=("fgsm", "pgd"), certifiers=("crown", "ibp", "l
             prediction=(i * 7) % 10,
             attacks={a: (i + k) % 3 != 0 for k, a in enumerate(attacks)},
             certificates={c: ((i + k) % 2 == 0, None if k == 1 else 0.001 * i + k / 3) for k, c in enumerate(certifiers)},
+            outcomes={c: "certified" if (i + k) % 2 == 0 else "not-certified" for k, c in enumerate(certifiers)},
         )
         for i in range(n)
     ]
@@ -178,6 +179,74 @@ def test_record_evaluation_finishes_the_run_with_the_exact_result_config_and_sam
     assert store.samples(run_id) == samples == store.samples(run_id, evaluation_id)
     # both kinds of radius come back as they went in
     assert store.samples(run_id)[3].certificates == {"crown": (False, 0.003), "ibp": (True, None), "lip": (False, 0.003 + 2 / 3)}
+
+
+def test_revision_3_fields_round_trip_costs_outcomes_stages_and_the_masking_check(store):
+    run_id = store.create_run(make_info())
+    result = EvaluationResult(
+        samples=4,
+        clean_accuracy=0.75,
+        robust_accuracy=0.25,
+        certified_accuracy=0.25,
+        attacks=(
+            AttackResult("autoattack", label="AutoAttack", accuracy=0.25, attacked=3, seconds=8.0,
+                         cost=Cost(seconds=8.0, samples_per_second=0.375, peak_memory_bytes=3 * 2**30, memory_kind="cuda-allocated"),
+                         stages={"apgd-ce": 0.5, "apgd-t": 0.5, "fab-t": 0.5, "square": 0.25}),
+            AttackResult("square", label="Square", accuracy=0.5, attacked=3, gradient_free=True),
+        ),
+        certifiers=(
+            CertifierResult("ibp", accuracy=0.25, samples=4, radius=RadiusStats(mean=0.125, median=0.0625), seconds=2.0,
+                            cost=Cost(seconds=2.0, samples_per_second=2.0, peak_memory_bytes=123_456_789, memory_kind="rss"),
+                            timeouts=1, errors=1, sample_error="raised RuntimeError: out of memory",
+                            radius_method="bisection", radius_tolerance=0.001),
+            CertifierResult("liplt-estimate", accuracy=0.5, samples=4, radius=RadiusStats(mean=0.5, median=0.5),
+                            radius_method="closed-form", sound=False),
+        ),
+        masking=GradientMasking(zero_gradient_fraction=0.25, gradient_free_breaks=1, unreliable=True),
+    )
+    outcomes = ["certified", "not-certified", "timeout", "error"]
+    samples = [
+        SampleResult(index=i, label=1, prediction=1 if i < 3 else 2, attacks={"autoattack": i == 0, "square": i < 2},
+                     certificates={"ibp": (i == 0, 0.25 if i == 0 else 0.0), "liplt-estimate": (i < 2, 0.5)},
+                     outcomes={"ibp": outcomes[i], "liplt-estimate": "certified" if i < 2 else "not-certified"},
+                     broken_by={} if i == 0 else {"autoattack": "square" if i == 1 else "apgd-ce"})
+        for i in range(4)
+    ]
+    store.record_evaluation(run_id, result=result, samples=samples, config={"certifier_budget": {"ibp": 60.0}}, environment={},
+                            seconds=10.0, finish=True)
+    assert store.get_run(run_id).result == result
+    assert store.samples(run_id) == samples
+
+
+def test_an_outcome_that_contradicts_the_verdict_or_is_unknown_is_refused(store, db):
+    run_id = store.create_run(make_info())
+    for outcomes, message in (({"ibp": "timeout"}, "outcome 'timeout' but certified=True"),
+                              ({"ibp": "maybe"}, "outcome 'maybe', not one of certified, not-certified, timeout, error")):
+        sample = SampleResult(0, 1, 1, certificates={"ibp": (True, None)}, outcomes=outcomes)
+        with pytest.raises(HarnessError, match=f"sample 0: certifier 'ibp' has {message}; nothing was stored"):
+            store.record_evaluation(run_id, result=EvaluationResult(samples=1, clean_accuracy=1.0), samples=[sample], config={},
+                                    environment={}, seconds=1.0, finish=True)
+    bad_method = EvaluationResult(samples=1, clean_accuracy=1.0, certifiers=(CertifierResult("ibp", radius_method="guess"),))
+    with pytest.raises(HarnessError, match="radius method 'guess' is not one of closed-form, bisection"):
+        store.record_evaluation(run_id, result=bad_method, samples=[], config={}, environment={}, seconds=1.0, finish=True)
+    assert store.get_run(run_id).status == RUNNING and rows(db, "sample_certificates") == 0
+    # The database itself refuses a certificate whose columns disagree, whoever writes it.
+    finish(store, run_id, samples=make_samples(1))
+    engine = create_engine(db if "://" in db else f"sqlite:///{db}")
+    try:
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("UPDATE sample_certificates SET outcome = 'error' WHERE certified = :yes"), {"yes": True})
+    finally:
+        engine.dispose()
+
+
+def test_a_sample_without_an_outcome_gets_the_one_its_verdict_says(store):
+    run_id = store.create_run(make_info())
+    sample = SampleResult(0, 1, 1, certificates={"ibp": (True, None), "lip": (False, 0.0)})
+    store.record_evaluation(run_id, result=EvaluationResult(samples=1, clean_accuracy=1.0), samples=[sample], config={}, environment={},
+                            seconds=1.0, finish=True)
+    (read,) = store.samples(run_id)
+    assert read.outcomes == {"ibp": "certified", "lip": "not-certified"} and read.broken_by == {}
 
 
 def test_a_finished_model_is_evaluated_again_and_the_most_complete_evaluation_is_best(store):
