@@ -81,8 +81,9 @@ def radius_figure(runs: Sequence[tuple[RunRecord, Sequence[SampleResult]]], repo
         curve = run_curve(run.result, samples, run.info.eps)
         style, marker, colour = next(styles)
         xs, ys = curve.steps()
-        shown = [x for x in xs if x <= _RADIUS_CAP[norm]]
-        xmax = max(xmax, max(shown, default=0.0), run.info.eps)
+        cap = _RADIUS_CAP[norm]
+        xmax = max(xmax, max((x for x in xs if x <= cap), default=0.0), run.info.eps)
+        xs = [min(x, 2 * cap) for x in xs]  # a near-infinite radius runs flat past the frame, not to 1e308
         # One marker, where the line meets the run's eps: the stored certified accuracy (the line's style tells it anyway).
         ax.plot(xs, [100 * y for y in ys], drawstyle="steps-post", linestyle=style, marker=marker, markevery=[xs.index(curve.eps)],
                 color=colour, label=run_label(run))

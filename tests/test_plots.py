@@ -99,6 +99,14 @@ def test_radius_figure_refuses_mixed_norms_and_runs_without_an_evaluation():
         plots.radius_figure([(bare, [])])
 
 
+def test_a_near_infinite_radius_runs_flat_to_the_frame():
+    rows = samples([0.1, 0.35, 1.7976931348623157e308])  # what the evaluation stores for an infinite closed-form radius
+    (ax,) = plots.radius_figure([(record(1, rows), rows)]).axes
+    (line,) = ax.get_lines()[:1]
+    assert max(line.get_xdata()) == 2.0 and ax.get_xlim()[1] == pytest.approx(0.35 * 1.05)
+    assert line.get_ydata()[-2] == pytest.approx(100 / 3)  # certified beyond every radius drawn
+
+
 def png_size(path):
     with open(path, "rb") as f:
         head = f.read(24)
