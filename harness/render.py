@@ -218,6 +218,8 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
 def legend(groups: Sequence[Group], cols: Sequence[Column]) -> dict[str, str]:
     """What the marks and columns that need a word mean, for those that ``groups`` show."""
     shown = {c.header for c in cols}
+    if not any(r.timeouts or r.sample_errors for g in groups for r in g.rows):
+        shown.discard("time-outs / errors")  # all zero: nothing to explain
     found = {mark: why for mark, why in LEGEND.items() if mark in shown}
     if any(r.unreliable for g in groups for r in g.rows):
         found = {UNRELIABLE_MARK: LEGEND[UNRELIABLE_MARK], **found}

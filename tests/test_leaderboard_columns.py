@@ -164,3 +164,21 @@ def test_the_leaderboard_command_takes_at_eps_and_shows_the_new_columns(harness_
     assert "75.00" in done.out and "n/a (no radii)" in done.out
     bad = harness_cli("leaderboard", "--db", url, "--at-eps", "-0.1")
     assert bad.code == 2 and "--at-eps -0.1" in bad.err
+
+
+def test_at_eps_on_a_real_run_counts_the_samples_whose_stored_radius_exceeds_it(harness_cli, harness_tiny_data):
+    tiny = ["run", "--plugin", "linf_v2", "--dataset", "tiny", "--no-preset", "--eps", "0.1", "--train-samples", "100", "--eval-samples", "20",
+            "--set", "model.width=8", "--set", "model.depth=2", "--attack", "pgd", "--set", "attacker.pgd.steps=1", "--certifier", "interval",
+            "--certifier", "lipschitz-margin", "--no-save", "--seed", "0", "--epochs", "1"]
+    assert harness_cli(*tiny, plugins=[harness_tiny_data]).code == 0
+    shown = json.loads(harness_cli("show", "1", "--samples", "20", "--format", "json", plugins=[harness_tiny_data]).out)
+    radii = [s["certificates"]["lipschitz-margin"][1] if s["label"] == s["prediction"] else 0.0 for s in shown["samples"]]
+    assert any(r > 0 for r in radii)  # closed-form radii, stored per sample
+    for r in (0.0, 0.03, 0.05):
+        board = json.loads(harness_cli("leaderboard", "--at-eps", str(r), "--format", "json", plugins=[harness_tiny_data]).out)
+        (row,) = [row for row in board[0]["rows"] if row["kind"] == "measured"]
+        at_eps_stored = [s["certificates"]["lipschitz-margin"][0] or s["certificates"]["interval"][0] for s in shown["samples"]]
+        expected = sum(radius > r or (ok and r <= 0.1) for radius, ok in zip(radii, at_eps_stored, strict=True)) / 20
+        assert row["certified_at"] == pytest.approx(expected), r
+    board = json.loads(harness_cli("leaderboard", "--at-eps", "0.1", "--format", "json", plugins=[harness_tiny_data]).out)
+    assert board[0]["rows"][0]["certified_at"] == pytest.approx(shown["result"]["certified_accuracy"])  # its own eps: the stored number
