@@ -33,8 +33,8 @@ def run(run_id, *, seed=0, timeouts=0, errors=0, estimate=None, masking=None, ev
 
 
 def per_sample(radii=True):
-    """Four samples: interval radii 0.5 and 0.35 (certified at eps 0.3), 0.1 (not), and a time-out carrying 0.4."""
-    values = [0.5, 0.35, 0.1, 0.4] if radii else [None] * 4
+    """Four samples: interval radii 0.5 and 0.35 (certified at eps 0.3), 0.1 (not), and a time-out that had proven 0.25."""
+    values = [0.5, 0.35, 0.1, 0.25] if radii else [None] * 4
     verdicts = [True, True, False, False]
     outcomes = ["certified", "certified", "not-certified", "timeout"]
     return [SampleResult(i, 0, 0, {"pgd": True}, {"interval": (ok, r)}, outcomes={"interval": o})
@@ -98,7 +98,7 @@ def test_certified_accuracy_at_another_radius_comes_from_the_stored_radii():
     source = {1: per_sample(), 2: per_sample(radii=False)}
     samples = lambda r: source[r.id]  # noqa: E731
     group, row = one_row([run(1)], at_eps=0.2, samples=samples)
-    # at 0.2: 0.5 and 0.35 (0.1 is below; the time-out's 0.4 does not count)
+    # at 0.2: 0.5 and 0.35 (0.1 is below; the time-out's 0.25 does not count)
     assert (row.at_eps, row.certified_at, row.at_eps_missing) == (0.2, 0.5, None)
     assert one_row([run(1)], at_eps=0.4, samples=samples)[1].certified_at == 0.25
     assert one_row([run(1)], at_eps=0.05, samples=samples)[1].certified_at == 0.75
@@ -160,7 +160,7 @@ def test_the_leaderboard_command_takes_at_eps_and_shows_the_new_columns(harness_
     assert done.code == 0, done.err
     header = done.out.splitlines()[1]
     assert "certified at 0.2" in header and "eval time" in header and "time-outs / errors" in header
-    # Stored before outcomes: the fourth sample (0.4, not certified at eps) counts at 0.2 as a plain not-certified radius.
+    # Stored without outcomes, the fourth sample is a plain not-certified one: its 0.25 counts at 0.2.
     assert "75.00" in done.out and "n/a (no radii)" in done.out
     bad = harness_cli("leaderboard", "--db", url, "--at-eps", "-0.1")
     assert bad.code == 2 and "--at-eps -0.1" in bad.err
