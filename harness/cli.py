@@ -558,8 +558,8 @@ def plot_radius(store: Store, run_ids: tuple[int, ...], out: Path | None) -> Non
 
     A sample counts at radius r when it is classified correctly and a sound
     certifier proved a radius above r for it, or certified it at the run's eps
-    and r is no larger. Each run's attack accuracy at its eps is marked (x),
-    and the accuracies its paper reports for the trainer (stars).
+    and r is no larger. Each run's attack accuracy at its eps is marked (half filled),
+    and the accuracies its paper reports for the trainer (hollow markers).
 
     \b
     Examples:
@@ -586,7 +586,7 @@ def plot_tradeoff(store: Store | None, dataset: str, eps: float, norm: str | Non
     """Clean against certified accuracy for one threat model: one point per leaderboard row.
 
     Runs that differ only by seed are one point with ± one standard deviation
-    error bars; papers' reported numbers are hollow stars.
+    error bars; papers' reported numbers are hollow markers.
 
     \b
     Examples:

@@ -59,8 +59,8 @@ def radius_figure(runs: Sequence[tuple[RunRecord, Sequence[SampleResult]]], repo
     """Certified accuracy against the radius, one step line per run, from each run's stored per-sample outcomes.
 
     ``runs``: each finished run with its per-sample results (``store.samples(run.id)``: its best evaluation's); all of
-    one norm. Each run's attack's robust accuracy at its trained eps is marked (an ``x``), and the numbers reported
-    for its trainer, dataset and norm (``reported``: the catalog's) are drawn as stars at their eps.
+    one norm. Each run's attack's robust accuracy at its trained eps is marked (its marker, half filled), and the numbers reported
+    for its trainer, dataset and norm (``reported``: the catalog's) are drawn as hollow markers at their eps.
 
     :raises UsageError: no runs, a run without an evaluation, or runs of different norms (radii would not compare).
     """
@@ -90,12 +90,14 @@ def radius_figure(runs: Sequence[tuple[RunRecord, Sequence[SampleResult]]], repo
         robust = run.result.robust_accuracy
         if robust is not None:
             attack = run.result.attack_label() or "attack"
-            ax.plot([run.info.eps], [100 * robust], linestyle="none", marker="x", markersize=9, markeredgewidth=2, color=colour,
-                    label=f"run {run.id}: {attack} at eps {format_eps(run.info.eps)}")
+            # The run's own marker, half filled: which run it is reads without colour, and it differs from the curve's
+            # (filled) and the papers' (hollow) points.
+            ax.plot([run.info.eps], [100 * robust], linestyle="none", marker=marker, fillstyle="top", markersize=10, markeredgewidth=1.5,
+                    markerfacecoloralt="white", color=colour, label=f"run {run.id}: {attack} at eps {format_eps(run.info.eps)}")
     for (label, _), points in _reported_points(runs, reported).items():
         style, marker, colour = next(styles)
         xs = [r.eps for r in points]
-        ax.plot(xs, [100 * (r.certified or 0.0) for r in points], linestyle="none", marker="*", markersize=12,
+        ax.plot(xs, [100 * (r.certified or 0.0) for r in points], linestyle="none", marker=marker, markersize=9, markeredgewidth=1.5,
                 markerfacecolor="white", color=colour, label=f"{label} (reported)")
         xmax = max(xmax, *xs)
     datasets = ", ".join(sorted({run.info.dataset for run, _ in runs}))
@@ -122,7 +124,7 @@ def _reported_points(runs: Sequence[tuple[RunRecord, Sequence[SampleResult]]],
 
 def tradeoff_figure(group: Group) -> Figure:
     """Clean against certified accuracy for one threat model: one point per leaderboard row (runs that differ only by
-    seed are one point, with ± one standard deviation as error bars), reported numbers as hollow stars.
+    seed are one point, with ± one standard deviation as error bars); reported numbers hollow, measured ones filled, each row its own marker.
 
     ``group``: one group of :func:`harness.leaderboard.build` (a dataset, norm and eps).
     """
@@ -139,7 +141,7 @@ def tradeoff_figure(group: Group) -> Figure:
             [100 * row.clean], [100 * row.certified],
             xerr=None if row.clean_std is None else [100 * row.clean_std],
             yerr=None if row.certified_std is None else [100 * row.certified_std],
-            linestyle="none", marker="*" if reported else marker, markersize=12 if reported else 8, capsize=4,
+            linestyle="none", marker=marker, markersize=9 if reported else 8, markeredgewidth=1.5, capsize=4,
             markerfacecolor="white" if reported else colour, color=colour, label=row_label(row),
         )
     ax.set_title(f"Clean against certified accuracy: {group.dataset}, {_norm_label(group.norm)}, eps {format_eps(group.eps)}")

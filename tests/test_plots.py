@@ -79,7 +79,8 @@ def test_the_radius_figure_draws_each_runs_curve_its_attack_mark_and_its_papers_
     # At eps the curve is the stored certified accuracy (2 by radius + 1 without radius, of 6), and drops after it.
     assert xs.count(EPS) == 2 and ys[xs.index(EPS)] == pytest.approx(3 / 6) and ys[xs.index(EPS) + 1] == pytest.approx(2 / 6)
     mark = lines["run 1: PGD-100 at eps 0.3"]
-    assert (list(mark.get_xdata()), list(mark.get_ydata()), mark.get_marker()) == ([EPS], [pytest.approx(80.0)], "x")
+    assert (list(mark.get_xdata()), list(mark.get_ydata())) == ([EPS], [pytest.approx(80.0)])
+    assert (mark.get_marker(), mark.get_fillstyle()) == (lines["run 1: linf_v2 (quick, seed 0)"].get_marker(), "top")
     paper = lines["l_inf-dist net v2 (reported)"]
     assert list(paper.get_xdata()) == [0.1, 0.3] and list(paper.get_ydata()) == pytest.approx([97.95, 93.2])
     # Readable in greyscale: the run lines differ in line style and marker, not only in colour.
@@ -137,7 +138,7 @@ def test_an_output_file_type_other_than_png_svg_pdf_is_refused_naming_the_choice
 # -- trade-off ------------------------------------------------------------------------------------------------
 
 
-def test_the_tradeoff_figure_has_one_point_per_row_with_seed_error_bars_and_reported_stars():
+def test_the_tradeoff_figure_has_one_point_per_row_with_seed_error_bars_and_hollow_reported_points():
     runs = []
     for run_id, (certified_radii, seed) in enumerate([([0.4, 0.4, 0.1, 0.1], 0), ([0.4, 0.1, 0.1, 0.1], 1), ([0.4, 0.4, 0.4, 0.1], 2)], 1):
         runs.append(record(run_id, samples(certified_radii, wrong=1), seed=seed))
@@ -152,7 +153,8 @@ def test_the_tradeoff_figure_has_one_point_per_row_with_seed_error_bars_and_repo
     # Clean accuracy is the same in every seed (std 0); certified 2, 1 and 3 of 5: std 20 points.
     (segment,) = ybars.get_segments()
     assert [y for _, y in segment] == pytest.approx([20.0, 60.0])
-    assert reported.lines[0].get_marker() == "*" and list(reported.lines[0].get_xdata()) == pytest.approx([98.56])
+    assert reported.lines[0].get_markerfacecolor() == "white" and list(reported.lines[0].get_xdata()) == pytest.approx([98.56])
+    assert reported.lines[0].get_marker() != measured.lines[0].get_marker()  # apart in greyscale too
     assert ax.get_xlabel() == "clean accuracy (%)" and ax.get_ylabel() == "certified accuracy (%)" and "eps 0.3" in ax.get_title()
 
 
