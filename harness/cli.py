@@ -29,8 +29,9 @@ from harness.threat import NORMS, format_eps, parse_eps, parse_norm
 
 if TYPE_CHECKING:
     from harness.catalog import Catalog
+    from harness.results import SampleResult
     from harness.runner import RunRequest
-    from harness.store import Store
+    from harness.store import RunRecord, Store
 
 DEFAULT_DB = "results.db"
 
@@ -482,16 +483,24 @@ def _warn_about_problems(catalog: Catalog) -> None:
 @click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
               help="Numbers reported in papers: beside measured runs, for every setting, or none.")
 @click.option("--per-seed", is_flag=True, help="A row for every run, instead of one row (mean ± std) for runs that differ only by seed.")
+@click.option("--at-eps", type=EpsType(), default=None, metavar="RADIUS",
+              help="Also certified accuracy at this radius (0.2, 8/255), from each run's stored per-sample radii; "
+                   "runs whose certifiers store none show n/a.")
 @format_option(("table", "markdown", "csv", "json"))
 @with_store(readonly=True, lists=True)
 def leaderboard(
-    store: Store | None, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, per_seed: bool, fmt: str,
+    store: Store | None, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str, per_seed: bool,
+    at_eps: float | None, fmt: str,
 ) -> None:
     """Finished runs grouped by (dataset, norm, eps), ranked by mean certified accuracy.
 
     Runs that differ only by seed are one row: mean ± sample standard deviation
     (n runs) of each accuracy; --per-seed shows every run apart. Numbers
-    reported in papers are shown beside them, marked "reported".
+    reported in papers are shown beside them, marked "reported". Each row shows
+    its certifiers' time-outs and per-sample errors (never certified), training
+    and evaluation time, paper-protocol estimates apart from the certified
+    numbers, and "!" after the attack number when the gradient-masking check
+    flagged the run.
 
     \b
     Examples:
@@ -499,20 +508,110 @@ def leaderboard(
       harness leaderboard --dataset cifar10 --eps 8/255 --format markdown
       harness leaderboard --reported all     # also the papers' numbers for settings not run yet
       harness leaderboard --per-seed --format json
+      harness leaderboard --dataset mnist --at-eps 0.2
     """
     from harness import leaderboard as lb
     from harness import render
 
+    if at_eps is not None and at_eps < 0:
+        raise UsageError(f"--at-eps {format_eps(at_eps)}: a radius is >= 0")
     runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps) if store else []
     catalog = state().catalog
     if dataset is not None and not runs:
         _check_dataset(dataset, store, catalog.names("dataset"))
-    groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, per_seed=per_seed)
+    groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, per_seed=per_seed,
+                      at_eps=at_eps, samples=None if at_eps is None else functools.partial(_best_samples, store))
     if not groups and fmt in ("table", "markdown"):
         filters = _filters(dataset=dataset, norm=norm, eps=None if eps is None else format_eps(eps))
         click.echo(render.nothing_matches(store.list_runs() if store else [], filters, finished=True))
         return
     click.echo(render.leaderboard(groups, fmt))
+
+
+def _best_samples(store: Store | None, run: RunRecord) -> list[SampleResult]:
+    """The per-sample results of the evaluation the leaderboard shows for ``run`` (its best)."""
+    return store.samples(run.id, run.best.id if run.best else None) if store is not None else []
+
+
+@cli.group()
+def plot() -> None:
+    """Figures from stored runs, written to a file (.png, .svg or .pdf).
+
+    \b
+    Examples:
+      harness plot radius 3 4 --out radius.png
+      harness plot tradeoff --dataset mnist --eps 0.3 --out tradeoff.svg
+    """
+
+
+def out_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+                        help="The figure's file: .png, .svg or .pdf (default: a name in the working directory, printed).")(f)
+
+
+@plot.command("radius")
+@click.argument("run_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1), metavar="RUN...")
+@out_option
+@with_store(readonly=True)
+def plot_radius(store: Store, run_ids: tuple[int, ...], out: Path | None) -> None:
+    """Certified accuracy against the radius: one line per run, from its stored per-sample radii.
+
+    A sample counts at radius r when it is classified correctly and a sound
+    certifier proved a radius above r for it, or certified it at the run's eps
+    and r is no larger. Each run's attack accuracy at its eps is marked (half filled),
+    and the accuracies its paper reports for the trainer (hollow markers).
+
+    \b
+    Examples:
+      harness plot radius 3
+      harness plot radius 3 4 5 --out radius.pdf
+    """
+    from harness import plots
+
+    path = plots.output_path(out, plots.default_name("radius", *map(str, run_ids)))
+    records = [store.get_run(run_id) for run_id in dict.fromkeys(run_ids)]
+    figure = plots.radius_figure([(r, _best_samples(store, r)) for r in records], state().catalog.reported)
+    click.echo(f"wrote {plots.save(figure, path)}")
+
+
+@plot.command("tradeoff")
+@click.option("--dataset", required=True, metavar="NAME", help="The dataset.")
+@click.option("--eps", type=EpsType(), required=True, help="The radius (0.3, 8/255).")
+@click.option("--norm", type=NormType(), default=None, help="The norm (needed only when runs of both norms have this eps).")
+@click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
+              help="Numbers reported in papers: when there are measured runs, always, or never.")
+@out_option
+@with_store(readonly=True, lists=True)
+def plot_tradeoff(store: Store | None, dataset: str, eps: float, norm: str | None, reported_rows: str, out: Path | None) -> None:
+    """Clean against certified accuracy for one threat model: one point per leaderboard row.
+
+    Runs that differ only by seed are one point with ± one standard deviation
+    error bars; papers' reported numbers are hollow markers.
+
+    \b
+    Examples:
+      harness plot tradeoff --dataset mnist --eps 0.3
+      harness plot tradeoff --dataset cifar10 --eps 8/255 --out tradeoff.svg
+    """
+    from harness import leaderboard as lb
+    from harness import plots, render
+
+    if out is not None:
+        plots.output_path(out, "")  # a bad file type is refused before any work
+    runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps) if store else []
+    catalog = state().catalog
+    if not runs:
+        _check_dataset(dataset, store, catalog.names("dataset"))
+    groups = lb.build(runs, catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows)
+    if not groups:
+        filters = _filters(dataset=dataset, norm=norm, eps=format_eps(eps))
+        raise UsageError(render.nothing_matches(store.list_runs() if store else [], filters, finished=True))
+    if len(groups) > 1:
+        norms = ", ".join(sorted(g.norm for g in groups))
+        raise UsageError(f"runs on {dataset} at eps {format_eps(eps)} have norms {norms}: give --norm")
+    (group,) = groups
+    path = plots.output_path(out, plots.default_name("tradeoff", group.dataset, f"l{group.norm}", format_eps(group.eps)))
+    click.echo(f"wrote {plots.save(plots.tradeoff_figure(group), path)}")
 
 
 def _filters(**given: str | None) -> list[str]:

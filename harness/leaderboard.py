@@ -6,7 +6,13 @@ standard deviation and n of their clean, attacked and certified accuracy (and
 of each certifier's), every run's own numbers kept beside (``Row.runs``). Rows
 are ranked by mean certified accuracy (ties: mean clean accuracy). Numbers
 reported in papers sit beside them, marked as reported and never ranked.
-Rendering lives in :mod:`harness.render`.
+
+Besides the accuracies a row carries what the uniform evaluation recorded about
+how far to trust them: each certifier's time-outs and per-sample errors (never
+certified), the paper-protocol estimates (``sound`` false certifiers) apart from
+the certifiers, the gradient-masking check, training and evaluation time, and,
+with ``at_eps``, certified accuracy at another radius from the stored per-sample
+radii (:mod:`harness.curves`). Rendering lives in :mod:`harness.render`.
 """
 
 from __future__ import annotations
@@ -14,15 +20,20 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness import curves
 from harness.reported import ReportedResult
+from harness.results import EvaluationResult, SampleResult
 from harness.store import RunRecord
 from harness.threat import format_eps, same_eps
 
 REPORTED_CHOICES = ("runs", "all", "none")
+
+#: Why a run has no certified accuracy at ``--at-eps``: its certifiers stored no radii (only its own eps is known).
+NO_RADII = "no radii"
 
 #: Top-level keys of a run's stored configuration that do not make it a different configuration:
 #: the seed; where it ran (``device``; ``data_dir``, ``save_dir`` and ``checkpoint_every`` live only in
@@ -104,6 +115,8 @@ class CertifierCell:
 
     In a row of several seeds: ``accuracy`` is the mean over the runs where it did not fail, ``std`` their
     sample standard deviation, ``n`` how many they are; ``error`` is set only when it failed in every run.
+    ``timeouts`` and ``errors`` count the samples it ran out of time on or that a failing batch held (never
+    certified), summed over the row's runs. ``sound`` is false for a paper's protocol that is an estimate.
     """
 
     accuracy: float | None
@@ -111,6 +124,9 @@ class CertifierCell:
     error: str | None = None
     std: float | None = None
     n: int | None = None
+    timeouts: int = 0
+    errors: int = 0
+    sound: bool = True
 
 
 @dataclass
@@ -127,6 +143,16 @@ class SeedRun:
     train_seconds: float | None = None
     eval_samples: int | None = None
     errors: list[str] = field(default_factory=list)
+    eval_seconds: float | None = None
+    #: Paper-protocol estimates (certifiers with ``sound`` false), never in ``certified``.
+    estimates: dict[str, CertifierCell] = field(default_factory=dict)
+    #: Certified accuracy at the leaderboard's ``at_eps`` (:mod:`harness.curves`), or why there is none.
+    certified_at: float | None = None
+    at_eps_missing: str | None = None
+    #: The gradient-masking check (``None``: not recorded, or no gradient-free attack ran).
+    unreliable: bool | None = None
+    gradient_free_breaks: int | None = None
+    zero_gradient_fraction: float | None = None
 
 
 @dataclass
@@ -144,6 +170,13 @@ class Row:
     ``evaluation_id`` and ``evaluations`` are the run's when n = 1, else ``None``/0.
     A reported row has the paper's ``n`` (``None``: not stated) and says whether its
     numbers are a ``median`` or a ``mean`` (``statistic``).
+
+    ``by_certifier`` holds the sound certifiers, ``estimates`` the paper-protocol ones
+    (never counted in ``certified``); ``timeouts`` and ``sample_errors`` total their
+    per-sample time-outs and errors. ``at_eps`` is the radius the leaderboard was asked
+    for (``None``: none) and ``certified_at`` the certified accuracy there (mean ± std over
+    ``certified_at_n`` runs), or ``at_eps_missing`` says why there is none. ``unreliable``:
+    the gradient-masking check flagged some run of the row (``None``: no run was checked).
     """
 
     kind: str  # "measured" or "reported"
@@ -174,6 +207,18 @@ class Row:
     statistic: str | None = None  # "mean" over seeds; for a reported row what the paper reports ("median", "mean")
     seeds: list[int | None] = field(default_factory=list)
     runs: list[SeedRun] = field(default_factory=list)
+    eval_seconds: float | None = None
+    estimates: dict[str, CertifierCell] = field(default_factory=dict)
+    timeouts: int | None = None
+    sample_errors: int | None = None
+    at_eps: float | None = None
+    certified_at: float | None = None
+    certified_at_std: float | None = None
+    certified_at_n: int | None = None
+    at_eps_missing: str | None = None
+    unreliable: bool | None = None
+    gradient_free_breaks: int | None = None
+    zero_gradient_fraction: float | None = None
 
 
 @dataclass
@@ -191,13 +236,34 @@ def _label(run: RunRecord) -> str:
     return run.info.trainer
 
 
-def _seed_run(run: RunRecord) -> SeedRun:
+#: A run's per-sample results (its best evaluation's), asked only for ``at_eps``.
+SampleSource = Callable[[RunRecord], Sequence[SampleResult]]
+
+
+def _at_eps(run: RunRecord, result: EvaluationResult, at_eps: float, samples: SampleSource) -> tuple[float | None, str | None]:
+    """Certified accuracy at ``at_eps`` from the run's stored radii, or why there is none."""
+    stored = samples(run)
+    if not stored:
+        return None, "no per-sample results"
+    counted = curves.counted(result)
+    if not same_eps(at_eps, run.info.eps) and not curves.has_radii(stored, counted):
+        return None, NO_RADII  # only its certificates at its own eps are known
+    return curves.accuracy_at(stored, at_eps, eps=run.info.eps, certifiers=counted), None
+
+
+def _seed_run(run: RunRecord, at_eps: float | None = None, samples: SampleSource | None = None) -> SeedRun:
     result = run.result
     by_certifier: dict[str, CertifierCell] = {}
+    estimates: dict[str, CertifierCell] = {}
     if result is not None:
         for c in result.certifiers:
             subset = c.samples if c.error is None and c.samples < result.samples else None
-            by_certifier[c.name] = CertifierCell(accuracy=c.accuracy, samples=subset, error=c.error)
+            cell = CertifierCell(accuracy=c.accuracy, samples=subset, error=c.error, timeouts=c.timeouts, errors=c.errors, sound=c.sound)
+            (by_certifier if c.sound else estimates)[c.name] = cell
+    certified_at, missing = None, None
+    if at_eps is not None and samples is not None and result is not None:
+        certified_at, missing = _at_eps(run, result, at_eps, samples)
+    masking = result.masking if result is not None else None
     return SeedRun(
         seed=run.info.seed,
         run_id=run.id,
@@ -209,33 +275,59 @@ def _seed_run(run: RunRecord) -> SeedRun:
         train_seconds=run.train_seconds,
         eval_samples=result.samples if result else None,
         errors=result.errors if result else [],
+        eval_seconds=run.eval_seconds,
+        estimates=estimates,
+        certified_at=certified_at,
+        at_eps_missing=missing,
+        unreliable=masking.unreliable if masking else None,
+        gradient_free_breaks=masking.gradient_free_breaks if masking else None,
+        zero_gradient_fraction=masking.zero_gradient_fraction if masking else None,
     )
 
 
-def _certifier_spread(runs: list[SeedRun]) -> dict[str, CertifierCell]:
-    """Each certifier's mean ± std over the runs where it ran without error; its error if it failed in all."""
+def _certifier_spread(cells_of: list[dict[str, CertifierCell]]) -> dict[str, CertifierCell]:
+    """Each certifier's mean ± std over the runs where it ran without error; its error if it failed in all; its
+    time-outs and per-sample errors summed over the runs."""
     cells: dict[str, CertifierCell] = {}
-    for name in dict.fromkeys(name for r in runs for name in r.by_certifier):
-        mine = [r.by_certifier[name] for r in runs if name in r.by_certifier]
+    for name in dict.fromkeys(name for by in cells_of for name in by):
+        mine = [by[name] for by in cells_of if name in by]
+        timeouts, errors, sound = sum(c.timeouts for c in mine), sum(c.errors for c in mine), mine[0].sound
         ok = [c for c in mine if c.error is None]
         if not ok:
-            cells[name] = CertifierCell(accuracy=None, error=mine[0].error, n=0)
+            cells[name] = CertifierCell(accuracy=None, error=mine[0].error, n=0, timeouts=timeouts, errors=errors, sound=sound)
             continue
         spread = Spread.of(c.accuracy for c in ok)
         samples = {c.samples for c in ok}
-        cells[name] = CertifierCell(accuracy=spread.mean, samples=samples.pop() if len(samples) == 1 else None, std=spread.std, n=spread.n)
+        cells[name] = CertifierCell(accuracy=spread.mean, samples=samples.pop() if len(samples) == 1 else None, std=spread.std, n=spread.n,
+                                    timeouts=timeouts, errors=errors, sound=sound)
     return cells
 
 
-def _row_from_runs(group: list[RunRecord]) -> Row:
+def _any_flag(values: Iterable[bool | None]) -> bool | None:
+    """True if any run was flagged, False if every checked run was clear, None if none was checked."""
+    checked = [v for v in values if v is not None]
+    return any(checked) if checked else None
+
+
+def _total(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
+
+
+def _row_from_runs(group: list[RunRecord], at_eps: float | None = None, samples: SampleSource | None = None) -> Row:
     """One row for runs that differ only by seed (one run: that run's numbers, n = 1)."""
     group = sorted(group, key=lambda r: (r.info.seed if r.info.seed is not None else -1, r.id))
-    runs = [_seed_run(r) for r in group]
+    runs = [_seed_run(r, at_eps, samples) for r in group]
     first = group[0]
     single = len(group) == 1
     clean, robust, certified = (Spread.of(getattr(r, k) for r in runs) for k in ("clean", "robust", "certified"))
     train = Spread.of(r.train_seconds for r in runs)
-    samples = {r.eval_samples for r in runs}
+    evaluate = Spread.of(r.eval_seconds for r in runs)
+    at = Spread.of(r.certified_at for r in runs)
+    by_certifier = runs[0].by_certifier if single else _certifier_spread([r.by_certifier for r in runs])
+    estimates = runs[0].estimates if single else _certifier_spread([r.estimates for r in runs])
+    cells = (*by_certifier.values(), *estimates.values())
+    sizes = {r.eval_samples for r in runs}
     attacks = {r.result.attack_label() if r.result else None for r in group}
     train_samples = first.info.config.get("train_samples") if isinstance(first.info.config, dict) else None
     errors = runs[0].errors if single else [f"run {r.run_id} (seed {r.seed}): {e}" for r in runs for e in r.errors]
@@ -247,11 +339,11 @@ def _row_from_runs(group: list[RunRecord]) -> Row:
         clean=clean.mean,
         robust=robust.mean,
         certified=certified.mean,
-        by_certifier=runs[0].by_certifier if single else _certifier_spread(runs),
+        by_certifier=by_certifier,
         attack=attacks.pop() if len(attacks) == 1 else None,
         epochs=first.info.epochs,
         train_seconds=train.mean,
-        eval_samples=samples.pop() if len(samples) == 1 else None,
+        eval_samples=sizes.pop() if len(sizes) == 1 else None,
         train_samples=train_samples,
         run_id=first.id if single else None,
         evaluation_id=runs[0].evaluation_id if single else None,
@@ -264,10 +356,29 @@ def _row_from_runs(group: list[RunRecord]) -> Row:
         statistic=None if single else "mean",
         seeds=[r.seed for r in runs],
         runs=runs,
+        eval_seconds=evaluate.mean,
+        estimates=estimates,
+        timeouts=sum(c.timeouts for c in cells),
+        sample_errors=sum(c.errors for c in cells),
+        at_eps=at_eps,
+        certified_at=at.mean,
+        certified_at_std=at.std,
+        certified_at_n=at.n if at_eps is not None else None,
+        at_eps_missing=_missing(runs) if at_eps is not None and at.n == 0 else None,
+        unreliable=_any_flag(r.unreliable for r in runs),
+        gradient_free_breaks=_total(r.gradient_free_breaks for r in runs),
+        zero_gradient_fraction=Spread.of(r.zero_gradient_fraction for r in runs).mean,
     )
 
 
-def _row_from_reported(result: ReportedResult) -> Row:
+def _missing(runs: list[SeedRun]) -> str:
+    """Why no run of a row has a certified accuracy at ``at_eps``: each reason once."""
+    return "; ".join(dict.fromkeys(r.at_eps_missing or "not evaluated" for r in runs))
+
+
+def _row_from_reported(result: ReportedResult, at_eps: float | None = None) -> Row:
+    # A paper's certified accuracy is at its own eps only.
+    at_own_eps = at_eps is not None and same_eps(at_eps, result.eps)
     return Row(
         kind="reported",
         label=result.label,
@@ -284,6 +395,9 @@ def _row_from_reported(result: ReportedResult) -> Row:
         certified_std=result.certified_std,
         n=result.runs,
         statistic=result.statistic,
+        at_eps=at_eps,
+        certified_at=result.certified if at_own_eps else None,
+        certified_at_std=result.certified_std if at_own_eps else None,
     )
 
 
@@ -309,6 +423,8 @@ def build(
     eps: float | None = None,
     reported_rows: str = "runs",
     per_seed: bool = False,
+    at_eps: float | None = None,
+    samples: SampleSource | None = None,
 ) -> list[Group]:
     """Group finished ``runs`` (and ``reported`` numbers) by threat model and rank them.
 
@@ -316,9 +432,14 @@ def build(
     (mean ± std over them, the newest run of each seed); ``per_seed`` gives every run a row of its own.
     ``reported_rows``: "runs" shows reported numbers in groups that have a
     measured run, "all" in every group, "none" nowhere.
+    ``at_eps``: also certified accuracy at this radius (``Row.certified_at``, :mod:`harness.curves`), from each
+    run's per-sample results, which ``samples`` reads (``store.samples(run.id)``); rows keep their rank by
+    certified accuracy at their own eps.
     """
     if reported_rows not in REPORTED_CHOICES:
         raise ValueError(f"reported_rows must be one of {REPORTED_CHOICES}, got {reported_rows!r}")
+    if at_eps is not None and (samples is None or not at_eps >= 0):
+        raise ValueError(f"at_eps needs the runs' samples and a radius >= 0, got {at_eps!r}")
 
     def wanted(d: str, n: str, e: float) -> bool:
         return (
@@ -345,7 +466,7 @@ def build(
             key = json.dumps({"run": run.id}) if per_seed else seed_group_key(run)
             members.setdefault(id(g), {}).setdefault(key, []).append(run)
     for g in groups:
-        g.rows = [_row_from_runs(_one_per_seed(same)) for same in members[id(g)].values()]
+        g.rows = [_row_from_runs(_one_per_seed(same), at_eps, samples) for same in members[id(g)].values()]
     measured = list(groups)
     if reported_rows != "none":
         for result in reported:
@@ -355,7 +476,7 @@ def build(
                 g.dataset == result.dataset and g.norm == result.norm and same_eps(g.eps, result.eps) for g in measured
             ):
                 continue
-            group(result.dataset, result.norm, result.eps).rows.append(_row_from_reported(result))
+            group(result.dataset, result.norm, result.eps).rows.append(_row_from_reported(result, at_eps))
 
     def order(row: Row) -> tuple[float, float, int]:
         return (

@@ -8,7 +8,7 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,7 +21,14 @@ from harness.threat import format_eps
 
 FORMATS = ("table", "markdown", "csv", "json")
 
-_COLUMNS = ("rank", "trainer", "preset", "seeds", "clean", "attack", "certified", "by certifier", "epochs", "train time", "samples", "run")
+#: Marks a row whose gradient-masking check failed (``Row.unreliable``), after its attack number; :data:`LEGEND` explains it.
+UNRELIABLE_MARK = "!"
+LEGEND = {
+    UNRELIABLE_MARK: "gradient masking suspected: a gradient-free attack broke samples that every gradient attack missed "
+                     "(more than 0.2 % of them, AutoAttack's check), so the attack's number overstates robustness",
+    "paper protocol": "a paper's own evaluation that is an estimate, not a certificate: never counted as certified",
+    "time-outs / errors": "samples a certifier ran out of time on / whose batch raised: never certified",
+}
 
 
 def percent(value: float | None) -> str:
@@ -55,43 +62,95 @@ def spread(value: float | None, std: float | None, n: int | None, *, of: int | N
 
 
 def certifier_cell(name: str, cell: CertifierCell, of: int | None = None) -> str:
-    """``crown 0.00 (of 100)``, ``interval 30.00 ± 1.00 (3)`` over seeds, or ``liar ERROR`` for a certifier that failed."""
+    """``crown 0.00 (of 100)``, ``interval 30.00 ± 1.00 (3)`` over seeds, ``ibp 85.30 (t/o 3, err 0)`` with time-outs or
+    per-sample errors, or ``liar ERROR`` for a certifier that failed."""
     if cell.error is not None and not cell.n:
         return f"{name} ERROR"
     value = spread(cell.accuracy, cell.std, cell.n, of=of) if of is not None and of > 1 else percent(cell.accuracy)
-    return f"{name} {value}" + (f" (of {cell.samples})" if cell.samples is not None else "")
+    text = f"{name} {value}" + (f" (of {cell.samples})" if cell.samples is not None else "")
+    return text + (f" (t/o {cell.timeouts}, err {cell.errors})" if cell.timeouts or cell.errors else "")
 
 
-def _cells(row: Row) -> list[str]:
-    reported = row.kind == "reported"
-    n = "—" if row.eval_samples is None else str(row.eval_samples)
-    preset = row.preset or ("reported" if reported else "—")
-    if row.train_samples:
-        preset += f" (train {row.train_samples})"
+@dataclass(frozen=True)
+class Column:
+    """One column of the leaderboard, the same in every format (table, markdown, CSV, JSON, the HTML board).
 
-    def stat(key: str) -> str:
-        value, std = getattr(row, key), getattr(row, f"{key}_std")
-        if reported:
-            return spread(value, std, row.n, statistic=row.statistic)
-        values = sum(_finite(getattr(r, key)) for r in row.runs)  # those the mean is over (leaderboard.Spread's rule)
-        return spread(value, std, values, of=row.n)
+    ``key`` names it in data (a :class:`~harness.leaderboard.Row` field where there is one); ``header`` is
+    what tables print; ``text(row)`` the cell as shown; ``value(row)`` a typed value to sort by (a number,
+    a string, or ``None`` when the row has none).
+    """
 
-    attack = stat("robust") + (f" {row.attack}" if row.attack and row.robust is not None else "")
-    seeds = ",".join("—" if s is None else str(s) for s in row.seeds) or "—"
-    return [
-        "reported" if reported else str(row.rank),
-        row.label + (" (errors)" if row.errors else ""),
-        preset,
-        seeds,
-        stat("clean"),
-        attack,
-        stat("certified"),
-        ", ".join(certifier_cell(k, v, row.n) for k, v in row.by_certifier.items()) or "—",
-        "—" if row.epochs is None else str(row.epochs),
-        duration(row.train_seconds),
-        n,
-        _run_cell(row),
+    key: str
+    header: str
+    text: Callable[[Row], str]
+    value: Callable[[Row], Any]
+
+
+def columns(groups: Sequence[Group]) -> list[Column]:
+    """The leaderboard's columns for ``groups``: certified accuracy at ``--at-eps`` when it was asked for, and the
+    paper-protocol column when some row has an estimate; every other column always."""
+    at_eps = next((r.at_eps for g in groups for r in g.rows if r.at_eps is not None), None)
+    estimates = any(r.estimates for g in groups for r in g.rows)
+    cols = [
+        Column("rank", "rank", lambda r: "reported" if r.kind == "reported" else str(r.rank), lambda r: r.rank),
+        Column("trainer", "trainer", lambda r: r.label + (" (errors)" if r.errors else ""), lambda r: r.label),
+        Column("preset", "preset", _preset, lambda r: r.preset),
+        Column("seeds", "seeds", lambda r: ",".join("—" if s is None else str(s) for s in r.seeds) or "—", lambda r: r.n),
+        Column("clean", "clean", lambda r: _stat(r, "clean"), lambda r: r.clean),
+        Column("robust", "attack", _attack, lambda r: r.robust),
+        Column("certified", "certified", lambda r: _stat(r, "certified"), lambda r: r.certified),
     ]
+    if at_eps is not None:
+        cols.append(Column("certified_at", f"certified at {format_eps(at_eps)}", _at_eps, lambda r: r.certified_at))
+    cols.append(Column("by_certifier", "by certifier", lambda r: _certifiers(r, r.by_certifier), lambda r: r.certified))
+    if estimates:
+        cols.append(Column("estimates", "paper protocol", lambda r: _certifiers(r, r.estimates), _first_estimate))
+    cols += [
+        Column("timeouts", "time-outs / errors", _timeouts, lambda r: None if r.timeouts is None else r.timeouts + (r.sample_errors or 0)),
+        Column("epochs", "epochs", lambda r: "—" if r.epochs is None else str(r.epochs), lambda r: r.epochs),
+        Column("train_seconds", "train time", lambda r: duration(r.train_seconds), lambda r: r.train_seconds),
+        Column("eval_seconds", "eval time", lambda r: duration(r.eval_seconds), lambda r: r.eval_seconds),
+        Column("eval_samples", "samples", lambda r: "—" if r.eval_samples is None else str(r.eval_samples), lambda r: r.eval_samples),
+        Column("run_id", "run", _run_cell, lambda r: r.run_id if r.run_id is not None else (r.runs[0].run_id if r.runs else None)),
+    ]
+    return cols
+
+
+def _preset(row: Row) -> str:
+    preset = row.preset or ("reported" if row.kind == "reported" else "—")
+    return preset + (f" (train {row.train_samples})" if row.train_samples else "")
+
+
+def _stat(row: Row, key: str) -> str:
+    """A row's accuracy ``key`` (clean, robust, certified, certified_at) with its spread."""
+    value, std = getattr(row, key), getattr(row, f"{key}_std")
+    if row.kind == "reported":
+        return spread(value, std, row.n, statistic=row.statistic)
+    values = sum(_finite(getattr(r, key)) for r in row.runs)  # those the mean is over (leaderboard.Spread's rule)
+    return spread(value, std, values, of=row.n)
+
+
+def _attack(row: Row) -> str:
+    text = _stat(row, "robust") + (f" {row.attack}" if row.attack and row.robust is not None else "")
+    return text + (f" {UNRELIABLE_MARK}" if row.unreliable else "")
+
+
+def _at_eps(row: Row) -> str:
+    if row.certified_at is None and row.at_eps_missing:
+        return f"n/a ({row.at_eps_missing})"
+    return _stat(row, "certified_at")
+
+
+def _certifiers(row: Row, cells: dict[str, CertifierCell]) -> str:
+    return ", ".join(certifier_cell(k, v, row.n) for k, v in cells.items()) or "—"
+
+
+def _first_estimate(row: Row) -> float | None:
+    return next((c.accuracy for c in row.estimates.values() if c.accuracy is not None), None)
+
+
+def _timeouts(row: Row) -> str:
+    return "—" if row.timeouts is None else f"{row.timeouts} / {row.sample_errors or 0}"
 
 
 def _finite(value: float | None) -> bool:
@@ -124,29 +183,51 @@ def leaderboard(groups: list[Group], fmt: str) -> str:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["dataset", "norm", "eps", "kind", "rank", "trainer", "label", "preset", "clean", "robust", "attack",
                          "certified", "by_certifier", "epochs", "train_seconds", "eval_samples", "train_samples", "run_id", "source", "errors",
-                         "n", "statistic", "clean_std", "robust_std", "certified_std", "seeds", "run_ids", "runs"])
+                         "n", "statistic", "clean_std", "robust_std", "certified_std", "seeds", "run_ids", "runs",
+                         "eval_seconds", "at_eps", "certified_at", "certified_at_std", "certified_at_n", "at_eps_missing", "estimates",
+                         "timeouts", "sample_errors", "unreliable", "gradient_free_breaks", "zero_gradient_fraction"])
         for g in groups:
             for r in g.rows:
                 writer.writerow(_strict([g.dataset, g.norm, repr(g.eps), r.kind, r.rank, r.trainer, r.label, r.preset, r.clean, r.robust,
                                          r.attack, r.certified, _json({k: asdict(v) for k, v in r.by_certifier.items()}), r.epochs,
                                          r.train_seconds, r.eval_samples, r.train_samples, r.run_id, r.source, _json(r.errors),
                                          r.n, r.statistic, r.clean_std, r.robust_std, r.certified_std, _json(r.seeds),
-                                         _json([s.run_id for s in r.runs]), _json([asdict(s) for s in r.runs])]))
+                                         _json([s.run_id for s in r.runs]), _json([asdict(s) for s in r.runs]),
+                                         r.eval_seconds, r.at_eps, r.certified_at, r.certified_at_std, r.certified_at_n, r.at_eps_missing,
+                                         _json({k: asdict(v) for k, v in r.estimates.items()}), r.timeouts, r.sample_errors,
+                                         r.unreliable, r.gradient_free_breaks, r.zero_gradient_fraction]))
         return buf.getvalue().rstrip("\n")
     if not groups:
         return "no finished runs yet (harness run --plugin NAME --dataset NAME)"
     blocks = []
+    cols = columns(groups)
+    header = [c.header for c in cols]
     for g in groups:
-        rows = [_cells(r) for r in g.rows]
+        rows = [[c.text(r) for c in cols] for r in g.rows]
         if fmt == "markdown":
-            blocks.append(f"### {title(g)}\n\n" + markdown_table(_COLUMNS, rows))
+            blocks.append(f"### {title(g)}\n\n" + markdown_table(header, rows))
         else:
-            blocks.append(title(g) + "\n" + text_table(_COLUMNS, rows))
-    sources = sorted({r.source for g in groups for r in g.rows if r.source})
-    if sources:
-        notes = "\n".join(f"  reported: {s}" for s in sources)
-        blocks.append(("Sources:\n" if fmt == "table" else "Sources:\n\n") + notes)
+            blocks.append(title(g) + "\n" + text_table(header, rows))
+    notes = [f"reported: {s}" for s in sorted({r.source for g in groups for r in g.rows if r.source})]
+    notes += [f"{mark}: {why}" for mark, why in legend(groups, cols).items()]
+    if notes:
+        blocks.append(("Notes:\n" if fmt == "table" else "Notes:\n\n") + "\n".join(f"  {n}" if fmt == "table" else f"- {n}" for n in notes))
     return "\n\n".join(blocks)
+
+
+def legend(groups: Sequence[Group], cols: Sequence[Column]) -> dict[str, str]:
+    """What the marks and columns that need a word mean, for those that ``groups`` show."""
+    shown = {c.header for c in cols}
+    if not any(r.timeouts or r.sample_errors for g in groups for r in g.rows):
+        shown.discard("time-outs / errors")  # all zero: nothing to explain
+    found = {mark: why for mark, why in LEGEND.items() if mark in shown}
+    if any(r.unreliable for g in groups for r in g.rows):
+        found = {UNRELIABLE_MARK: LEGEND[UNRELIABLE_MARK], **found}
+    at = next((c.header for c in cols if c.key == "certified_at"), None)
+    if at is not None:
+        found[at] = ("from the stored per-sample radii: correct and, by a sound certifier, a radius above it or a certificate "
+                     "at the run's eps when it is no larger; n/a (no radii): the run's certifiers stored none")
+    return found
 
 
 def nothing_matches(recorded: list[RunRecord], filters: Sequence[str], *, finished: bool) -> str:
