@@ -697,12 +697,16 @@ def _board_filters(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--eps", type=EpsType(), default=None, help="Only this radius (0.3, 8/255)."),
         click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
                      help="Numbers reported in papers: beside measured runs, for every setting, or none."),
+        click.option("--at-eps", type=EpsType(), default=None, metavar="RADIUS",
+                     help="Also certified accuracy at this radius (0.2, 8/255), from each run's stored per-sample radii."),
     )):
         f = option(f)
     return f
 
 
-def _finished_runs(store: Store | None, dataset: str | None, norm: str | None, eps: float | None) -> list[Any]:
+def _finished_runs(store: Store | None, dataset: str | None, norm: str | None, eps: float | None, at_eps: float | None) -> list[Any]:
+    if at_eps is not None and at_eps < 0:
+        raise UsageError(f"--at-eps {format_eps(at_eps)}: a radius is >= 0")
     runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps) if store else []
     if dataset is not None and not runs:
         _check_dataset(dataset, store, state().catalog.names("dataset"))
@@ -715,7 +719,7 @@ def _finished_runs(store: Store | None, dataset: str | None, norm: str | None, e
 @click.option("--no-figures", is_flag=True, help="Leave out the figures (radius curves, clean against certified): faster.")
 @with_store(readonly=True, lists=True)
 def export_html(store: Store | None, directory: Path, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str,
-                no_figures: bool) -> None:
+                at_eps: float | None, no_figures: bool) -> None:
     """A static site in DIRECTORY: one sortable board per (dataset, norm, eps), a page per run, the figures as PNG files.
 
     Open DIRECTORY/index.html in a browser: the pages need no server and fetch
@@ -728,9 +732,9 @@ def export_html(store: Store | None, directory: Path, dataset: str | None, norm:
     """
     from harness.site import export_site
 
-    runs = _finished_runs(store, dataset, norm, eps)
-    site = export_site(directory, runs, state().catalog.reported, samples=store.samples if store else lambda _: [],
-                       dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, figures=not no_figures)
+    runs = _finished_runs(store, dataset, norm, eps, at_eps)
+    site = export_site(directory, runs, state().catalog.reported, samples=functools.partial(_best_samples, store), dataset=dataset,
+                       norm=norm, eps=eps, reported_rows=reported_rows, at_eps=at_eps, figures=not no_figures)
     click.echo(f"wrote {len(site.pages)} pages and {len(site.figures)} figures to {directory}; open {directory / 'index.html'}")
 
 
@@ -749,12 +753,13 @@ def _add_file_export(fmt: str) -> None:
     @click.option("--per-seed", is_flag=True, help="A row for every run, instead of one row (mean ± std) for runs that differ only by seed.")
     @with_store(readonly=True, lists=True)
     def command(store: Store | None, file: Path, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str,
-                per_seed: bool) -> None:
+                at_eps: float | None, per_seed: bool) -> None:
         from harness import leaderboard as lb
         from harness import render
 
-        runs = _finished_runs(store, dataset, norm, eps)
-        groups = lb.build(runs, state().catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, per_seed=per_seed)
+        runs = _finished_runs(store, dataset, norm, eps, at_eps)
+        groups = lb.build(runs, state().catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, per_seed=per_seed,
+                          at_eps=at_eps, samples=None if at_eps is None else functools.partial(_best_samples, store))
         text = render.leaderboard(groups, fmt) + "\n"
         if str(file) == "-":
             click.echo(text, nl=False)

@@ -94,7 +94,7 @@ def parse(path: Path) -> Links:
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("site")
     samples = {r.id: make_samples(r.result.certified_accuracy) for r in RUNS}
-    export_site(directory, RUNS, [PAPER], samples=samples.__getitem__)
+    export_site(directory, RUNS, [PAPER], samples=lambda run: samples[run.id])
     return directory
 
 
@@ -125,16 +125,25 @@ def row_cells(page: str, key: str) -> dict[str, str]:
 def test_the_board_shows_seeds_gaps_certifiers_estimates_masking_and_cost(site):
     page = (site / "board-mnist-linf-eps0.3.html").read_text()
     seeds = row_cells(page, "runs-1-2")
-    assert seeds["certified"] == "91.00 ± 1.41 (2)" and seeds["n"] == "2" and seeds["runs"] == "1, 2"
-    assert seeds["gap-certified"] == "-2.20" and seeds["gap-clean"] == "-0.56"  # 91.00 − 93.20, 98.00 − 98.56
+    assert seeds["certified"] == "91.00 ± 1.41 (2)" and seeds["seeds"] == "0,1" and seeds["run_id"] == "1, 2"
+    assert seeds["gap_certified"] == "-2.20" and seeds["gap_clean"] == "-0.56"  # 91.00 − 93.20, 98.00 − 98.56
     assert seeds["certifier:interval"] == "91.00 ± 1.41 (2) (t/o 3, err 1)"
     assert seeds["estimate:liplt-estimate"] == "92.00 ± 1.41 (2)" and "certifier:liplt-estimate" not in seeds
-    assert seeds["masking"] == "ok" and seeds["train-time"] == "100s" and seeds["eval-time"] == "14s"
+    assert seeds["masking"] == "ok" and seeds["train_seconds"] == "100s" and seeds["eval_seconds"] == "14s"
+    assert seeds["timeouts"] == "3 / 1"
     crm = row_cells(page, "runs-3")
-    assert crm["masking"] == "!" and crm["gap-certified"] == "—" and crm["method"] == "crm"
+    assert crm["masking"] == "!" and crm["robust"].endswith(" !") and crm["gap_certified"] == "—" and crm["trainer"] == "crm"
     reported = row_cells(page, "reported-1")
-    assert reported["kind"] == "reported" and reported["certified"] == "93.20 (median of 8)"
+    assert reported["rank"] == "reported" and reported["certified"] == "93.20 (median of 8)"
     assert "liplt-estimate (paper protocol)" in page and "Zhang et al., ICLR 2022, Table 2" in page
+
+
+def test_the_board_shows_certified_accuracy_at_another_radius_from_the_stored_radii(tmp_path):
+    samples = {r.id: make_samples(r.result.certified_accuracy) for r in RUNS}
+    export_site(tmp_path, RUNS, [PAPER], samples=lambda run: samples[run.id], at_eps=0.35, figures=False)
+    page = (tmp_path / "board-mnist-linf-eps0.3.html").read_text()
+    assert "certified at 0.35" in page
+    assert row_cells(page, "runs-1-2")["certified_at"] == "40.00 ± 1.41 (2)"  # radii above 0.35: samples 51-89 and 51-91
 
 
 def test_a_run_page_has_configuration_provenance_and_cost(site):
@@ -194,18 +203,24 @@ def column(page, key: str) -> list[str]:
                    return [...t.tBodies[0].rows].map(r => r.cells[i].getAttribute('data-sort')); }""", key)
 
 
-def test_the_board_loads_cleanly_sorts_on_click_and_renders_in_chromium(site, browser, tmp_path):
+def open_page(browser, path: Path):
+    """A new page showing ``path``, and the list its console errors and warnings, script errors and requests for
+    anything but the site's own files are collected into as it is used."""
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     problems: list[str] = []
-    requests: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("request", lambda r: requests.append(r.url))
-    page.goto((site / "board-mnist-linf-eps0.3.html").as_uri())
+    page.on("request", lambda r: None if r.url.startswith("file://") else problems.append(f"request {r.url}"))
+    page.goto(path.as_uri())
     page.wait_for_load_state("load")
+    return page, problems
+
+
+def test_the_board_loads_cleanly_sorts_on_click_and_renders_in_chromium(site, browser, tmp_path):
+    page, problems = open_page(browser, site / "board-mnist-linf-eps0.3.html")
     assert problems == []
-    assert all(url.startswith("file://") for url in requests), requests
     assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.evaluate("document.images.length") == 2  # the radius curves and the trade-off
 
     keys = lambda: page.eval_on_selector_all("table.sortable tbody tr", "rows => rows.map(r => r.dataset.key)")  # noqa: E731
     assert keys() == ["reported-1", "runs-1-2", "runs-3"]  # the leaderboard's ranking: certified, descending
@@ -215,16 +230,23 @@ def test_the_board_loads_cleanly_sorts_on_click_and_renders_in_chromium(site, br
     assert page.get_attribute("th[data-key=clean]", "aria-sort") == "ascending"
     page.click("th[data-key=clean] button")
     assert keys() == ["runs-3", "reported-1", "runs-1-2"]
-    page.click("th[data-key=gap-certified] button")  # the reported and crm rows have no gap: last, whichever way
+    page.click("th[data-key=gap_certified] button")  # the reported and crm rows have no gap: last, whichever way
     assert keys()[0] == "runs-1-2"
+    page.click("th[data-key=gap_certified] button")
+    assert keys()[0] == "runs-1-2" and page.get_attribute("th[data-key=gap_certified]", "aria-sort") == "descending"
+    page.click("th[data-key=trainer] button")  # as text: "crm" < "l_inf-dist net v2 (paper)" < "linf_v2"
+    assert keys() == ["runs-3", "reported-1", "runs-1-2"]
 
     shot = tmp_path / "board.png"
     page.screenshot(path=str(shot), full_page=True)
     from PIL import Image
 
     with Image.open(shot) as image:
-        colours = image.convert("L").getextrema()
-        assert image.size[0] == 1400 and colours[1] - colours[0] > 100  # text on a background, not a blank page
+        grey = image.convert("L")
+        assert image.size[0] >= 1400  # the viewport, or the table's width where wider
+        dark = sum(grey.histogram()[:128]) / (grey.size[0] * grey.size[1])
+        assert 0.002 < dark < 0.5, dark  # text and figures on a light background: neither blank nor a black page
+    assert problems == []
     page.close()
 
 
@@ -247,14 +269,34 @@ def recorded(harness_store):
     return harness_store
 
 
-def test_export_html_writes_the_site_from_the_database(recorded, harness_cli, tmp_path):
+def test_export_html_writes_the_site_from_the_database_and_chromium_browses_it(recorded, harness_cli, tmp_path, request):
+    only = harness_cli("export", "html", "mnist", "--dataset", "mnist", "--no-figures")
+    assert only.code == 0 and only.out.startswith("wrote 4 pages and 0 figures")
+    assert not list((tmp_path / "mnist").glob("board-cifar10*")) and not (tmp_path / "mnist" / "run-3.html").exists()
     result = harness_cli("export", "html", "board")
     assert result.code == 0, result.err
-    assert result.out.startswith("wrote 6 pages") and "board/index.html" in result.out
-    assert {p.name for p in (tmp_path / "board").glob("*.html")} == {
+    assert result.out.startswith("wrote 6 pages and 7 figures") and "board/index.html" in result.out
+    site = tmp_path / "board"
+    assert {p.name for p in site.glob("*.html")} == {
         "index.html", "run-1.html", "run-2.html", "run-3.html", "board-mnist-linf-eps0.3.html", "board-cifar10-l2-eps36_255.html"}
-    only = harness_cli("export", "html", "mnist", "--dataset", "mnist", "--no-figures")
-    assert only.code == 0 and not list((tmp_path / "mnist").glob("board-cifar10*"))
+    assert {p.name for p in site.glob("*.png")} == {"radius-1.png", "radius-2.png", "radius-3.png", "radius-mnist-linf-eps0.3.png",
+                                                   "radius-cifar10-l2-eps36_255.png", "tradeoff-mnist-linf-eps0.3.png",
+                                                   "tradeoff-cifar10-l2-eps36_255.png"}
+
+    page, problems = open_page(request.getfixturevalue("browser"), site / "index.html")  # skips here without chromium
+    page.click("text=mnist · l_inf · eps = 0.3")
+    assert page.url.endswith("/board-mnist-linf-eps0.3.html")
+    page.click("tr[data-key=runs-1-2] a >> text=2")  # the row of runs 1 and 2 (seeds 0 and 1): run 2's page
+    assert page.url.endswith("/run-2.html") and "Run 2: linf_v2" in page.title()
+    assert page.evaluate("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
+    assert problems == []
+    page.close()
+
+
+def test_export_html_without_a_database_writes_an_empty_board(harness_cli, tmp_path):
+    result = harness_cli("export", "html", "board")
+    assert result.code == 0 and result.out.startswith("wrote 1 pages and 0 figures")
+    assert "No finished runs." in (tmp_path / "board" / "index.html").read_text()
 
 
 def test_export_html_onto_a_file_is_one_line_and_exit_2(recorded, harness_cli, tmp_path):
@@ -264,9 +306,10 @@ def test_export_html_onto_a_file_is_one_line_and_exit_2(recorded, harness_cli, t
 
 
 @pytest.mark.parametrize("fmt", ["markdown", "csv", "json"])
-def test_file_exports_carry_the_leaderboard_s_columns(recorded, harness_cli, tmp_path, fmt):
-    shown = harness_cli("leaderboard", "--format", fmt, "--reported", "all")
-    written = harness_cli("export", fmt, "out", "--reported", "all")
-    assert written.code == 0 and shown.code == 0
+@pytest.mark.parametrize("options", [["--reported", "all"], ["--dataset", "mnist", "--at-eps", "0.35"]])
+def test_file_exports_carry_the_leaderboard_s_columns(recorded, harness_cli, tmp_path, fmt, options):
+    shown = harness_cli("leaderboard", "--format", fmt, *options)
+    written = harness_cli("export", fmt, "out", *options)
+    assert written.code == 0 and shown.code == 0 and written.out.startswith(f"wrote the leaderboard ({fmt}")
     assert (tmp_path / "out").read_text() == shown.out
-    assert harness_cli("export", fmt, "-", "--reported", "all").out == shown.out
+    assert harness_cli("export", fmt, "-", *options).out == shown.out

@@ -23,7 +23,7 @@ tr.reported td { background: #fafaf3; font-style: italic; }
 dl.facts { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; }
 dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: .9em; }
-figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figure { margin: 1em 0; } figure img { max-width: min(100%, 900px); height: auto; border: 1px solid #ddd; }
 .legend { font-size: .9em; color: #444; max-width: 70em; }
 """
 

@@ -1,59 +1,45 @@
 """One board: a leaderboard group (dataset, norm, eps) as a sortable table's columns and cells.
 
-The numbers come from :func:`harness.leaderboard.build` (the rows, their means and spreads, the ranking) and
-from the runs behind each row (cost, time-outs and errors, the gradient-masking check, which certifiers are
-estimates); nothing here decides what a number is, only how a cell shows it and how it sorts.
+The columns are the leaderboard's own (:func:`harness.render.columns`: the same cells as the text, markdown,
+CSV and JSON formats, each with a typed value to sort by), with three changes a page to look at wants: the
+certifiers' combined column is split into one sortable column per certifier (and per paper-protocol
+estimate); the gap between a reproduction and its paper's reported numbers follows the accuracies; and the
+run ids link to the runs' pages. Nothing here decides what a number is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from harness.leaderboard import Group, Row, Spread
-from harness.render import duration, percent, spread
-from harness.results import CertifierResult, GradientMasking
+from harness import render
+from harness.leaderboard import Group, Row
+from harness.results import GradientMasking
 from harness.site.html import Cell, Column
-from harness.store import RunRecord
 
 
 @dataclass(frozen=True)
-class CertifierTotals:
-    """One certifier over a row's runs: mean accuracy ± std over the runs it stood in, time-outs and errors summed."""
+class Board:
+    """A board's table: its columns and, per row, its cells, a stable key (for links and tests) and a CSS class."""
 
-    accuracy: Spread
-    timeouts: int
-    errors: int
-    samples: int | None
-    failed: str | None  # its error, when it failed in every run
+    group: Group
+    columns: list[Column]
+    rows: list[tuple[list[Cell], str, str]]
 
-
-def certifier_totals(results: Sequence[CertifierResult]) -> CertifierTotals:
-    standing = [c for c in results if c.error is None]
-    samples = {c.samples for c in standing}
-    return CertifierTotals(
-        accuracy=Spread.of(c.accuracy for c in standing),
-        timeouts=sum(c.timeouts for c in standing),
-        errors=sum(c.errors for c in standing),
-        samples=samples.pop() if len(samples) == 1 else None,
-        failed=results[0].error if results and not standing else None,
-    )
+    @property
+    def unreliable(self) -> int:
+        """Rows whose runs the gradient-masking check flags."""
+        return sum(bool(r.unreliable) for r in self.group.rows)
 
 
-def row_runs(row: Row, runs: Mapping[int, RunRecord]) -> list[RunRecord]:
-    """The stored runs a measured row stands for (none for a reported row)."""
-    return [runs[r.run_id] for r in row.runs if r.run_id in runs]
-
-
-def certifier_names(group: Group, runs: Mapping[int, RunRecord]) -> tuple[list[str], list[str]]:
-    """The certifiers that ran on the group's runs: (sound ones, estimates), each in order of first appearance."""
-    sound: dict[str, None] = {}
-    estimate: dict[str, None] = {}
-    for row in group.rows:
-        for run in row_runs(row, runs):
-            for c in run.result.certifiers if run.result else ():
-                (sound if c.sound else estimate)[c.name] = None
-    return list(sound), list(estimate)
+def row_key(group: Group, row: Row) -> str:
+    """``runs-1-2`` for a measured row (its run ids), ``reported-1`` for the group's first reported row."""
+    if row.kind == "measured":
+        return "runs-" + "-".join(str(r.run_id) for r in row.runs)
+    return f"reported-{[r for r in group.rows if r.kind == 'reported'].index(row) + 1}"
 
 
 def paper_rows(group: Group, row: Row) -> list[Row]:
@@ -63,131 +49,37 @@ def paper_rows(group: Group, row: Row) -> list[Row]:
     return [r for r in group.rows if r.kind == "reported" and r.trainer == row.trainer]
 
 
-def _pct_cell(value: float | None, std: float | None = None, n: int | None = None, *, of: int | None = None,
-              statistic: str | None = None) -> Cell:
-    return Cell(spread(value, std, n, of=of, statistic=statistic), value, css="num")
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _gap_cell(measured: float | None, papers: Sequence[Row], key: str) -> Cell:
+def _sortable(value: Any) -> float | str | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    return float(value) if _number(value) else str(value)
+
+
+def _gap_cell(row: Row, papers: Sequence[Row], key: str) -> Cell:
     """Measured minus the paper's number, in percentage points (several papers: one gap each, sorted by the first)."""
+    measured = getattr(row, key)
     gaps = [(measured - getattr(p, key), p) for p in papers if measured is not None and getattr(p, key) is not None]
     if not gaps:
         return Cell("—", css="num")
     text = ", ".join(f"{100 * g:+.2f}" for g, _ in gaps)
-    title = "; ".join(f"{100 * g:+.2f} pp vs {p.label} ({p.source})" for g, p in gaps)
+    title = "; ".join(f"{100 * g:+.2f} percentage points against {p.label} ({p.source})" for g, p in gaps)
     return Cell(text, gaps[0][0], css="num", title=title)
 
 
-def _certifier_cell(results: Sequence[CertifierResult], of: int) -> Cell:
-    if not results:
+def _certifier_cell(row: Row, *, name: str, estimate: bool) -> Cell:
+    """Certifier ``name``'s cell in ``row`` (one of its paper-protocol ``estimate`` cells when true)."""
+    cell = (row.estimates if estimate else row.by_certifier).get(name)
+    if cell is None:
         return Cell("—", css="num")
-    t = certifier_totals(results)
-    if t.failed is not None:
-        return Cell("ERROR", css="num err", title=t.failed)
-    text = spread(t.accuracy.mean, t.accuracy.std, t.accuracy.n, of=of) if of > 1 else percent(t.accuracy.mean)
-    if t.samples is not None and any(c.samples for c in results) and t.samples < max((c.samples for c in results), default=0):
-        text += f" (of {t.samples})"
-    if t.timeouts or t.errors:
-        text += f" (t/o {t.timeouts}, err {t.errors})"
-    return Cell(text, t.accuracy.mean, css="num")
-
-
-def _mean(values: Iterable[float | None]) -> float | None:
-    return Spread.of(values).mean
-
-
-@dataclass(frozen=True)
-class Board:
-    """A board's table: its columns and, per row, its cells, a stable key and a CSS class."""
-
-    group: Group
-    columns: list[Column]
-    rows: list[tuple[list[Cell], str, str]]
-    unreliable: int  # rows whose runs the gradient-masking check flags
-
-
-def build_board(group: Group, runs: Mapping[int, RunRecord], run_page: Callable[[int], str]) -> Board:
-    """The table for ``group``; ``runs`` are the stored runs by id, ``run_page(id)`` a run's page (relative link)."""
-    sound, estimates = certifier_names(group, runs)
-    columns = [
-        Column("rank", "rank", numeric=True),
-        Column("method", "method"),
-        Column("kind", "kind"),
-        Column("preset", "preset"),
-        Column("n", "n", numeric=True, title="runs (seeds) behind the row; for a reported row, the paper's n where it says"),
-        Column("clean", "clean %", numeric=True),
-        Column("robust", "attacked %", numeric=True, title="per-sample worst case over the attacks that ran"),
-        Column("certified", "certified %", numeric=True, title="certified by any sound certifier"),
-        Column("gap-certified", "Δ certified", numeric=True,
-               title="measured minus the paper's reported certified accuracy, percentage points"),
-        Column("gap-clean", "Δ clean", numeric=True, title="measured minus the paper's reported clean accuracy, percentage points"),
-        *(Column(f"certifier:{name}", name, numeric=True, title=f"certifier {name}: certified % (time-outs, errors)") for name in sound),
-        *(Column(f"estimate:{name}", f"{name} (paper protocol)", numeric=True,
-                 title="the paper's own protocol: an estimate, not a certificate; never counted as certified") for name in estimates),
-        Column("masking", "masking", title="! = the gradient-masking check flags the run (Square broke points the gradient attacks missed)"),
-        Column("train-time", "train time", numeric=True),
-        Column("eval-time", "eval time", numeric=True),
-        Column("samples", "samples", numeric=True),
-        Column("runs", "runs"),
-    ]
-    rows: list[tuple[list[Cell], str, str]] = []
-    unreliable = 0
-    reported = 0
-    for row in group.rows:
-        mine = row_runs(row, runs)
-        results = [r.result for r in mine if r.result is not None]
-        if row.kind == "reported":
-            reported += 1
-            key = f"reported-{reported}"
-            label = Cell(row.label, row.label, title=row.source)
-            n = row.n
-            stats = {k: _pct_cell(getattr(row, k), getattr(row, f"{k}_std"), row.n, statistic=row.statistic)
-                     for k in ("clean", "robust", "certified")}
-        else:
-            key = "runs-" + "-".join(str(r.run_id) for r in row.runs)
-            href = run_page(row.run_id) if row.run_id is not None else None
-            label = Cell(row.label + (" (errors)" if row.errors else ""), row.label, href=href,
-                         title="; ".join(row.errors) or None)
-            n = row.n
-            stats = {k: _pct_cell(getattr(row, k), getattr(row, f"{k}_std"),
-                                  sum(getattr(r, k) is not None for r in row.runs), of=row.n)
-                     for k in ("clean", "robust", "certified")}
-        if row.attack and row.robust is not None:
-            stats["robust"] = Cell(stats["robust"].text + f" {row.attack}", row.robust, css="num")
-        papers = paper_rows(group, row)
-        masking = [r.masking for r in results if r.masking is not None]
-        flagged = any(m.unreliable for m in masking)
-        unreliable += flagged
-        zero = _mean(m.zero_gradient_fraction for m in masking)
-        masking_title = "; ".join(masking_text(m) for m in masking) or None
-        if flagged:
-            masking_cell = Cell("!", 1, css="flag", title=masking_title)
-        elif masking:
-            masking_cell = Cell("ok" if zero is None or zero == 0 else f"ok ({100 * zero:.1f} % zero grad)", 0, title=masking_title)
-        else:
-            masking_cell = Cell("—")
-        of = max(len(results), 1)
-        cells = [
-            Cell("reported" if row.rank is None else str(row.rank), row.rank, css="num"),
-            label,
-            Cell(row.kind, row.kind),
-            Cell(row.preset or "—", row.preset),
-            Cell("—" if n is None else str(n), n, css="num"),
-            stats["clean"],
-            stats["robust"],
-            stats["certified"],
-            _gap_cell(row.certified, papers, "certified"),
-            _gap_cell(row.clean, papers, "clean"),
-            *(_certifier_cell([c for r in results for c in r.certifiers if c.name == name], of) for name in sound),
-            *(_certifier_cell([c for r in results for c in r.certifiers if c.name == name], of) for name in estimates),
-            masking_cell,
-            Cell(duration(row.train_seconds), row.train_seconds, css="num"),
-            _seconds_cell(_mean(r.eval_seconds for r in mine) if mine else None),
-            Cell("—" if row.eval_samples is None else str(row.eval_samples), row.eval_samples, css="num"),
-            _runs_cell(row, run_page),
-        ]
-        rows.append((cells, key, row.kind))
-    return Board(group=group, columns=columns, rows=rows, unreliable=unreliable)
+    if cell.error is not None and not cell.n:
+        return Cell("ERROR", css="num err", title=cell.error)
+    # The leaderboard's own words for the cell (spread, subset, time-outs), without the name the header already says.
+    text = render.certifier_cell(name, cell, row.n).removeprefix(f"{name} ")
+    return Cell(text, cell.accuracy, css="num")
 
 
 def masking_text(m: GradientMasking) -> str:
@@ -202,13 +94,62 @@ def masking_text(m: GradientMasking) -> str:
     return ", ".join(parts)
 
 
-def _seconds_cell(seconds: float | None) -> Cell:
-    return Cell(duration(seconds), seconds, css="num")
-
-
-def _runs_cell(row: Row, run_page: Callable[[int], str]) -> Cell:
-    """A link to every run's page, sorted by the first id."""
-    ids = [r.run_id for r in row.runs]
-    if not ids:
+def _masking_cell(row: Row) -> Cell:
+    if row.unreliable is None and row.zero_gradient_fraction is None:
         return Cell("—")
-    return Cell(", ".join(map(str, ids)), ids[0], links=tuple((str(i), run_page(i)) for i in ids))
+    check = GradientMasking(row.zero_gradient_fraction, row.gradient_free_breaks, row.unreliable)
+    if row.unreliable:
+        return Cell(render.UNRELIABLE_MARK, 1, css="flag", title=masking_text(check))
+    return Cell("ok", 0, title=masking_text(check))
+
+
+def build_board(group: Group, run_page: Callable[[int], str]) -> Board:
+    """The table for ``group``; ``run_page(id)`` is a run's page (a relative link)."""
+    sound = list(dict.fromkeys(name for r in group.rows for name in r.by_certifier))
+    estimates = list(dict.fromkeys(name for r in group.rows for name in r.estimates))
+    columns: list[Column] = []
+    makers: list[Callable[[Row], Cell]] = []
+
+    def add(column: Column, make: Callable[[Row], Cell]) -> None:
+        columns.append(column)
+        makers.append(make)
+
+    for c in render.columns([group]):
+        if c.key == "by_certifier":
+            for name in sound:
+                add(Column(f"certifier:{name}", name, numeric=True, title=f"certifier {name}: certified % (time-outs, errors)"),
+                    functools.partial(_certifier_cell, name=name, estimate=False))
+            continue
+        if c.key == "estimates":
+            for name in estimates:
+                add(Column(f"estimate:{name}", f"{name} (paper protocol)", numeric=True,
+                           title="the paper's own protocol: an estimate, not a certificate; never counted as certified"),
+                    functools.partial(_certifier_cell, name=name, estimate=True))
+            continue
+        numeric = any(_number(c.value(r)) for r in group.rows) and all(
+            c.value(r) is None or _number(c.value(r)) for r in group.rows)
+        add(Column(c.key, c.header, numeric=numeric), functools.partial(_leaderboard_cell, c, run_page=run_page))
+        if c.key == "certified":
+            add(Column("gap_certified", "Δ certified", numeric=True,
+                       title="measured minus the paper's reported certified accuracy (same trainer), percentage points"),
+                lambda r: _gap_cell(r, paper_rows(group, r), "certified"))
+            add(Column("gap_clean", "Δ clean", numeric=True,
+                       title="measured minus the paper's reported clean accuracy (same trainer), percentage points"),
+                lambda r: _gap_cell(r, paper_rows(group, r), "clean"))
+        if c.key == "robust":
+            add(Column("masking", "masking", title="! = the gradient-masking check flags a run of the row"), _masking_cell)
+    rows = [([make(row) for make in makers], row_key(group, row), row.kind) for row in group.rows]
+    return Board(group=group, columns=columns, rows=rows)
+
+
+def _leaderboard_cell(column: render.Column, row: Row, *, run_page: Callable[[int], str]) -> Cell:
+    value = column.value(row)
+    css = "num" if _number(value) else ""
+    if column.key == "trainer" and row.kind == "measured" and row.run_id is not None:
+        return Cell(column.text(row), _sortable(value), href=run_page(row.run_id), title="; ".join(row.errors) or None)
+    if column.key == "trainer" and row.kind == "reported":
+        return Cell(column.text(row), _sortable(value), title=row.source)
+    if column.key == "run_id" and row.runs:
+        ids = [r.run_id for r in row.runs]
+        return Cell(column.text(row), _sortable(value), css=css, links=tuple((str(i), run_page(i)) for i in ids))
+    return Cell(column.text(row), _sortable(value), css=css)

@@ -56,13 +56,14 @@ def index_page(boards: Sequence[tuple[Board, str]], runs: Sequence[RunRecord], r
     return page("Certified robustness: the board", body)
 
 
-def board_page(board: Board, tradeoff: str | None) -> str:
+def board_page(board: Board, *, radius: str | None, tradeoff: str | None, radius_runs: int = 0) -> str:
+    """The board's table, its legend, the papers' sources and its figures (``radius``, ``tradeoff``: file names, if drawn)."""
     g = board.group
     sources = sorted({r.source for r in g.rows if r.source})
     legend = [
         "Rows are ranked by mean certified accuracy; click a header to sort by another column (again: the other way).",
         "A row of several runs (seeds) shows mean ± sample standard deviation (n); a reported row the paper's own n.",
-        "Δ vs paper: the measured number minus the paper's reported one for the same method, percentage points.",
+        "Δ certified, Δ clean: the measured number minus the paper's reported one for the same trainer, in percentage points.",
         "Per certifier: certified % of the samples it ran on; t/o and err count samples it timed out or failed on "
         "(never certified).",
         "(paper protocol): a paper's own evaluation that is not a sound certificate; an estimate, never counted as certified.",
@@ -73,6 +74,10 @@ def board_page(board: Board, tradeoff: str | None) -> str:
             + '<div class="legend"><ul>' + "".join(f"<li>{esc(line)}</li>" for line in legend) + "</ul></div>")
     if sources:
         body += "<h2>Reported numbers</h2><ul>" + "".join(f"<li>{esc(s)}</li>" for s in sources) + "</ul>"
+    if radius is not None:
+        body += (f'<h2>Certified accuracy against the radius</h2><p class="legend">One line per run: the {radius_runs} '
+                 "run(s) of the best-ranked rows; stars: the papers' reported numbers; crosses: each run's attacked accuracy at its eps.</p>"
+                 f'<figure><img src="{esc(radius)}" alt="certified accuracy against the radius, {esc(board_title(g))}"></figure>')
     if tradeoff is not None:
         body += (f'<h2>Clean against certified accuracy</h2><figure><img src="{esc(tradeoff)}" '
                  f'alt="clean against certified accuracy, {esc(board_title(g))}"></figure>')
