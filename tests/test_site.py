@@ -170,6 +170,14 @@ def test_a_file_in_the_folder_s_place_is_a_usage_error(tmp_path):
         export_site(tmp_path / "site", RUNS, [], samples=lambda _: [])
 
 
+def test_a_page_that_cannot_be_written_is_a_usage_error(tmp_path):
+    from harness.errors import UsageError
+
+    (tmp_path / "index.html").mkdir()  # a folder where the page goes: the write fails whoever runs the test (root too)
+    with pytest.raises(UsageError, match=r"cannot write '.*index.html': Is a directory"):
+        export_site(tmp_path, RUNS, [], samples=lambda _: [], figures=False)
+
+
 def test_board_file_names_are_safe():
     from harness.leaderboard import Group
 

@@ -6,10 +6,11 @@ copied or served by any static file server; nothing is fetched from a network.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,8 +48,18 @@ def run_file(run_id: int) -> str:
 def _write(path: Path, text: str) -> None:
     """Write ``text`` whole: a reader (a browser refreshing) never sees half a page."""
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    with _writing(path):
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A file that cannot be written (permissions, a full disk) is the user's to fix: one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
 
 
 def _folder(directory: Path) -> None:
@@ -132,8 +143,9 @@ def board_runs(group: Group) -> list[int]:
 
 def _figure(site: Site, name: str, draw: Callable[[Path], bool]) -> str | None:
     """Draw one figure to ``name`` in the site; its name, or ``None`` when there was nothing to draw."""
-    if not draw(site.directory / name):
-        return None
+    with _writing(site.directory / name):
+        if not draw(site.directory / name):
+            return None
     site.figures.append(name)
     return name
 
