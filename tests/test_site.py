@@ -28,16 +28,18 @@ def make_run(run_id: int, *, trainer: str = "linf_v2", seed: int = 0, clean: flo
                    config={"trainer": {"name": trainer, "lr": 0.02}, "dataset": dataset, "seed": seed},
                    device="cpu", environment={"harness": "0.14", "torch": "2.13.0", "python": "3.11.7", "commit": "abc123",
                                               "plugins": {trainer: "0.1"}, "host": "box"})
-    cost = Cost(seconds=2.0, samples_per_second=50.0, peak_memory_bytes=300 * 2**20, memory_kind="rss")
+    def cost(seconds: float) -> Cost:
+        return Cost(seconds=seconds, samples_per_second=100 / seconds, peak_memory_bytes=300 * 2**20, memory_kind="rss")
+
     result = EvaluationResult(
         samples=100, clean_accuracy=clean, robust_accuracy=certified + 0.02, certified_accuracy=certified,
-        attacks=(AttackResult("pgd", label="PGD-100", accuracy=certified + 0.03, attacked=98, seconds=2.0, cost=cost),
-                 AttackResult("autoattack", label="AutoAttack", accuracy=certified + 0.02, attacked=98, seconds=9.0, cost=cost,
+        attacks=(AttackResult("pgd", label="PGD-100", accuracy=certified + 0.03, attacked=98, seconds=2.0, cost=cost(2.0)),
+                 AttackResult("autoattack", label="AutoAttack", accuracy=certified + 0.02, attacked=98, seconds=8.0, cost=cost(8.0),
                               stages={"apgd-ce": 0.95, "apgd-t": 0.94, "fab-t": 0.94, "square": certified + 0.02})),
-        certifiers=(CertifierResult("interval", accuracy=certified, samples=100, seconds=1.0, cost=cost, timeouts=timeouts,
+        certifiers=(CertifierResult("interval", accuracy=certified, samples=100, seconds=1.0, cost=cost(1.0), timeouts=timeouts,
                                     errors=errors, sample_error="raised ValueError: boom" if errors else None,
                                     radius=RadiusStats(0.31, 0.32), radius_method="bisection", radius_tolerance=0.001),
-                    CertifierResult("liplt-estimate", accuracy=certified + 0.01, samples=100, seconds=0.5, cost=cost, sound=False)),
+                    CertifierResult("liplt-estimate", accuracy=certified + 0.01, samples=100, seconds=0.5, cost=cost(0.5), sound=False)),
         masking=GradientMasking(zero_gradient_fraction=0.0, gradient_free_breaks=3 if unreliable else 0, unreliable=unreliable),
     )
     evaluation = EvaluationRecord(id=run_id, run_id=run_id, created_at=NOW, seconds=14.0, config={}, environment={}, result=result)
@@ -291,6 +293,11 @@ def test_export_html_writes_the_site_from_the_database_and_chromium_browses_it(r
     assert {p.name for p in site.glob("*.png")} == {"radius-1.png", "radius-2.png", "radius-3.png", "radius-mnist-linf-eps0.3.png",
                                                    "radius-cifar10-l2-eps36_255.png", "tradeoff-mnist-linf-eps0.3.png",
                                                    "tradeoff-cifar10-l2-eps36_255.png"}
+    # What the store keeps reaches the pages: cost, time-outs and errors, radius method, stages, the estimate apart.
+    run = (site / "run-1.html").read_text()
+    for text in ("300 MiB (rss)", "bisection, tolerance 0.001", "apgd-ce 95.00", "paper protocol, an estimate"):
+        assert text in run, text
+    assert row_cells((site / "board-mnist-linf-eps0.3.html").read_text(), "runs-1-2")["certifier:interval"].endswith("(t/o 3, err 1)")
 
     page, problems = open_page(request.getfixturevalue("browser"), site / "index.html")  # skips here without chromium
     page.click("text=mnist · l_inf · eps = 0.3")
