@@ -192,7 +192,7 @@ def _cost(cost: Cost, seconds: float | None) -> list[Cell]:
     memory = cost.peak_memory_bytes
     return [
         Cell(duration(seconds), seconds, css="num"),
-        Cell("—" if rate is None else f"{rate:.3g}", rate, css="num"),
+        Cell("—" if rate is None else f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}", rate, css="num"),  # 3,750 / 69.8 / 0.818
         Cell("—" if memory is None else f"{memory / 2**20:,.0f} MiB ({cost.memory_kind})", memory, css="num"),
     ]
 
