@@ -675,6 +675,107 @@ def runs(store: Store | None, status: str | None, dataset: str | None) -> None:
     click.echo(render.run_list(records, stale=stale_reason))
 
 
+# -- export -----------------------------------------------------------------------------------------------------
+
+
+@cli.group()
+def export() -> None:
+    """Write the leaderboard to files: a static HTML site, or one markdown, CSV or JSON file.
+
+    \b
+    Examples:
+      harness export html board/              # then open board/index.html: no server, no network
+      harness export csv leaderboard.csv --dataset mnist
+    """
+
+
+def _board_filters(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The leaderboard's filters, shared by every export."""
+    for option in reversed((
+        click.option("--dataset", default=None, help="Only this dataset."),
+        click.option("--norm", type=NormType(), default=None, help="Only this norm."),
+        click.option("--eps", type=EpsType(), default=None, help="Only this radius (0.3, 8/255)."),
+        click.option("--reported", "reported_rows", type=click.Choice(["runs", "all", "none"]), default="runs", show_default=True,
+                     help="Numbers reported in papers: beside measured runs, for every setting, or none."),
+        click.option("--at-eps", type=EpsType(), default=None, metavar="RADIUS",
+                     help="Also certified accuracy at this radius (0.2, 8/255), from each run's stored per-sample radii."),
+    )):
+        f = option(f)
+    return f
+
+
+def _finished_runs(store: Store | None, dataset: str | None, norm: str | None, eps: float | None, at_eps: float | None) -> list[Any]:
+    if at_eps is not None and at_eps < 0:
+        raise UsageError(f"--at-eps {format_eps(at_eps)}: a radius is >= 0")
+    runs = store.list_runs(status="finished", dataset=dataset, norm=norm, eps=eps) if store else []
+    if dataset is not None and not runs:
+        _check_dataset(dataset, store, state().catalog.names("dataset"))
+    return runs
+
+
+@export.command("html")
+@click.argument("directory", type=click.Path(path_type=Path))
+@_board_filters
+@click.option("--no-figures", is_flag=True, help="Leave out the figures (radius curves, clean against certified): faster.")
+@with_store(readonly=True, lists=True)
+def export_html(store: Store | None, directory: Path, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str,
+                at_eps: float | None, no_figures: bool) -> None:
+    """A static site in DIRECTORY: one sortable board per (dataset, norm, eps), a page per run, the figures as PNG files.
+
+    Open DIRECTORY/index.html in a browser: the pages need no server and fetch
+    nothing from a network. Files of an earlier export are overwritten.
+
+    \b
+    Examples:
+      harness export html board/
+      harness export html board/ --dataset cifar10 --reported all
+    """
+    from harness.site import export_site
+
+    runs = _finished_runs(store, dataset, norm, eps, at_eps)
+    site = export_site(directory, runs, state().catalog.reported, samples=functools.partial(_best_samples, store), dataset=dataset,
+                       norm=norm, eps=eps, reported_rows=reported_rows, at_eps=at_eps, figures=not no_figures)
+    click.echo(f"wrote {len(site.pages)} pages and {len(site.figures)} figures to {directory}; open {directory / 'index.html'}")
+
+
+def _add_file_export(fmt: str) -> None:
+    suffix = {"markdown": "md"}.get(fmt, fmt)
+    doc = f"""The leaderboard as {fmt} in FILE ('-': standard output), with the columns of `harness leaderboard --format {fmt}`.
+
+    \b
+    Example:
+      harness export {fmt} leaderboard.{suffix} --dataset mnist
+    """
+
+    @export.command(fmt, help=doc)
+    @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+    @_board_filters
+    @click.option("--per-seed", is_flag=True, help="A row for every run, instead of one row (mean ± std) for runs that differ only by seed.")
+    @with_store(readonly=True, lists=True)
+    def command(store: Store | None, file: Path, dataset: str | None, norm: str | None, eps: float | None, reported_rows: str,
+                at_eps: float | None, per_seed: bool) -> None:
+        from harness import leaderboard as lb
+        from harness import render
+
+        runs = _finished_runs(store, dataset, norm, eps, at_eps)
+        groups = lb.build(runs, state().catalog.reported, dataset=dataset, norm=norm, eps=eps, reported_rows=reported_rows, per_seed=per_seed,
+                          at_eps=at_eps, samples=None if at_eps is None else functools.partial(_best_samples, store))
+        text = render.leaderboard(groups, fmt) + "\n"
+        if str(file) == "-":
+            click.echo(text, nl=False)
+            return
+        try:
+            file.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {str(file)!r}: {exc.strerror or exc}") from exc
+        click.echo(f"wrote the leaderboard ({fmt}, {sum(len(g.rows) for g in groups)} rows) to {file}")
+
+
+
+for _fmt in ("markdown", "csv", "json"):
+    _add_file_export(_fmt)
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks that plugins register.
