@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from harness.catalog import Catalog
-    from harness.components import Attacker, Certifier, Model, Trainer
+    from harness.components import Attacker, AttackStages, Certifier, Model, Trainer
     from harness.data.types import DatasetInfo, Splits
     from harness.store import Store
     from harness.threat import ThreatModel
@@ -318,8 +318,15 @@ def check_certifier_sound(
             raise AssertionError(f"{certifier.name} certified sample {index}, but {what} changes its label")
 
     holds(images, "the clean image")
+    from harness.components import AttackStages
+
     for attacker in attackers:
-        holds(attacker.perturb(model, images, labels, threat).detach(), f"attack {attacker.name}")
+        adversarial = attacker.perturb(model, images, labels, threat)
+        if isinstance(adversarial, AttackStages):  # a multi-stage attack: each stage's points
+            for stage, points in adversarial.stages.items():
+                holds(points.detach(), f"attack {attacker.name} (stage {stage})")
+        else:
+            holds(adversarial.detach(), f"attack {attacker.name}")
     generator = torch.Generator().manual_seed(seed)
     for _ in range(samples):
         if threat.norm == "inf":
@@ -336,8 +343,9 @@ def check_certifier_sound(
 
 def check_attacker_in_ball(
     attacker: Attacker, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel
-) -> torch.Tensor:
-    """Check that ``attacker`` keeps to the threat model on a batch; return its adversarial images.
+) -> torch.Tensor | AttackStages:
+    """Check that ``attacker`` keeps to the threat model on a batch; return its adversarial images
+    (of a multi-stage attack, its :class:`~harness.AttackStages`, every stage checked).
 
     The check is the evaluation's own: a finite tensor of the images' shape,
     inside ``[0, 1]`` and within ``threat.eps`` of the clean images in its norm
@@ -349,6 +357,7 @@ def check_attacker_in_ball(
     """
     import torch
 
+    from harness.components import AttackStages
     from harness.evaluation import ComponentFailed, check_in_ball
 
     model.eval()
@@ -357,6 +366,9 @@ def check_attacker_in_ball(
     if not torch.equal(images, clean):
         raise AssertionError(f"{attacker.name} changed the clean images in place")
     try:
+        if isinstance(adversarial, AttackStages):
+            return AttackStages({stage: check_in_ball(points, images, threat) for stage, points in adversarial.stages.items()},
+                                gradient_free=adversarial.gradient_free)
         return check_in_ball(adversarial, images, threat)
     except ComponentFailed as exc:
         raise AssertionError(f"{attacker.name}: {exc}") from None

@@ -134,7 +134,7 @@ def test_another_installed_attacker_changes_nothing_the_suite_sees(tmp_path, mon
 
     assert "extra" in load_plugins(only=[*builtin_plugins(), "extra"]).names()  # it is installed; a plain harness would load it
     assert "extra" not in builtin_plugins()
-    assert make_catalog().names("attacker") == ["pgd", "pgd-l2"]
+    assert make_catalog().names("attacker") == ["autoattack", "pgd", "pgd-l2"]
     listed = harness_cli("plugins").out
     last = listed.strip().splitlines()[-1]
     assert "fgsm" not in listed and last.startswith("not selected (HARNESS_ONLY_PLUGINS): ") and "extra" in last
@@ -149,7 +149,7 @@ def test_two_plugins_attackers_of_one_name_are_addressed_by_plugin(tmp_path, mon
     catalog = Catalog.build(load_plugins(only=[*builtin_plugins(), "extra"], environment=False))
     assert catalog.problems == []
     # The built-in keeps its name (runs record it as before); the third party's is addressed by plugin.
-    assert catalog.names("attacker") == ["extra:pgd", "fgsm", "pgd", "pgd-l2"]
+    assert catalog.names("attacker") == ["autoattack", "extra:pgd", "fgsm", "pgd", "pgd-l2"]
     assert catalog.get("attacker", "pgd") is PGD and catalog.get("attacker", "torchattacks:pgd") is PGD
     assert catalog.get("attacker", "extra:pgd").__module__ == "extra_attacks"
 
