@@ -237,11 +237,24 @@ def check_resumes(
         if list(got) != list(expected):
             raise AssertionError(f"resumed after step {k}: state_dict keys {list(got)} != {list(expected)}")
         for key, value in expected.items():
-            if not (torch.equal(got[key], value) if isinstance(value, torch.Tensor) else got[key] == value):
+            if not _same(got[key], value):
                 raise AssertionError(f"resumed after step {k}: {key} differs from the uninterrupted run's")
         if resumed_history != history:
             raise AssertionError(f"resumed after step {k}: history {resumed_history} != {history}")
     return reference
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal state entries: tensors exactly, extra states (dicts and lists of tensors, say) entry by entry."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
 
 
 class _StopAfter:
