@@ -8,7 +8,7 @@ import torch
 
 TINY = [
     "--preset", "quick", "--epochs", "2", "--train-samples", "2000", "--eval-samples", "64",
-    "--set", "model.width=64", "--set", "model.depth=3", "--set", "attacker.pgd.steps=10", "--no-save",
+    "--set", "model.width=64", "--set", "model.depth=3", "--set", "attacker.pgd.steps=10", "--attack", "pgd", "--no-save",
 ]
 
 

@@ -46,7 +46,7 @@ def trained():
 def test_training_keeps_its_power_iteration_vectors_in_the_model(trained):
     net, _, _ = trained
     assert net.power_iterations == 3 and net.pairwise == "liplt" and len(net.power_vectors) > 0
-    assert "_extra_state" in net.state_dict()
+    assert {"power_vector_0", "power_iteration_count", "power_pairwise"} <= set(net.state_dict())
 
 
 def test_its_constants_are_at_most_the_sound_ones_and_its_verdicts_a_superset_of_liplt(trained):
@@ -88,11 +88,30 @@ def test_the_vectors_travel_with_the_weights_and_old_weights_still_load(trained)
     fresh.load_state_dict(net.state_dict(), strict=True)
     assert torch.equal(LipLTEstimateCertifier().certify(fresh, x, y, threat).radius, LipLTEstimateCertifier().certify(net, x, y, threat).radius)
 
-    old = {k: v for k, v in net.state_dict().items() if not k.endswith("_extra_state")}  # saved before the vectors were kept
+    old = {k: v for k, v in net.state_dict().items() if not k.startswith("power_")}  # saved before the vectors were kept
     older = crm_net("4c3f", 1, 8, 3, channel_scale=0.125).eval()
     older.load_state_dict(old, strict=True)
     assert older.power_vectors == [] and not LipLTEstimateCertifier().applies_to(older, threat)
     assert LipLTCertifier().applies_to(older, threat)  # the sound certifiers still read the network as a chain
+    net_again = crm_net("4c3f", 1, 8, 3, channel_scale=0.125).eval()
+    net_again.load_state_dict(net.state_dict(), strict=True)
+    net_again.load_state_dict(old, strict=True)  # loading weights without vectors drops the ones it had
+    assert net_again.power_vectors == []
+
+
+def test_the_sound_bound_propagation_certifiers_still_bound_the_network_with_its_vectors(trained):
+    """auto_LiRPA traces the module with its state: the vectors, tensors, must not get in the way."""
+    from harness_plugins.lib.lirpa.bounds import auto_lirpa_installed
+    from harness_plugins.lirpa.certifiers import IBPCertifier
+
+    if not auto_lirpa_installed():
+        pytest.skip("auto_LiRPA is not installed")
+
+    net, x, y = trained
+    threat = ThreatModel("2", EPS)
+    assert IBPCertifier().applies_to(net, threat)
+    certified = IBPCertifier().certify(net, x[:8], y[:8], threat).certified
+    assert certified.shape == (8,)
 
 
 def test_it_is_for_l2_only(trained):
