@@ -120,3 +120,20 @@ def test_a_diverged_model_is_an_error_not_a_number(trained):
     _, x, y = trained
     with pytest.raises(HarnessError, match="non-finite logits"):
         evaluate(NaNNet(), (x * 255).to(torch.uint8), y, ThreatModel("inf", EPS), attackers=[], certifiers=[], device=torch.device("cpu"))
+
+
+def test_interval_certify_at_radii_per_sample_is_certify_at_each_radius_and_monotone(trained):
+    """The bisection's step for ``interval``: one bound pass over every sample's own box."""
+    from harness_plugins.certifiers.margins import IntervalCertifier
+
+    model, x, y = trained
+    radii = torch.tensor([0.05, 0.1, 0.2, 0.3]).repeat(len(y) // 4)
+    x, y = x[: len(radii)], y[: len(radii)]
+    certifier = IntervalCertifier()
+    assert certifier.radius_tolerance() == 0.001  # on by default: a step costs one bound pass
+    at = certifier.certify_at(model, x, y, ThreatModel("inf", EPS), radii)
+    assert at.dtype == torch.bool and at.shape == y.shape and 0 < int(at.sum()) < len(y)
+    for value in radii.unique().tolist():
+        rows = radii == value
+        assert torch.equal(at[rows], certifier.certify(model, x[rows], y[rows], ThreatModel("inf", value)).certified), value
+    assert bool((at <= certifier.certify_at(model, x, y, ThreatModel("inf", EPS), radii / 2)).all())

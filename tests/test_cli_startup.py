@@ -16,7 +16,7 @@ except SystemExit as exc:
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 
-HEAVY = ("torch", "numpy", "sqlalchemy", "torchattacks", "auto_LiRPA", "scipy", "PIL")
+HEAVY = ("torch", "numpy", "sqlalchemy", "torchattacks", "pyautoattack", "auto_LiRPA", "scipy", "PIL")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["bench", "--help"], ["bench", "dist", "--help"], ["leaderboard", "--help"],

@@ -206,7 +206,7 @@ def test_shards_cover_every_row_once_and_tiny_batches_are_refused():
 TINY = [
     "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--train-samples", "990", "--eval-samples", "40",
     "--eval-batch-size", "16", "--set", "model.width=64", "--set", "model.depth=3", "--set", "trainer.batch_size=99",
-    "--set", "attacker.pgd.steps=5", "--device", "cpu", "--epochs", "3",
+    "--set", "attacker.pgd.steps=5", "--attack", "pgd", "--device", "cpu", "--epochs", "3",
 ]
 
 

@@ -10,7 +10,7 @@ import torch
 
 TINY = [
     "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--epochs", "1", "--train-samples", "600",
-    "--eval-samples", "24", "--set", "model.width=32", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3",
+    "--eval-samples", "24", "--set", "model.width=32", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3", "--attack", "pgd",
 ]
 
 

@@ -8,7 +8,7 @@ import torch
 
 TINY = [
     "--preset", "quick", "--epochs", "2", "--train-samples", "2000", "--eval-samples", "64",
-    "--set", "model.width=64", "--set", "model.depth=3", "--set", "attacker.pgd.steps=10", "--no-save",
+    "--set", "model.width=64", "--set", "model.depth=3", "--set", "attacker.pgd.steps=10", "--attack", "pgd", "--no-save",
 ]
 
 
@@ -40,7 +40,7 @@ def test_run_is_recorded_with_typed_results_and_per_sample_results(finished_run,
     # Only the certifiers that ran are in the stored configuration; the others say why they did not apply.
     assert [c["name"] for c in config["evaluation"]["certifiers"]] == ["interval", "lipschitz-margin"]
     reasons = r["not_applicable"]
-    assert set(reasons) == {"crown", "crown-ibp", "ibp", "liplt", "lipschitz-naive"}
+    assert set(reasons) == {"crown", "crown-ibp", "ibp", "liplt", "liplt-estimate", "lipschitz-naive"}
     assert "LpDistLinear" in reasons["crown"] and "not a plain nn.Sequential" in reasons["liplt"]
     assert config["evaluation"]["not_applicable"] == reasons
     env = shown["info"]["environment"]

@@ -9,7 +9,7 @@ import torch
 
 TINY = [
     "--preset", "quick", "--epochs", "1", "--train-samples", "600", "--eval-samples", "32",
-    "--set", "model.width=32", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3",
+    "--set", "model.width=32", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3", "--attack", "pgd",
 ]
 
 
@@ -27,7 +27,7 @@ def _show(harness_cli, run_id: int = 1) -> dict:
 
 
 def test_eval_with_a_certifier_subset_records_a_second_evaluation_that_show_lists(trained, harness_cli):
-    again = harness_cli("eval", "1", "--certifier", "interval", "--eval-samples", "32", "--data-dir", str(trained))
+    again = harness_cli("eval", "1", "--certifier", "interval", "--attack", "pgd", "--eval-samples", "32", "--data-dir", str(trained))
     assert again.code == 0, again.err
     assert "run 1, evaluation 2" in again.out
     shown = _show(harness_cli)
@@ -86,7 +86,7 @@ def test_eval_of_weights_trained_elsewhere_is_an_external_run(trained, harness_c
     torch.save(state, tmp_path / "elsewhere.pt")
     r = harness_cli(
         "eval", "--weights", "elsewhere.pt", "--model", "linf_dist_net", "--dataset", "mnist", "--eps", "0.1",
-        "--set", "model.width=32", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3", "--eval-samples", "32",
+        "--set", "model.width=32", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3", "--attack", "pgd", "--eval-samples", "32",
         "--data-dir", str(trained),
     )
     assert r.code == 0, r.err
@@ -125,7 +125,7 @@ def test_an_evaluation_is_reproducible_whatever_the_global_random_state(trained,
 
     for seed in (1, 2):
         torch.manual_seed(seed)  # the CLI runs in this process: a different global state before each evaluation
-        r = harness_cli("eval", "1", "--eval-samples", "32", "--set", "attacker.pgd.steps=1", "--data-dir", str(trained))
+        r = harness_cli("eval", "1", "--eval-samples", "32", "--attack", "pgd", "--set", "attacker.pgd.steps=1", "--data-dir", str(trained))
         assert r.code == 0, r.err
     store = open_store(str(tmp_path / "results.db"), readonly=True)
     try:

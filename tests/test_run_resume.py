@@ -18,7 +18,7 @@ import torch
 TINY = [
     "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--epochs", "3", "--train-samples", "1536",
     "--eval-samples", "40", "--set", "model.width=64", "--set", "model.depth=3", "--set", "attacker.pgd.steps=5",
-    "--device", "cpu",
+    "--attack", "pgd", "--device", "cpu",
 ]
 
 

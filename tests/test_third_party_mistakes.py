@@ -134,7 +134,7 @@ def test_another_installed_attacker_changes_nothing_the_suite_sees(tmp_path, mon
 
     assert "extra" in load_plugins(only=[*builtin_plugins(), "extra"]).names()  # it is installed; a plain harness would load it
     assert "extra" not in builtin_plugins()
-    assert make_catalog().names("attacker") == ["pgd", "pgd-l2"]
+    assert make_catalog().names("attacker") == ["autoattack", "pgd", "pgd-l2"]
     listed = harness_cli("plugins").out
     last = listed.strip().splitlines()[-1]
     assert "fgsm" not in listed and last.startswith("not selected (HARNESS_ONLY_PLUGINS): ") and "extra" in last
@@ -149,7 +149,7 @@ def test_two_plugins_attackers_of_one_name_are_addressed_by_plugin(tmp_path, mon
     catalog = Catalog.build(load_plugins(only=[*builtin_plugins(), "extra"], environment=False))
     assert catalog.problems == []
     # The built-in keeps its name (runs record it as before); the third party's is addressed by plugin.
-    assert catalog.names("attacker") == ["extra:pgd", "fgsm", "pgd", "pgd-l2"]
+    assert catalog.names("attacker") == ["autoattack", "extra:pgd", "fgsm", "pgd", "pgd-l2"]
     assert catalog.get("attacker", "pgd") is PGD and catalog.get("attacker", "torchattacks:pgd") is PGD
     assert catalog.get("attacker", "extra:pgd").__module__ == "extra_attacks"
 
@@ -231,7 +231,7 @@ class BoomPlugin:
 def test_a_run_with_a_failing_certifier_finishes_keeps_the_rest_and_exits_1(harness_cli, shared_data):
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--epochs", "1", "--train-samples", "500",
                     "--eval-samples", "20", "--set", "model.width=16", "--set", "model.depth=3", "--set", "attacker.pgd.steps=2",
-                    "--data-dir", str(shared_data), "--no-save", plugins=[BoomPlugin()])
+                    "--attack", "pgd", "--data-dir", str(shared_data), "--no-save", plugins=[BoomPlugin()])
     assert r.code == 1 and "Traceback" not in r.err
     assert r.err.strip().splitlines()[-1] == (
         "error: run 1 finished, but 1 of its components failed: certifier 'boom': raised RuntimeError: CUDA error: an illegal memory access"
@@ -278,7 +278,8 @@ def test_no_preset_and_model_choose_what_a_preset_would(harness_cli, shared_data
     assert r.code == 2 and "trainer 'linf_mlp' cannot train model 'crm_net'; it trains: linf_dist_net_mlp" in r.err
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--no-preset", "--model", "crm_net", "--eps", "0.1",
                     "--epochs", "1", "--train-samples", "200", "--eval-samples", "10", "--set", "model.channel_scale=0.125",
-                    "--certifier", "liplt", "--certifier", "crown", "--set", "attacker.pgd.steps=2", "--set", "certifier.crown.max_samples=2",
+                    "--certifier", "liplt", "--certifier", "crown", "--attack", "pgd", "--set", "attacker.pgd.steps=2",
+                    "--set", "certifier.crown.max_samples=2",
                     "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     shown = json.loads(harness_cli("show", "1", "--format", "json").out)
@@ -410,7 +411,7 @@ def test_a_raising_label_is_that_attacks_error_and_the_run_is_recorded(harness_c
 
     r = harness_cli("run", "--plugin", "linf_v2", "--dataset", "mnist", "--preset", "quick", "--epochs", "1", "--train-samples", "300",
                     "--eval-samples", "10", "--set", "model.width=16", "--set", "model.depth=3", "--set", "attacker.pgd.steps=2",
-                    "--data-dir", str(shared_data), "--no-save", plugins=[P()])
+                    "--attack", "bad-label", "--attack", "pgd", "--data-dir", str(shared_data), "--no-save", plugins=[P()])
     assert r.code == 1 and "Traceback" not in r.err
     assert r.err.strip().splitlines()[-1].endswith("attack 'bad-label': label() raised KeyError: 'steps'")
     shown = json.loads(harness_cli("show", "1", "--format", "json").out)

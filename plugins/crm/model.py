@@ -14,6 +14,10 @@ the code's CIFAR-10 loader (``Normalize(0.5, 0.5)``). It is a frozen 1×1
 convolution (weights 2·I, bias −1), so the whole network stays a chain of
 ``Conv2d``/``Linear``/``ReLU`` that LipLT and auto_LiRPA (l2 included) bound
 with respect to raw pixels. ``channel_scale`` shrinks every layer for quick runs.
+The network is a :class:`~harness_plugins.lib.liplt.estimate.PowerVectorsSequential`
+(an ``nn.Sequential`` in every other respect) so that the trainer's
+power-iteration vectors are saved with the weights: the ``liplt-estimate``
+certifier runs the code's own protocol from them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from harness import Model, UsageError
 from harness.data import DatasetInfo
 from harness.options import doc_field
 from harness_plugins.lib import citations
+from harness_plugins.lib.liplt.estimate import PowerVectorsSequential
 
 #: (convolutions (out, kernel, stride, padding), hidden FC widths, input size it was made for).
 ARCHITECTURES: dict[str, tuple[tuple[tuple[int, int, int, int], ...], tuple[int, ...], int]] = {
@@ -66,7 +71,9 @@ def symmetric_range(channels: int) -> nn.Conv2d:
     return conv
 
 
-def crm_net(arch: str, channels: int, size: int, classes: int, *, input_range: str = "unit", channel_scale: float = 1.0) -> nn.Sequential:
+def crm_net(
+    arch: str, channels: int, size: int, classes: int, *, input_range: str = "unit", channel_scale: float = 1.0
+) -> PowerVectorsSequential:
     convs, fcs, _ = ARCHITECTURES[arch]
     layers: list[nn.Module] = [symmetric_range(channels)] if input_range == "symmetric" else []
     width = channels
@@ -84,7 +91,7 @@ def crm_net(arch: str, channels: int, size: int, classes: int, *, input_range: s
         layers += [nn.Linear(features, hidden), nn.ReLU()]
         features = hidden
     layers.append(nn.Linear(features, classes))
-    return nn.Sequential(*layers)
+    return PowerVectorsSequential(*layers)
 
 
 class CRMNetModel(Model):

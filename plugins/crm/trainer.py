@@ -11,6 +11,10 @@ every epoch by ``(lr_min/lr)^(1/(epochs − lr_decay_epoch))`` so that it reache
 of the training split (``random_split`` after ``manual_seed(1)``; the rest is
 its validation set): ``train_fraction``.
 
+Under l2 the power-iteration vectors of the last step are kept in the model
+(:class:`~harness_plugins.lib.liplt.estimate.PowerVectorsSequential`), as the
+code saves them, for the ``liplt-estimate`` certifier (the code's protocol).
+
 Under ``--norm inf`` (not in the code, which is l2 only) the same loss runs
 with LipLT in induced l_inf norms, estimated from the largest rows
 (:class:`~harness_plugins.lib.liplt.power.RowSumEstimate`).
@@ -36,6 +40,7 @@ from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.loss import robust_term
 from harness_plugins.lib import citations
 from harness_plugins.lib.liplt.chain import Chain
+from harness_plugins.lib.liplt.estimate import PowerVectorsSequential
 from harness_plugins.lib.liplt.power import PowerIteration, RowSumEstimate, pairwise
 
 
@@ -150,6 +155,15 @@ class CRMTrainer(EpochTrainer):
 
     def restore_state(self, saved: dict[str, Any]) -> None:
         self.state.estimator.load_state_dict(saved["estimator"])
+
+    def finish(self, model: nn.Module) -> None:
+        """Evaluated form, with the l2 power-iteration vectors kept in the model as the code saves them (its test.py starts from them)."""
+        super().finish(model)
+        state = getattr(self, "state", None)  # None when finish() runs without a training (a model's evaluated form)
+        estimator = state.estimator if state is not None else None
+        if isinstance(model, PowerVectorsSequential) and isinstance(estimator, PowerIteration):
+            method = "liplt" if self.state.full_pairs else "liplt-last-naive"
+            model.keep_power_vectors(estimator.state_dict()["vectors"], self.options.power_iterations, method)
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]

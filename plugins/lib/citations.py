@@ -88,3 +88,12 @@ PGD = Source(
     venue="ICLR 2018",
     code="torchattacks.PGD (Harry24k/adversarial-attacks-pytorch 3.5.1)",
 )
+
+#: Croce & Hein (ICML 2020): AutoAttack, the ensemble RobustBench evaluates with, as the pyautoattack package runs it.
+AUTOATTACK = Source(
+    title="Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks",
+    authors="Croce, Hein",
+    venue="ICML 2020",
+    url="https://arxiv.org/abs/2003.01690",
+    code="pyautoattack 0.2.0 (the official AutoAttack, github.com/fra31/auto-attack)",
+)

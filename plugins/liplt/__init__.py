@@ -1,7 +1,8 @@
 """Built-in plugin: LipLT (Fazlyab et al., NeurIPS 2023) and naive Lipschitz certificates.
 
 Registers the ``liplt`` and ``lipschitz-naive`` certifiers
-(:mod:`.certifiers`), for l2 and l_inf: certified radii from pairwise
+(:mod:`.certifiers`), for l2 and l_inf, and ``liplt-estimate``, the CRM
+code's own protocol (an estimate, not a certificate: ``sound = False``), for l2: certified radii from pairwise
 Lipschitz constants ``L_pq`` of ``z_p − z_q``. They apply to feed-forward
 networks built from plain ``nn.Sequential`` containers (linear and
 convolutional layers, average pooling, eval-mode batch norm, element-wise
@@ -23,6 +24,6 @@ if TYPE_CHECKING:
 
 @hookimpl
 def register_certifiers() -> list[type[Certifier]]:
-    from harness_plugins.liplt.certifiers import LipLTCertifier, NaiveLipschitzCertifier
+    from harness_plugins.liplt.certifiers import LipLTCertifier, LipLTEstimateCertifier, NaiveLipschitzCertifier
 
-    return [LipLTCertifier, NaiveLipschitzCertifier]
+    return [LipLTCertifier, NaiveLipschitzCertifier, LipLTEstimateCertifier]

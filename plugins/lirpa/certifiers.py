@@ -10,7 +10,10 @@ A certifier applies to
   so sound).
 
 A sample is certified iff every margin lower bound ``z_y − z_j`` (j ≠ y) is
-positive. The ``BoundedModule`` is built once per bounded module and kept while
+positive. No closed-form radius: the harness bisects over eps for one
+(``radius_tolerance``, on by default for ``ibp`` only); under l_inf each step
+bounds every sample over its own box in one pass (:meth:`LiRPACertifier.certify_at`).
+The ``BoundedModule`` is built once per bounded module and kept while
 that module lives, keyed by object identity (rebuilt when the input moves to
 another device): replacing a module's layers after it was certified needs a
 new module object.
@@ -32,6 +35,7 @@ from harness.threat import ThreatModel
 from harness_plugins.lib import citations
 from harness_plugins.lib.lirpa.bounds import auto_lirpa_installed, bounds_for, unbounded_parts
 from harness_plugins.lib.margins import full_float32
+from harness_plugins.lib.radius import RADIUS_TOLERANCE_DOC, check_tolerance, per_sample
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,19 @@ class LiRPAOptions:
         "certify at most this many samples (a fixed seeded subset); 0: all, except CROWN on "
         "convolutional networks: 100 on a CPU, 1000 on a GPU (seconds per sample on a CPU)",
     )
+    radius_tolerance: float = doc_field(0.0, RADIUS_TOLERANCE_DOC + ". Off by default (CROWN's passes are costly).")
 
     def __post_init__(self) -> None:
         if self.max_samples < 0:
             raise ValueError(f"max_samples must be >= 0 (0: automatic), got {self.max_samples}")
+        check_tolerance(self.radius_tolerance)
+
+
+@dataclass(frozen=True)
+class IBPOptions(LiRPAOptions):
+    radius_tolerance: float = doc_field(
+        0.001, RADIUS_TOLERANCE_DOC + ". On by default: an IBP pass costs about one forward pass (l2: one pass per distinct radius)"
+    )
 
 
 #: CROWN's default sample budget on convolutional networks, per device type.
@@ -96,6 +109,19 @@ class LiRPACertifier(Certifier):
         return f"{name} has what auto_LiRPA cannot bound: {', '.join(unbounded)}" if unbounded else None
 
     def certify(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Certificate:
+        return Certificate(certified=self._certified(model, images, labels, threat, None))
+
+    def certify_at(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel, eps: Tensor) -> Tensor:
+        """Under l_inf one pass, each sample bounded over its own box ``images[i] ± eps[i]`` clipped to ``[0, 1]``.
+
+        Under l2 auto_LiRPA 0.3 takes one radius per bound (its operators read a
+        scalar eps), so the samples are certified one distinct radius at a time.
+        """
+        if threat.norm == "2":
+            return super().certify_at(model, images, labels, threat, eps)
+        return self._certified(model, images, labels, threat, eps)
+
+    def _certified(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel, eps: Tensor | None) -> Tensor:
         # CROWN's intermediate bounds on a convolutional network take ~100 MB per sample (a 4C3F
         # batch of 500 asked an H100 for 48 GiB): bound such networks a few samples at a time.
         bounded = model.head if isinstance(model, FeatureHead) else model
@@ -104,18 +130,24 @@ class LiRPACertifier(Certifier):
         with torch.no_grad(), full_float32():
             for start in range(0, len(images), step):
                 part = slice(start, start + step)
-                margins = self.margins(model, images[part], labels[part], threat)
+                margins = self.margins(model, images[part], labels[part], threat, None if eps is None else eps[part])
                 certified.append(margins.scatter(1, labels[part, None], math.inf).amin(1) > 0)
-        return Certificate(certified=torch.cat(certified))
+        return torch.cat(certified)
 
-    def margins(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel) -> Tensor:
-        """Lower bounds (B×K) of ``z_y − z_j`` over the threat model's ball around each image; 0 at ``j = y``."""
+    def margins(self, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel, eps: Tensor | None = None) -> Tensor:
+        """Lower bounds (B×K) of ``z_y − z_j`` over the threat model's ball around each image; 0 at ``j = y``.
+
+        :param eps: l_inf only: one radius per image instead of ``threat.eps``.
+        """
         if isinstance(model, FeatureHead) and threat.norm != "inf":
             raise HarnessError(f"{self.name}: feature bounds are l_inf boxes; they cannot certify {threat}")
         if threat.norm == "2":
+            if eps is not None:
+                raise HarnessError(f"{self.name}: auto_LiRPA bounds an l2 ball of one radius at a time")
             bounds = bounds_for(model, images)
             return self._tightest(lambda method: bounds.margins_l2(images, threat.eps, labels, method))
-        lower, upper = (images - threat.eps).clamp(0, 1), (images + threat.eps).clamp(0, 1)
+        radius: Tensor | float = threat.eps if eps is None else per_sample(eps, images)
+        lower, upper = (images - radius).clamp(0, 1), (images + radius).clamp(0, 1)
         if isinstance(model, FeatureHead):
             lower, upper = model.feature_bounds(lower, upper)
             model = model.head
@@ -135,6 +167,7 @@ class IBPCertifier(LiRPACertifier):
     description = "interval bound propagation (auto_LiRPA), the last layer folded into the margin specification"
     source = citations.AUTO_LIRPA
     method = "ibp"
+    Options = IBPOptions
 
 
 class CROWNIBPCertifier(LiRPACertifier):

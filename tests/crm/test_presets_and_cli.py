@@ -49,7 +49,7 @@ def test_the_two_cifar_conventions():
 def test_a_tiny_l2_run_is_certified_by_liplt_naive_and_crown(harness_cli, shared_data):
     r = harness_cli("run", "--plugin", "crm", "--dataset", "mnist", "--norm", "2", "--eps", "0.5", "--preset", "quick",
                     "--epochs", "2", "--train-samples", "2000", "--eval-samples", "60", "--set", "model.channel_scale=0.125",
-                    "--set", "trainer.robust_start_epoch=1", "--set", "attacker.pgd-l2.steps=20",
+                    "--set", "trainer.robust_start_epoch=1", "--set", "attacker.pgd-l2.steps=20", "--attack", "pgd-l2",
                     "--set", "certifier.crown.max_samples=10", "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     shown = json.loads(harness_cli("show", "1", "--format", "json", "--samples", "60").out)

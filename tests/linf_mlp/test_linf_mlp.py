@@ -149,7 +149,7 @@ def test_a_tiny_run_is_certified_by_every_lirpa_certifier(harness_cli, shared_da
 
     r = harness_cli("run", "--plugin", "linf_mlp", "--dataset", "mnist", "--preset", "quick", "--eps", "0.05",
                     "--epochs", "2", "--train-samples", "3000", "--eval-samples", "100", "--set", "model.width=64",
-                    "--set", "model.depth=2", "--set", "model.hidden=32", "--set", "attacker.pgd.steps=10",
+                    "--set", "model.depth=2", "--set", "model.hidden=32", "--set", "attacker.pgd.steps=10", "--attack", "pgd",
                     "--data-dir", str(shared_data), "--no-save")
     assert r.code == 0, r.err
     shown = json.loads(harness_cli("show", "1", "--format", "json", "--samples", "100").out)

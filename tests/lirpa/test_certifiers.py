@@ -307,3 +307,39 @@ def test_bounds_are_built_once_per_model_and_freed_with_it():
     del other
     gc.collect()
     assert len(lirpa_certifiers._BOUNDS) == count - 1
+
+
+#: One radius per sample: four distinct values, each on a quarter of the samples.
+RADII = torch.tensor([0.05, 0.15, 0.25, 0.35]).repeat(12)
+
+
+@pytest.mark.parametrize(("kind", "norm"), [("mlp", "inf"), ("plain-mlp", "inf"), ("feature-head", "inf"), ("plain-mlp", "2")])
+def test_certify_at_radii_per_sample_is_certify_at_each_radius_and_monotone(trained, data, kind, norm):
+    """The bisection's step: one pass over every sample's own box (l2: one pass per distinct radius) gives the verdicts
+    certify() gives at each radius alone; a smaller radius never loses a certificate."""
+    model = trained[kind]
+    _, (x, y) = data
+    x, y = x[: len(RADII)], y[: len(RADII)]
+    radii = RADII * (4 if norm == "2" else 1)
+    for certifier in all_three():
+        threat = ThreatModel(norm, float(radii[0]))
+        at = certifier.certify_at(model, x, y, threat, radii)
+        assert at.dtype == torch.bool and at.shape == y.shape
+        for value in radii.unique().tolist():
+            rows = radii == value
+            alone = certifier.certify(model, x[rows], y[rows], ThreatModel(norm, value)).certified
+            assert torch.equal(at[rows], alone), (certifier.name, value)
+        assert 0 < int(at.sum()) < len(y), certifier.name  # not vacuous either way
+        assert bool((at <= certifier.certify_at(model, x, y, threat, radii / 2)).all()), certifier.name
+
+
+def test_radius_tolerance_is_on_for_ibp_only_and_says_its_cost():
+    from harness.options import parse_options
+    from harness_plugins.lirpa.certifiers import IBPOptions, LiRPAOptions
+
+    assert [c.radius_tolerance() for c in all_three()] == [0.001, None, None]
+    assert CROWNCertifier(parse_options(LiRPAOptions, {"radius_tolerance": "0.01"}, "certifier 'crown'")).radius_tolerance() == 0.01
+    docs = {name: doc for name, _, _, doc in IBPCertifier.option_docs()}
+    assert "log2(range/tolerance) certifications" in docs["radius_tolerance"]
+    with pytest.raises(ValueError, match="radius_tolerance must be a finite number >= 0"):
+        IBPOptions(radius_tolerance=-1.0)

@@ -14,7 +14,8 @@ from sqlalchemy.engine import make_url
 
 SECRET = "hunter2-s3cret"
 TINY = ["--plugin", "linf_v2", "--dataset", "tiny", "--no-preset", "--eps", "0.1", "--epochs", "1", "--eval-samples", "30",
-        "--set", "model.width=16", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3", "--train-samples", "64", "--device", "cpu"]
+        "--set", "model.width=16", "--set", "model.depth=3", "--set", "attacker.pgd.steps=3", "--attack", "pgd",
+        "--train-samples", "64", "--device", "cpu"]
 
 
 @pytest.fixture

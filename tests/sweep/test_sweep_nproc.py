@@ -63,7 +63,7 @@ def test_the_quick_forms_nproc_is_refused_with_a_spec_file(harness_cli, tmp_path
 # CRM on MNIST (the cheapest built-in trainer on a CPU); lipschitz-margin does not apply to its net (a warning), so no
 # certifier costs time.
 TINY = ["--plugin", "crm", "--dataset", "mnist", "--preset", "quick", "--epochs", "1", "--train-samples", "128",
-        "--eval-samples", "20", "--set", "trainer.batch_size=64", "--set", "attacker.pgd-l2.steps=2",
+        "--eval-samples", "20", "--set", "trainer.batch_size=64", "--set", "attacker.pgd-l2.steps=2", "--attack", "pgd-l2",
         "--certifier", "lipschitz-margin", "--cpus", "2", "--nproc", "2"]
 
 

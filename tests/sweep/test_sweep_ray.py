@@ -23,7 +23,7 @@ SECRET = "s3cret-pw"
 TINY = [
     "--plugin", "linf_v2,linf_v1", "--dataset", "mnist", "--preset", "quick", "--seeds", "2", "--epochs", "2",
     "--train-samples", "256", "--eval-samples", "50", "--set", "model.width=64", "--set", "model.depth=3",
-    "--set", "attacker.pgd.steps=5",
+    "--set", "attacker.pgd.steps=5", "--attack", "pgd",
 ]
 
 

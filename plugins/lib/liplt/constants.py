@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from harness import HarnessError
 from harness_plugins.lib.liplt.chain import ACTIVATIONS, Chain, NotAChain
+from harness_plugins.lib.liplt.estimate import PowerVectorsSequential
 from harness_plugins.lib.liplt.sound import DENSE_LIMIT, pairwise_constants
 from harness_plugins.lib.margins import MARGIN_SLACK
 
@@ -47,7 +48,8 @@ def chain_refusal(model: nn.Module) -> str | None:
     leaves = []
     for module in model.modules():
         if next(module.children(), None) is not None:
-            if type(module) is not nn.Sequential:
+            # Subclasses may override forward; PowerVectorsSequential only keeps extra state (CRM's vectors).
+            if type(module) not in (nn.Sequential, PowerVectorsSequential):
                 return f"it is not a plain nn.Sequential ({type(module).__name__} has a forward of its own)"
             continue
         leaves.append(module)
