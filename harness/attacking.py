@@ -41,6 +41,8 @@ class Attacked:
     gradient_free_stages: frozenset[str] = frozenset()
     cost: Cost = field(default_factory=Cost)
     error: str | None = None
+    #: How many samples it was run on (the correctly classified ones, less the certified ones it skips).
+    attacked: int = 0
 
     @property
     def gradient_free(self) -> bool:
@@ -90,10 +92,15 @@ def attack(
     device: torch.device,
     progress: Progress,
     world: World | None = None,
+    skipped: torch.Tensor | None = None,
 ) -> Attacked:
-    """Run ``attacker`` on the evaluated ``images`` (uint8) at ``attack_rows`` (the correctly classified ones)."""
+    """Run ``attacker`` on the evaluated ``images`` (uint8) at ``attack_rows`` (the correctly classified ones).
+
+    ``skipped``: rows it is not run on that count as surviving it (certified by a sound certifier that every attack
+    run so far left standing; see :meth:`harness.Attacker.attacks_certified`).
+    """
     n = images.shape[0]
-    out = Attacked(attacker, name, label=name)
+    out = Attacked(attacker, name, label=name, attacked=len(attack_rows))
     alive = torch.zeros(n, dtype=torch.bool)
     stages: dict[str, torch.Tensor] = {}
     order: tuple[list[str], frozenset[str]] | None = None
@@ -127,6 +134,10 @@ def attack(
             out.error = fail_message(exc)
         meter.samples = attacked
     _conclude(out, meter.cost(), attacked, alive, stages, order, world)
+    if out.survived is not None and skipped is not None and len(skipped):
+        out.survived[skipped] = True
+        for survived in out.stages.values():
+            survived[skipped] = True
     if out.error is not None:
         progress.log(f"attack {name!r} failed: {out.error}")
     return out

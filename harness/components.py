@@ -339,6 +339,18 @@ class Attacker(Component):
         """How tables name this attack with its settings (e.g. ``PGD-100``)."""
         return self.name
 
+    def attacks_certified(self) -> bool:
+        """Whether the evaluation runs this attack on samples a sound certifier has certified too (the default).
+
+        An expensive attack may answer False: it then runs only on the
+        correctly classified samples no standing sound certificate covers, after
+        the attacks that do attack certified samples (the soundness check), and
+        the samples it skips count as surviving it (a sound certificate proves
+        they do). Its robust accuracy is then the same number, at a fraction of
+        the cost on a certifiably robust model.
+        """
+        return True
+
     @required
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel) -> torch.Tensor | AttackStages:
         """Return adversarial images inside the threat model's ball and ``[0,1]`` (or, for a multi-stage attack, :class:`AttackStages`)."""

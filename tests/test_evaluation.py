@@ -265,3 +265,57 @@ def test_a_runs_budget_is_stored_in_its_evaluation_configuration_only_when_given
     assert plan_run(catalog, request).config()["evaluation"]["certifier_budget"] == {"default": None, "per_certifier": {"interval": 30.0}}
     plain = plan_run(catalog, RunRequest(trainer="linf_v2", dataset="mnist", preset="quick", device="cpu")).config()
     assert "certifier_budget" not in plain["evaluation"] and "certifier_budget" not in plain["request"]
+
+
+class Recording(PGD):
+    """PGD that remembers which samples it was given and may skip certified ones (as AutoAttack does by default)."""
+
+    name = "recording"
+
+    def __init__(self, skips: bool):
+        super().__init__()
+        self.skips, self.given = skips, 0
+
+    def attacks_certified(self):
+        return not self.skips
+
+    def perturb(self, model, images, labels, threat):
+        self.given += len(images)
+        return super().perturb(model, images, labels, threat)
+
+
+class Everything(Margin):
+    """Certifies every sample: unsound whenever an attack breaks one."""
+
+    name = "everything"
+
+    def certify(self, model, images, labels, threat):
+        return Certificate(certified=torch.ones(len(labels), dtype=torch.bool))
+
+
+def test_an_attack_that_skips_certified_samples_runs_on_the_rest_after_the_others_and_counts_them_as_surviving(problem):
+    model, images, labels = problem
+    threat = ThreatModel("inf", 0.05)
+    skipping, full = Recording(skips=True), PGD()
+    out = evaluate(model, images, labels, threat, attackers=[skipping, full], certifiers=[Margin()], device=torch.device("cpu"))
+    r = out.result
+    correct = [s for s in out.samples if s.prediction == s.label]
+    proven = [s for s in correct if s.certificates["margin"][0]]
+    assert 0 < len(proven) < len(correct)
+    # It ran after PGD, on the correctly classified samples no certificate covers.
+    assert [a.name for a in r.attacks] == ["pgd", "recording"]
+    assert skipping.given == len(correct) - len(proven) == r.attack("recording").attacked
+    assert r.attack("pgd").attacked == len(correct)
+    assert all(s.attacks["recording"] for s in proven)
+    # The worst case is unchanged: what a sound certificate proves, no attack breaks.
+    assert r.robust_accuracy == sum(all(s.attacks.values()) for s in out.samples) / len(out.samples)
+
+
+def test_a_certificate_an_earlier_attack_broke_does_not_spare_its_samples_from_a_skipping_attack(problem):
+    model, images, labels = problem
+    threat = ThreatModel("inf", 0.3)  # large: PGD breaks samples that "everything" claims
+    skipping = Recording(skips=True)
+    out = evaluate(model, images, labels, threat, attackers=[skipping, PGD()], certifiers=[Everything()], device=torch.device("cpu"))
+    assert out.result.certifier("everything").error.startswith("UNSOUND")
+    correct = sum(s.prediction == s.label for s in out.samples)
+    assert skipping.given == correct == out.result.attack("recording").attacked

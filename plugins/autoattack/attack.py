@@ -69,6 +69,12 @@ class AutoAttackOptions:
         (), "version custom only: the attacks to run in this order, with the package's constructor settings"
     )
     seed: int = doc_field(0, "the seed of every attack (the package's default is the clock, which makes runs irreproducible)")
+    certified: bool = doc_field(
+        False,
+        "also attack the samples a sound certifier certified (they cannot be broken if it is sound; the cheaper attacks "
+        "attack them as the soundness check). Off: AutoAttack runs on the rest only, its robust accuracy is the same, and "
+        "on a certifiably robust model it costs a fraction (on a CPU, 20 MNIST samples took 453 s when all were attacked)",
+    )
 
     def __post_init__(self) -> None:
         if self.version == "custom" and not self.attacks:
@@ -85,6 +91,9 @@ class AutoAttack(Attacker):
     source = citations.AUTOATTACK
     norms = ("inf", "2")
     Options = AutoAttackOptions
+
+    def attacks_certified(self) -> bool:
+        return bool(self.options.certified)
 
     def label(self) -> str:
         o = self.options

@@ -165,3 +165,8 @@ def test_it_is_in_the_default_evaluation_of_both_norms_beside_pgd(catalog):
         attackers, _ = evaluation_components(catalog, norm, None, [], {}, {})
         assert {a.name for a in attackers} == {pgd, "autoattack"}
     assert AutoAttack().label() == "AutoAttack"
+
+
+def test_it_skips_certified_samples_unless_told_to_attack_them():
+    assert AutoAttack().attacks_certified() is False
+    assert AutoAttack(parse_options(AutoAttackOptions, {"certified": True}, "attacker autoattack")).attacks_certified() is True
