@@ -159,7 +159,8 @@ def _certify_batch(
     x, y = images[part].to(device).float().div_(255), labels[part].to(device)
     try:
         with deadline.interrupting():
-            given = certifier.certify(model, x, y, threat)
+            # Copies: a certify() that wrote into the batch would move the points the bisection then certifies around.
+            given = certifier.certify(model, x.clone(), y.clone(), threat)
     except BudgetExceeded:
         codes[part] = TIMEOUT
         return kind
