@@ -176,9 +176,14 @@ def save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` (its extension says the format, one of :data:`FORMATS`); return the path.
 
     An SVG keeps its text as text (not glyph outlines): searchable, selectable, and smaller.
+
+    :raises UsageError: the file cannot be written (a missing folder, permissions, a full disk): one line, not a traceback.
     """
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(path, dpi=150)
+    try:
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(path, dpi=150)
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return path
 
 

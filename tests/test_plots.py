@@ -192,6 +192,8 @@ def test_plot_commands_refuse_bad_input_in_one_line_with_status_2(harness_cli, d
         (["plot", "radius", "7"], "7"),
         (["plot", "tradeoff", "--dataset", "mnist", "--eps", "0.1"], "no finished run matches --dataset mnist --eps 0.1"),
         (["plot", "tradeoff", "--dataset", "mnist", "--eps", "0.3", "--out", "t.gif"], "'.gif'"),
+        (["plot", "radius", "1", "--out", str(tmp_path / "missing" / "r.png")], "cannot write"),
+        (["plot", "tradeoff", "--dataset", "mnist", "--eps", "0.3", "--out", str(tmp_path / "missing" / "t.svg")], "No such file"),
     ):
         done = harness_cli(*args, "--db", database)
         assert done.code == 2 and said in done.err and len(done.err.strip().splitlines()) == 1, (args, done.err)
