@@ -113,7 +113,6 @@ def certify(
     radius = torch.zeros(n, dtype=torch.float64)
     kind: str | None = None  # how its radii come: CLOSED_FORM, BISECTION or "none"; decided by its first batch that ran
     deadline = Deadline(budget)
-    attempted = 0
     with measure(device) as meter:
         try:
             limit = certifier.sample_limit(model, threat)
@@ -126,7 +125,6 @@ def certify(
             with progress.task(label, total=sum(s.stop - s.start for s in mine)) as task:
                 for s in mine:
                     part = rows[s]
-                    attempted += len(part)
                     kind = _certify_batch(out, certifier, model, images, labels, correct, threat, part, codes, radius, kind, deadline,
                                           device, dimensions)
                     done = codes[rows[: s.stop]]
@@ -136,7 +134,8 @@ def certify(
             out.error = str(exc)
         except Exception as exc:  # isolated: recorded against this certifier  # noqa: BLE001
             out.error = fail_message(exc)
-        meter.samples = attempted
+        # Samples per second over the samples it ran on: a time-out never ran (or was cut short), so it does not count.
+        meter.samples = int(((codes != NOT_ATTEMPTED) & (codes != TIMEOUT)).sum())
     out.cost = meter.cost()
     _conclude(out, codes, radius, kind, world, meter.samples)
     if out.error is not None:
