@@ -218,3 +218,28 @@ def test_a_certify_that_writes_into_the_batch_does_not_move_the_bisections_point
         certified, radius = s.certificates["box"]
         truth = max(0.0, images[s.index].item() / 255 - 0.5) if s.label == 0 else 0.0
         assert radius <= truth and radius > truth - 0.001
+
+
+def test_every_batchs_verdict_at_eps_comes_before_any_bisection_spends_the_budget(problem):
+    """The verdicts at eps are the certified accuracy; a radius only refines it: the bisection runs on what is left of the
+    budget once every batch has its verdict, so a slow bisection never turns later batches into time-outs."""
+    model, images, labels = problem
+
+    class SlowSteps(Margin):
+        name = "slow-steps"
+
+        def certify_at(self, model, images, labels, threat, eps):
+            time.sleep(0.5)
+            return super().certify_at(model, images, labels, threat, eps)
+
+    slow = SlowSteps(Tolerance(1e-6))
+    run = evaluate(model, images, labels, ThreatModel("2", 0.3), attackers=[], certifiers=[slow, Margin(Tolerance(0))], device=CPU,
+                   batch_size=40, budgets=Budgets(per_certifier={"slow-steps": 2.0}))
+    c = run.result.certifier("slow-steps")
+    assert (c.error, c.timeouts, c.errors, c.radius_method) == (None, 0, 0, "bisection")
+    assert [s.certificates["slow-steps"][0] for s in run.samples] == [s.certificates["margin"][0] for s in run.samples]
+    with torch.no_grad():
+        exact = exact_radius(model, images.float() / 255, labels, "2")
+    for s in run.samples:  # the radii proven before the budget ran out, or the verdict's own (eps or 0)
+        certified, radius = s.certificates["slow-steps"]
+        assert radius <= float(exact[s.index]) and certified == (radius >= 0.3)
