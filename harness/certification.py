@@ -14,8 +14,9 @@ only) fails the whole certifier: its verdicts cannot be trusted anywhere.
 
 Radii: a certifier's own (``closed-form``), or, when it gives none and has a
 bisection tolerance (:meth:`~harness.Certifier.radius_tolerance`), per-sample
-radii by bisection (:mod:`harness.radius`), which stops at the budget with the
-radii proven so far. A ``certify_at()`` that raises ends that batch's
+radii by bisection (:mod:`harness.radius`), run once every batch has its
+verdict at eps (those are the certified accuracy; the budget goes to them
+first), and stopping at the budget with the radii proven so far. A ``certify_at()`` that raises ends that batch's
 bisection the same way, its message kept as ``sample_error``.
 """
 
@@ -113,7 +114,6 @@ def certify(
     radius = torch.zeros(n, dtype=torch.float64)
     kind: str | None = None  # how its radii come: CLOSED_FORM, BISECTION or "none"; decided by its first batch that ran
     deadline = Deadline(budget)
-    attempted = 0
     with measure(device) as meter:
         try:
             limit = certifier.sample_limit(model, threat)
@@ -123,20 +123,28 @@ def certify(
             label = f"certify: {name}" + (f" ({len(rows)} of {n})" if len(rows) < n else "")
             mine = batches(len(rows), batch_size, world)
             dimensions = math.prod(images.shape[1:])
+            # Every batch's verdicts at eps first, then the radii: a bisection never spends the budget that later batches'
+            # verdicts need (those are the certified accuracy; a radius above or below eps only refines it).
+            searches: list[tuple[torch.Tensor, Bisection]] = []
             with progress.task(label, total=sum(s.stop - s.start for s in mine)) as task:
                 for s in mine:
                     part = rows[s]
-                    attempted += len(part)
                     kind = _certify_batch(out, certifier, model, images, labels, correct, threat, part, codes, radius, kind, deadline,
-                                          device, dimensions)
+                                          device, dimensions, searches)
                     done = codes[rows[: s.stop]]
                     task.advance(len(part), certified=f"{(done == CERTIFIED).float().mean().item():.2%}")
+            if searches:
+                with progress.task(f"radius: {name}", total=sum(len(part) for part, _ in searches)) as task:
+                    for part, bisection in searches:
+                        _bisect(out, certifier, model, images, labels, threat, part, bisection, radius, deadline, device)
+                        task.advance(len(part))
             synchronize(device)
         except ComponentFailed as exc:
             out.error = str(exc)
         except Exception as exc:  # isolated: recorded against this certifier  # noqa: BLE001
             out.error = fail_message(exc)
-        meter.samples = attempted
+        # Samples per second over the samples it ran on: a time-out never ran (or was cut short), so it does not count.
+        meter.samples = int(((codes != NOT_ATTEMPTED) & (codes != TIMEOUT)).sum())
     out.cost = meter.cost()
     _conclude(out, codes, radius, kind, world, meter.samples)
     if out.error is not None:
@@ -150,9 +158,12 @@ def certify(
 def _certify_batch(
     out: Certified, certifier: Certifier, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, correct: torch.Tensor,
     threat: ThreatModel, part: torch.Tensor, codes: torch.Tensor, radius: torch.Tensor, kind: str | None, deadline: Deadline,
-    device: torch.device, dimensions: int,
+    device: torch.device, dimensions: int, searches: list[tuple[torch.Tensor, Bisection]],
 ) -> str | None:
-    """Certify one batch (rows ``part``) into ``codes`` and ``radius``; return how the certifier's radii come."""
+    """Certify one batch (rows ``part``) into ``codes`` and ``radius``; return how the certifier's radii come.
+
+    A batch whose radii come by bisection gets the radii its verdicts prove (eps or 0) and joins ``searches``.
+    """
     if deadline.passed():
         codes[part] = TIMEOUT
         return kind
@@ -177,22 +188,33 @@ def _certify_batch(
         radius[part] = radii
     elif tolerance is not None:
         bisection = Bisection(verdicts, verdicts | correct[part], threat, dimensions, tolerance)
-
-        def certify_at(rows: torch.Tensor, eps: torch.Tensor) -> object:
-            with deadline.interrupting():
-                return certifier.certify_at(model, x[rows.to(device)], y[rows.to(device)], threat, eps.to(device))
-
-        try:
-            bisection.run(certify_at, stop=deadline.passed)
-        except BudgetExceeded:
-            pass  # the radii proven so far stand
-        except ComponentFailed:
-            raise
-        except Exception as exc:  # the radii proven so far stand  # noqa: BLE001
-            out.sample_error = out.sample_error or f"certify_at() {fail_message(exc)}"
         radius[part] = bisection.radius
+        searches.append((part, bisection))
         out.radius_tolerance = tolerance
     return this
+
+
+def _bisect(
+    out: Certified, certifier: Certifier, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel,
+    part: torch.Tensor, bisection: Bisection, radius: torch.Tensor, deadline: Deadline, device: torch.device,
+) -> None:
+    """Run one batch's bisection (rows ``part``) within what is left of the budget; its radii proven so far into ``radius``."""
+    # The batch afresh from the uint8 images: whatever certify() did to its own copy, the bisection certifies these points.
+    x, y = images[part].to(device).float().div_(255), labels[part].to(device)
+
+    def certify_at(rows: torch.Tensor, eps: torch.Tensor) -> object:
+        with deadline.interrupting():
+            return certifier.certify_at(model, x[rows.to(device)], y[rows.to(device)], threat, eps.to(device))
+
+    try:
+        bisection.run(certify_at, stop=deadline.passed)
+    except BudgetExceeded:
+        pass  # the radii proven so far stand
+    except ComponentFailed:
+        raise
+    except Exception as exc:  # the radii proven so far stand  # noqa: BLE001
+        out.sample_error = out.sample_error or f"certify_at() {fail_message(exc)}"
+    radius[part] = bisection.radius
 
 
 def _conclude(out: Certified, codes: torch.Tensor, radius: torch.Tensor, kind: str | None, world: World | None, samples: int) -> None:

@@ -80,7 +80,7 @@ def masking_text(m: GradientMasking | None, samples: int) -> str:
     zero = "—" if m.zero_gradient_fraction is None else pct(m.zero_gradient_fraction)
     text = f"zero input gradient on {zero} of the samples; "
     if m.gradient_free_breaks is None:
-        return text + "no gradient-free attack ran"
+        return text + "no gradient-free attack ran beside a gradient-based one"
     verdict = ("UNRELIABLE: more than 0.2 % of the samples, AutoAttack's threshold" if m.unreliable
                else "within AutoAttack's 0.2 % threshold")
     return text + f"gradient-free attacks alone broke {m.gradient_free_breaks} of {samples} samples ({verdict})"

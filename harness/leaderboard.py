@@ -34,6 +34,8 @@ REPORTED_CHOICES = ("runs", "all", "none")
 
 #: Why a run has no certified accuracy at ``--at-eps``: its certifiers stored no radii (only its own eps is known).
 NO_RADII = "no radii"
+#: ... or no sound certifier stood (each failed, or only estimates ran): it has no certified accuracy at any radius.
+NO_CERTIFIER = "no sound certifier without error"
 
 #: Top-level keys of a run's stored configuration that do not make it a different configuration:
 #: the seed; where it ran (``device``; ``data_dir``, ``save_dir`` and ``checkpoint_every`` live only in
@@ -246,6 +248,8 @@ def _at_eps(run: RunRecord, result: EvaluationResult, at_eps: float, samples: Sa
     if not stored:
         return None, "no per-sample results"
     counted = curves.counted(result)
+    if not counted:
+        return None, NO_CERTIFIER  # as its certified accuracy is none, not 0
     if not same_eps(at_eps, run.info.eps) and not curves.has_radii(stored, counted):
         return None, NO_RADII  # only its certificates at its own eps are known
     return curves.accuracy_at(stored, at_eps, eps=run.info.eps, certifiers=counted), None

@@ -47,15 +47,15 @@ def gradient_free_breaks(
     """Samples correct, broken by some gradient-free attack or stage, and surviving every gradient-based one.
 
     :param survived: per attack or stage (each stage's own survival, not after the earlier stages), bool per sample.
-    :returns: ``None`` when no gradient-free attack or stage ran.
+    :returns: ``None`` when no gradient-free attack or stage ran, or no gradient-based one (nothing to compare: every
+        break would count, as AutoAttack's own check needs Square and another attack).
     """
     free = [s for name, s in survived.items() if name in gradient_free]
-    if not free:
+    gradient = [s for name, s in survived.items() if name not in gradient_free]
+    if not free or not gradient:
         return None
     broken_free = ~torch.stack(free).all(0)
-    gradient = [s for name, s in survived.items() if name not in gradient_free]
-    survived_gradient = torch.stack(gradient).all(0) if gradient else torch.ones_like(correct)
-    return int((correct & broken_free & survived_gradient).sum())
+    return int((correct & broken_free & torch.stack(gradient).all(0)).sum())
 
 
 def masking_check(zero_fraction: float | None, breaks: int | None, samples: int) -> GradientMasking:

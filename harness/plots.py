@@ -18,7 +18,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harness.curves import run_curve
+from harness.curves import counted, run_curve
 from harness.errors import UsageError
 from harness.leaderboard import Group, Row
 from harness.reported import ReportedResult
@@ -78,15 +78,17 @@ def radius_figure(runs: Sequence[tuple[RunRecord, Sequence[SampleResult]]], repo
     for run, samples in runs:
         if run.result is None:
             raise UsageError(f"run {run.id} has no evaluation (status {run.status}): nothing to plot")
-        curve = run_curve(run.result, samples, run.info.eps)
         style, marker, colour = next(styles)
-        xs, ys = curve.steps()
-        cap = _RADIUS_CAP[norm]
-        xmax = max(xmax, max((x for x in xs if x <= cap), default=0.0), run.info.eps)
-        xs = [min(x, 2 * cap) for x in xs]  # a near-infinite radius runs flat past the frame, not to 1e308
-        # One marker, where the line meets the run's eps: the stored certified accuracy (the line's style tells it anyway).
-        ax.plot(xs, [100 * y for y in ys], drawstyle="steps-post", linestyle=style, marker=marker, markevery=[xs.index(curve.eps)],
-                color=colour, label=run_label(run))
+        xmax = max(xmax, run.info.eps)
+        if counted(run.result):  # else no sound certifier stood: it has no certified accuracy to draw (not a line at 0)
+            curve = run_curve(run.result, samples, run.info.eps)
+            xs, ys = curve.steps()
+            cap = _RADIUS_CAP[norm]
+            xmax = max(xmax, max((x for x in xs if x <= cap), default=0.0))
+            xs = [min(x, 2 * cap) for x in xs]  # a near-infinite radius runs flat past the frame, not to 1e308
+            # One marker, where the line meets the run's eps: the stored certified accuracy (the line's style tells it anyway).
+            ax.plot(xs, [100 * y for y in ys], drawstyle="steps-post", linestyle=style, marker=marker, markevery=[xs.index(curve.eps)],
+                    color=colour, label=run_label(run))
         robust = run.result.robust_accuracy
         if robust is not None:
             attack = run.result.attack_label() or "attack"
@@ -176,9 +178,14 @@ def save(fig: Figure, path: Path) -> Path:
     """Write ``fig`` to ``path`` (its extension says the format, one of :data:`FORMATS`); return the path.
 
     An SVG keeps its text as text (not glyph outlines): searchable, selectable, and smaller.
+
+    :raises UsageError: the file cannot be written (a missing folder, permissions, a full disk): one line, not a traceback.
     """
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(path, dpi=150)
+    try:
+        with matplotlib.rc_context({"svg.fonttype": "none"}):
+            fig.savefig(path, dpi=150)
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
     return path
 
 

@@ -190,6 +190,7 @@ def test_the_time_budget_interrupts_the_batch_running_and_times_out_the_rest(pro
     assert set(outcomes[50:]) == {"timeout"} and set(outcomes[:50]) <= {"certified", "not-certified"}
     assert all(s.outcomes["margin"] != "timeout" for s in run.samples)  # the budget was the slow certifier's only
     assert c.accuracy == sum(s.certificates["slow"][0] for s in run.samples[:50]) / 200
+    assert c.cost.samples_per_second == 50 / c.cost.seconds  # the rate of the samples it certified, not of its time-outs
 
 
 def test_outside_the_main_thread_the_budget_is_checked_between_batches(problem):

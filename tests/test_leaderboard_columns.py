@@ -4,6 +4,7 @@ flag, cost, and certified accuracy at another radius (--at-eps), the same in eve
 import csv
 import io
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -109,6 +110,14 @@ def test_certified_accuracy_at_another_radius_comes_from_the_stored_radii():
     assert "n/a (no radii)" in render.leaderboard(leaderboard.build([run(2, radii=False)], [], at_eps=0.2, samples=samples), "table")
     # At the run's own eps the certificates are known without radii, and equal the stored number.
     assert one_row([run(2, radii=False)], at_eps=EPS, samples=samples)[1].certified_at == 0.5
+    # A run whose every certifier failed (or only estimates ran) has no certified accuracy at any radius: n/a, never 0.
+    failed = run(3, certifiers=[CertifierResult("interval", samples=4, error="UNSOUND certificate: certified 1 samples that pgd broke"),
+                                CertifierResult("liplt-estimate", accuracy=0.75, samples=4, sound=False)])
+    best = replace(failed.best, result=replace(failed.result, certified_accuracy=None))
+    failed = replace(failed, evaluations=[best], best=best)
+    for at in (EPS, 0.2):
+        _, none = one_row([failed], at_eps=at, samples=lambda r: per_sample())
+        assert (none.certified, none.certified_at, none.at_eps_missing) == (None, None, "no sound certifier without error")
     with pytest.raises(ValueError, match="at_eps needs"):
         leaderboard.build([run(1)], [], at_eps=0.2)
 

@@ -122,6 +122,8 @@ def test_gradient_free_breaks_count_samples_only_the_gradient_free_stage_broke_a
                 "aa/square": torch.tensor([False, False, True, False, False])}
     assert gradient_free_breaks(correct, survived, {"aa/square"}) == 2  # samples 0 and 3: 1 was broken by pgd too
     assert gradient_free_breaks(correct, survived, set()) is None
+    # Square alone (a custom AutoAttack, or a lone gradient-free attack): nothing to compare with, so no flag.
+    assert gradient_free_breaks(correct, {"aa/square": survived["aa/square"]}, {"aa/square"}) is None
     assert masking_check(0.0, 2, 1000).unreliable is False and masking_check(0.0, 3, 1000).unreliable is True  # 0.2 % of 1000
     assert UNRELIABLE_FRACTION == 0.002
 

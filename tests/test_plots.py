@@ -100,6 +100,16 @@ def test_radius_figure_refuses_mixed_norms_and_runs_without_an_evaluation():
         plots.radius_figure([(bare, [])])
 
 
+def test_a_run_without_a_sound_certifier_standing_has_no_curve_not_a_line_at_zero():
+    rows = samples([0.1, 0.35, 0.5])
+    run = record(1, rows, robust=0.5)
+    failed = (CertifierResult("interval", samples=3, error="UNSOUND certificate: ..."), CertifierResult("crown", samples=3, error="boom"))
+    run.best.result = EvaluationResult(samples=3, clean_accuracy=1.0, robust_accuracy=0.5, certifiers=failed,
+                                       attacks=(AttackResult("pgd", label="PGD-100", accuracy=0.5, attacked=3),))
+    (ax,) = plots.radius_figure([(run, rows)]).axes
+    assert [line.get_label() for line in ax.get_lines()] == ["run 1: PGD-100 at eps 0.3"]  # the attack's mark only
+
+
 def test_a_near_infinite_radius_runs_flat_to_the_frame():
     rows = samples([0.1, 0.35, 1.7976931348623157e308])  # what the evaluation stores for an infinite closed-form radius
     (ax,) = plots.radius_figure([(record(1, rows), rows)]).axes
@@ -192,6 +202,8 @@ def test_plot_commands_refuse_bad_input_in_one_line_with_status_2(harness_cli, d
         (["plot", "radius", "7"], "7"),
         (["plot", "tradeoff", "--dataset", "mnist", "--eps", "0.1"], "no finished run matches --dataset mnist --eps 0.1"),
         (["plot", "tradeoff", "--dataset", "mnist", "--eps", "0.3", "--out", "t.gif"], "'.gif'"),
+        (["plot", "radius", "1", "--out", str(tmp_path / "missing" / "r.png")], "cannot write"),
+        (["plot", "tradeoff", "--dataset", "mnist", "--eps", "0.3", "--out", str(tmp_path / "missing" / "t.svg")], "No such file"),
     ):
         done = harness_cli(*args, "--db", database)
         assert done.code == 2 and said in done.err and len(done.err.strip().splitlines()) == 1, (args, done.err)

@@ -186,3 +186,60 @@ def test_the_bisection_on_its_own():
     assert bisection.finished and bisection.steps == steps_needed(0.75, 0.01) == math.floor(math.log2(75)) + 1
     assert ((truth.clamp(max=1.0) - bisection.radius) < 0.01).all() and (bisection.radius <= truth).all()
     assert bisection.radius[0] == 0.0 and bisection.radius[4] < 1.0
+
+
+def test_a_certify_that_writes_into_the_batch_does_not_move_the_bisections_points():
+    """certify() gets a copy: one that shifts the images in place must not make the bisection certify other points."""
+
+    class Box(Certifier):
+        name = "box"
+        description = "exact l_inf certificate of z = (x_0, 0.5) for label 0; writes into its images (test)"
+        norms = ("inf",)
+        Options = Tolerance
+
+        def certify(self, model, images, labels, threat):
+            verdicts = self.certify_at(model, images, labels, threat, torch.full((len(images),), threat.eps))
+            images.add_(0.4)  # a sloppy in-place normalisation
+            labels.zero_()
+            return Certificate(certified=verdicts)
+
+        def certify_at(self, model, images, labels, threat, eps):
+            return ((images.flatten(1)[:, 0] - eps.to(images)).clamp(0, 1) > 0.5) & (labels == 0)
+
+    class Model(nn.Module):
+        def forward(self, x):
+            v = x.flatten(1)[:, :1]
+            return torch.cat([v, torch.full_like(v, 0.5)], 1)
+
+    images = torch.tensor([160, 200, 100], dtype=torch.uint8).view(3, 1, 1, 1)
+    labels = torch.tensor([0, 0, 1])
+    run = evaluate(Model(), images, labels, ThreatModel("inf", 0.05), attackers=[], certifiers=[Box()], device=CPU)
+    for s in run.samples:
+        certified, radius = s.certificates["box"]
+        truth = max(0.0, images[s.index].item() / 255 - 0.5) if s.label == 0 else 0.0
+        assert radius <= truth and radius > truth - 0.001
+
+
+def test_every_batchs_verdict_at_eps_comes_before_any_bisection_spends_the_budget(problem):
+    """The verdicts at eps are the certified accuracy; a radius only refines it: the bisection runs on what is left of the
+    budget once every batch has its verdict, so a slow bisection never turns later batches into time-outs."""
+    model, images, labels = problem
+
+    class SlowSteps(Margin):
+        name = "slow-steps"
+
+        def certify_at(self, model, images, labels, threat, eps):
+            time.sleep(0.5)
+            return super().certify_at(model, images, labels, threat, eps)
+
+    slow = SlowSteps(Tolerance(1e-6))
+    run = evaluate(model, images, labels, ThreatModel("2", 0.3), attackers=[], certifiers=[slow, Margin(Tolerance(0))], device=CPU,
+                   batch_size=40, budgets=Budgets(per_certifier={"slow-steps": 2.0}))
+    c = run.result.certifier("slow-steps")
+    assert (c.error, c.timeouts, c.errors, c.radius_method) == (None, 0, 0, "bisection")
+    assert [s.certificates["slow-steps"][0] for s in run.samples] == [s.certificates["margin"][0] for s in run.samples]
+    with torch.no_grad():
+        exact = exact_radius(model, images.float() / 255, labels, "2")
+    for s in run.samples:  # the radii proven before the budget ran out, or the verdict's own (eps or 0)
+        certified, radius = s.certificates["slow-steps"]
+        assert radius <= float(exact[s.index]) and certified == (radius >= 0.3)

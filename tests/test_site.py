@@ -153,6 +153,9 @@ def test_a_run_page_has_configuration_provenance_and_cost(site):
     for text in ("abab" * 16, "2.13.0", "abc123", "123,456 bytes", "300 MiB (rss)", "bisection, tolerance 0.001",
                  "apgd-ce 95.00", "paper protocol, an estimate", "&quot;lr&quot;: 0.02", 'href="board-mnist-linf-eps0.3.html"'):
         assert text in page, text
+    # The estimate's result never reads "certified": it is a paper's protocol, not a certificate.
+    assert row_cells(page, "certifier-liplt-estimate")["result"] == "estimate 91.00 % of 100 (not certified)"
+    assert row_cells(page, "certifier-interval")["result"] == "certified 90.00 % of 100"
 
 
 def test_text_from_runs_is_escaped(tmp_path):

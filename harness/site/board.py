@@ -88,7 +88,7 @@ def masking_text(m: GradientMasking) -> str:
     if m.zero_gradient_fraction is not None:
         parts.append(f"zero gradient {100 * m.zero_gradient_fraction:.2f} %")
     if m.gradient_free_breaks is None:
-        parts.append("no gradient-free attack ran")
+        parts.append("no gradient-free attack ran beside a gradient-based one")
     else:
         parts.append(f"{m.gradient_free_breaks} gradient-free breaks" + (" (unreliable)" if m.unreliable else ""))
     return ", ".join(parts)

@@ -175,6 +175,8 @@ def _attack_result(a: AttackResult) -> Cell:
 def _certifier_result(c: CertifierResult) -> Cell:
     if c.error:
         return Cell(f"ERROR: {c.error}", css="err")
+    if not c.sound:  # a paper's protocol: its verdicts are an estimate, never "certified"
+        return Cell(f"estimate {percent(c.accuracy)} % of {c.samples} (not certified)", c.accuracy)
     return Cell(f"certified {percent(c.accuracy)} % of {c.samples}", c.accuracy)
 
 
