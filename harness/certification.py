@@ -83,8 +83,8 @@ def is_sound(certifier: Certifier) -> bool:
     return getattr(type(certifier), "sound", True) is not False
 
 
-def _tolerance(certifier: Certifier) -> float | None:
-    value = certifier.radius_tolerance()
+def _tolerance(certifier: Certifier, threat: ThreatModel) -> float | None:
+    value = certifier.radius_tolerance(threat)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
@@ -180,7 +180,7 @@ def _certify_batch(
         return kind
     verdicts, radii = check_certificate(given, len(part), threat)
     codes[part] = torch.where(verdicts, CERTIFIED, NOT_CERTIFIED).to(torch.int8)
-    tolerance = _tolerance(certifier) if radii is None else None
+    tolerance = _tolerance(certifier, threat) if radii is None else None
     this = CLOSED_FORM if radii is not None else (BISECTION if tolerance is not None else "none")
     if kind is not None and this != kind and CLOSED_FORM in (kind, this):
         raise ComponentFailed("certify() returned radii for some batches only")

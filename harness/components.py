@@ -278,11 +278,13 @@ class Certifier(Component):
         """Certify a batch (the model is in eval mode, on the images' device)."""
         raise NotImplementedError(f"certifier {self.name!r} does not implement certify()")
 
-    def radius_tolerance(self) -> float | None:
-        """The tolerance of the harness's bisection for a per-sample radius, ``None`` for no bisection.
+    def radius_tolerance(self, threat: ThreatModel | None = None) -> float | None:
+        """The tolerance of the harness's bisection for a per-sample radius under ``threat``, ``None`` for no bisection.
 
         Asked only of a certifier whose :meth:`certify` yields no radius. By
-        default the ``radius_tolerance`` field of its options (0 or absent: none).
+        default the ``radius_tolerance`` field of its options (0 or absent: none),
+        whatever the threat; a certifier whose bisection costs more under one norm
+        may answer ``None`` there.
         """
         tolerance = getattr(self.options, "radius_tolerance", None)
         return float(tolerance) if tolerance else None

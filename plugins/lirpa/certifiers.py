@@ -11,7 +11,7 @@ A certifier applies to
 
 A sample is certified iff every margin lower bound ``z_y − z_j`` (j ≠ y) is
 positive. No closed-form radius: the harness bisects over eps for one
-(``radius_tolerance``, on by default for ``ibp`` only); under l_inf each step
+(``radius_tolerance``, on by default for ``ibp`` under l_inf only); under l_inf each step
 bounds every sample over its own box in one pass (:meth:`LiRPACertifier.certify_at`).
 The ``BoundedModule`` is built once per bounded module and kept while
 that module lives, keyed by object identity (rebuilt when the input moves to
@@ -56,7 +56,12 @@ class LiRPAOptions:
 @dataclass(frozen=True)
 class IBPOptions(LiRPAOptions):
     radius_tolerance: float = doc_field(
-        0.001, RADIUS_TOLERANCE_DOC + ". On by default: an IBP pass costs about one forward pass (l2: one pass per distinct radius)"
+        0.001, RADIUS_TOLERANCE_DOC + ". On by default under l_inf: an IBP pass costs about one forward pass"
+    )
+    l2_radius: bool = doc_field(
+        False,
+        "bisect under l2 too: auto_LiRPA 0.3 takes one radius per pass there, so each step costs one pass per sample "
+        "still open (hundreds of passes per batch); off by default",
     )
 
 
@@ -168,6 +173,11 @@ class IBPCertifier(LiRPACertifier):
     source = citations.AUTO_LIRPA
     method = "ibp"
     Options = IBPOptions
+
+    def radius_tolerance(self, threat: ThreatModel | None = None) -> float | None:
+        if threat is not None and threat.norm == "2" and not self.options.l2_radius:
+            return None
+        return super().radius_tolerance(threat)
 
 
 class CROWNIBPCertifier(LiRPACertifier):

@@ -338,6 +338,9 @@ def test_radius_tolerance_is_on_for_ibp_only_and_says_its_cost():
     from harness_plugins.lirpa.certifiers import IBPOptions, LiRPAOptions
 
     assert [c.radius_tolerance() for c in all_three()] == [0.001, None, None]
+    # Under l2 auto_LiRPA bounds one radius per pass: ibp bisects there only when told to.
+    assert IBPCertifier().radius_tolerance(ThreatModel("2", 1.0)) is None
+    assert IBPCertifier(parse_options(IBPOptions, {"l2_radius": True}, "certifier 'ibp'")).radius_tolerance(ThreatModel("2", 1.0)) == 0.001
     assert CROWNCertifier(parse_options(LiRPAOptions, {"radius_tolerance": "0.01"}, "certifier 'crown'")).radius_tolerance() == 0.01
     docs = {name: doc for name, _, _, doc in IBPCertifier.option_docs()}
     assert "log2(range/tolerance) certifications" in docs["radius_tolerance"]
