@@ -102,6 +102,8 @@ def attack(
     n = images.shape[0]
     out = Attacked(attacker, name, label=name, attacked=len(attack_rows))
     alive = torch.zeros(n, dtype=torch.bool)
+    if skipped is not None:
+        alive[skipped] = True  # so that the progress line's robust accuracy counts them as the stored one does
     stages: dict[str, torch.Tensor] = {}
     order: tuple[list[str], frozenset[str]] | None = None
     attacked = 0
