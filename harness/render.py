@@ -297,10 +297,13 @@ def evaluation_summary(record: RunRecord, evaluation: EvaluationRecord) -> str:
 
 
 def _result_line(r: EvaluationResult) -> str:
-    per = ", ".join(certifier_cell(c.name, _cell(c, r.samples)) for c in r.certifiers)
+    per = ", ".join(certifier_cell(c.name, _cell(c, r.samples)) for c in r.certifiers if c.sound)
+    # An estimate is never part of "certified": named apart, as what it is.
+    estimates = ", ".join(certifier_cell(c.name, _cell(c, r.samples)) for c in r.certifiers if not c.sound)
     return (
         f"clean {_pct(r.clean_accuracy)}  attack {_pct(r.robust_accuracy)}  certified {_pct(r.certified_accuracy)}"
-        + (f" ({per})" if per else "") + f"  on {r.samples} test samples"
+        + (f" ({per})" if per else "") + (f"  paper protocol, not certified: {estimates}" if estimates else "")
+        + f"  on {r.samples} test samples"
     )
 
 

@@ -65,3 +65,17 @@ def test_the_end_of_run_summary_names_the_worst_case_and_each_certifiers_radii()
     assert "interval: radius mean 0.3125 median 0.33 (bisection, tolerance 0.001); 7 time-outs, 100 errors" in lines
     assert "liplt-estimate: radius mean 0.4 median 0.41 (closed form); paper protocol (estimate, not a certificate)" in lines
     assert lines[-1].startswith("gradient masking: zero input gradient on 1.25%")
+
+
+def test_the_run_summary_line_names_an_estimate_apart_from_the_certifiers_behind_certified():
+    from harness.render import _result_line
+    from harness.results import CertifierResult, EvaluationResult
+
+    r = EvaluationResult(samples=200, clean_accuracy=0.895, robust_accuracy=0.53, certified_accuracy=0.425, certifiers=(
+        CertifierResult(name="liplt", accuracy=0.425, samples=200),
+        CertifierResult(name="liplt-estimate", accuracy=0.44, samples=200, sound=False),
+    ))
+    line = _result_line(r)
+    certified, estimate = line.split("paper protocol, not certified:")
+    assert "liplt 42.50" in certified and "liplt-estimate" not in certified
+    assert "liplt-estimate 44.00" in estimate
