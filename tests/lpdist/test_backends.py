@@ -4,6 +4,7 @@ not recompile, that memory stays bounded, and the convolutional form."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from harness_plugins.lib.lpdist import inf_dist_bounds_conv, lp_dist, lp_dist_co
 
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
 FAST = [
+    pytest.param(("cpu", "native", torch.float32), id="native-f32"),
     pytest.param(("cpu", "compiled", torch.float32), id="compiled-f32"),
     pytest.param(("cpu", "compiled", torch.float64), id="compiled-f64"),
     pytest.param(("cuda", "triton", torch.float32), id="triton-f32", marks=GPU),
@@ -38,14 +40,53 @@ def run_with(backend, monkeypatch, x, w, grad, p):
     return y, gx, gw
 
 
-def test_cpu_tensors_use_the_compiled_backend_and_tiny_ones_the_reference(monkeypatch):
+def test_cpu_tensors_use_the_native_backend_and_a_bad_choice_is_named(monkeypatch):
     monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
-    assert ops.backend_name(torch.zeros(2, 2)) == "compiled"
+    assert ops.backend_name(torch.zeros(2, 2)) == "native"
     monkeypatch.setenv(ops.BACKEND_ENV, "reference")
     assert ops.backend_name(torch.zeros(2, 2)) == "reference"
     monkeypatch.setenv(ops.BACKEND_ENV, "fastest")
-    with pytest.raises(ValueError, match="reference, compiled, triton"):
+    with pytest.raises(ValueError, match="'fastest'; valid: auto, reference, native, compiled, triton"):
         ops.backend_name(torch.zeros(2, 2))
+
+
+def _no_compiler(monkeypatch):
+    from harness_plugins.lib.lpdist import _native
+
+    monkeypatch.setattr(_native.shutil, "which", lambda name: None)
+    monkeypatch.setattr(_native, "library", lambda: _native._compiler())  # the build's first step, uncached
+    monkeypatch.setattr(ops, "_broken", set())  # retiring a backend must not outlive the test
+    return _native
+
+
+def test_without_a_compiler_the_native_backend_retires_with_a_warning_and_compiled_takes_over(monkeypatch):
+    _no_compiler(monkeypatch)
+    monkeypatch.delenv(ops.BACKEND_ENV, raising=False)
+    x, w = torch.rand(5, 7), torch.randn(3, 7)
+    with pytest.warns(UserWarning, match=r"backend 'native' cannot run here \(no C\+\+ compiler found.*using 'compiled'"):
+        y = lp_dist(x, w, 8.0)
+    torch.testing.assert_close(y, (x[:, None] - w[None]).abs().pow(8).sum(-1).pow(1 / 8))
+    assert ops.backend_name(x) == "compiled"
+
+
+def test_forcing_a_backend_that_cannot_build_raises(monkeypatch):
+    native = _no_compiler(monkeypatch)
+    monkeypatch.setenv(ops.BACKEND_ENV, "native")
+    with pytest.raises(native.BuildError, match="no C\\+\\+ compiler found"):
+        lp_dist(torch.rand(2, 3), torch.rand(4, 3), 8.0)
+
+
+@pytest.mark.parametrize("p", [8.0, 9.5, math.inf])
+def test_native_hands_what_it_cannot_take_to_the_compiled_kernels(monkeypatch, p):
+    """float64, and inputs holding inf (its log2 reads float bits), give the reference's answer."""
+    x, w, grad = identity_init_inputs(b=9, i=11, o=6)
+    bad = x.detach().clone()
+    bad[0, 3], bad[1, 0] = math.inf, -math.inf
+    for xs, ws in ((bad, w.detach()), (x.detach().double(), w.detach().double())):
+        monkeypatch.setenv(ops.BACKEND_ENV, "native")
+        y = lp_dist(xs, ws, p)
+        monkeypatch.setenv(ops.BACKEND_ENV, "reference")
+        torch.testing.assert_close(y, lp_dist(xs, ws, p), equal_nan=True)
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, 8.0, 8.7, 64.0, 1000.0, math.inf])
@@ -66,10 +107,11 @@ def test_fast_paths_agree_with_reference(monkeypatch, p, target):
     assert torch.isfinite(gx).all() and torch.isfinite(gw).all()
 
 
-def test_p8_fast_path_falls_back_when_its_sums_would_overflow(monkeypatch):
+@pytest.mark.parametrize("backend", ["native", "compiled"])
+def test_p8_fast_path_falls_back_when_its_sums_would_overflow(monkeypatch, backend):
     x, w, grad = identity_init_inputs()
     big_x, big_w = (x.detach() * 1e5).requires_grad_(), (w.detach() * 1e5).requires_grad_()  # |d|^8 ~ 1e48
-    y, gx, gw = run_with("compiled", monkeypatch, big_x, big_w, grad, 8.0)
+    y, gx, gw = run_with(backend, monkeypatch, big_x, big_w, grad, 8.0)
     ry, rx, rw = run_with("reference", monkeypatch, big_x, big_w, grad, 8.0)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, ry, rtol=2e-5, atol=0)
@@ -92,7 +134,8 @@ def test_the_p_schedule_does_not_recompile(monkeypatch):
     assert counters["stats"]["unique_graphs"] == before
 
 
-def test_compiled_path_never_builds_the_full_difference_tensor():
+@pytest.mark.parametrize("backend", ["native", "compiled"])
+def test_fast_cpu_paths_never_build_the_full_difference_tensor(backend):
     """B×O×I would be 1 GiB here; the peak resident memory of the process must grow far less."""
     code = textwrap.dedent(
         """
@@ -108,7 +151,8 @@ def test_compiled_path_never_builds_the_full_difference_tensor():
         print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    env = {**os.environ, ops.BACKEND_ENV: backend}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600, env=env)
     grown = int(out.stdout.strip().splitlines()[-1])
     assert grown < 256 * 2**20, grown  # the full tensor alone is 1024 MiB
 
@@ -162,7 +206,7 @@ def test_bench_dist_prints_the_documented_records(harness_cli):
         # Only this module stays finite at p = 1000 (|x − w| ≈ 10 under the identity init).
         assert rec["finite"] == (rec["impl"] == "harness" or rec["p"] != 1000.0)
     table = harness_cli("bench", "dist", "--shape", "16,20,24", "--p", "inf", "--repeat", "1")
-    assert "harness [compiled]" in table.out and "G pairs/s" in table.out
+    assert "harness [native]" in table.out and "G pairs/s" in table.out
 
 
 def test_bench_step_times_each_phase(harness_cli):

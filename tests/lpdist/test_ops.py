@@ -17,6 +17,7 @@ GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason
 # (device, backend): every backend is held to the same float64 reference.
 DEVICES = [
     pytest.param(("cpu", "reference"), id="cpu-reference"),
+    pytest.param(("cpu", "native"), id="cpu-native"),
     pytest.param(("cpu", "compiled"), id="cpu-compiled"),
     pytest.param(("cuda", "reference"), id="cuda-reference", marks=GPU),
     pytest.param(("cuda", "triton"), id="cuda-triton", marks=GPU),
@@ -143,7 +144,8 @@ def test_zero_distance_has_zero_value_and_gradient():
     w = torch.tensor([[1.0, -2.0, 3.0], [0.0, -2.0, 3.0]], requires_grad=True)
     for p in (1.0, 2.0, 8.0, 1000.0, math.inf):
         y = lp_dist(x, w, p)
-        assert y[0, 0] == 0 and y[0, 1] == 1
+        assert y[0, 0] == 0  # exactly (the native kernels' exp2 polynomial may put the 1 an ulp off)
+        torch.testing.assert_close(y[0, 1].detach(), torch.tensor(1.0))
         gx, gw = torch.autograd.grad(y[0, 0], (x, w))
         assert not gx.any() and not gw.any(), p
 

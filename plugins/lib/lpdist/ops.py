@@ -1,4 +1,4 @@
-"""The l_p-distance operation of l_inf-dist nets: one module, three backends.
+"""The l_p-distance operation of l_inf-dist nets: one module, four backends.
 
 ``lp_dist(x, w, p)[b, o] = ||x[b] − w[o]||_p`` for ``x`` of shape B×I and ``w``
 of shape O×I, and its convolutional form :func:`lp_dist_conv` (through
@@ -16,17 +16,24 @@ of shape O×I, and its convolutional form :func:`lp_dist_conv` (through
 * the B×O×I difference tensor is never materialised.
 
 Backends, chosen per call from the tensors' device (override with the
-environment variable ``HARNESS_LPDIST_BACKEND=reference|compiled|triton``):
+environment variable ``HARNESS_LPDIST_BACKEND=reference|native|compiled|triton``):
 
 * ``triton`` on CUDA tensors: kernels tiled like a matrix product
   (:mod:`._triton`);
+* ``native`` on CPU tensors: hand-written C++ kernels built with the host's
+  compiler at first use (:mod:`._native`); float32 with finite inputs only,
+  everything else it hands to ``compiled``;
 * ``compiled`` on CPU tensors: inductor-generated C++ from ``torch.compile``
-  (:mod:`._compiled`), falling back to the reference for good, with one
-  warning, if compiling fails;
+  (:mod:`._compiled`);
 * ``reference``: chunked pure PyTorch on any device (:mod:`._reference`).
 
-How the p schedule maps onto compiled variants (there is no recompilation per
-step): p = ∞ is one variant; integer p ≤ 10 (the p = 8 phase) one variant per
+A backend chosen automatically that cannot build is retired for the process,
+with one warning, and the next takes over (native → compiled → reference on
+CPU, triton → reference on CUDA).
+
+How the p schedule maps onto the variants of ``compiled`` (there is no
+recompilation per step; ``native`` and ``triton`` take p as a runtime value
+too): p = ∞ is one variant; integer p ≤ 10 (the p = 8 phase) one variant per
 integer; every other p — the whole relaxation 8 → 1000 — one variant taking p
 as a runtime tensor.
 """
@@ -47,9 +54,11 @@ from harness_plugins.lib.lpdist import _reference
 
 __all__ = ["BACKEND_ENV", "backend_name", "inf_dist_bounds", "inf_dist_bounds_conv", "lp_dist", "lp_dist_conv"]
 
-#: Environment variable forcing a backend: reference, compiled or triton.
+#: Environment variable forcing a backend: reference, native, compiled or triton.
 BACKEND_ENV = "HARNESS_LPDIST_BACKEND"
-_BACKENDS = ("auto", "reference", "compiled", "triton")
+_BACKENDS = ("auto", "reference", "native", "compiled", "triton")
+#: What "auto" tries, in order, per device type; the reference backend ends every chain.
+_AUTO = {"cuda": ("triton",), "cpu": ("native", "compiled")}
 _broken: set[str] = set()
 
 
@@ -58,7 +67,9 @@ def _load(name: str) -> ModuleType | None:
     if name in _broken:
         return None
     try:
-        if name == "compiled":
+        if name == "native":
+            from harness_plugins.lib.lpdist import _native as module
+        elif name == "compiled":
             from harness_plugins.lib.lpdist import _compiled as module
         elif name == "triton":
             from harness_plugins.lib.lpdist import _triton as module
@@ -74,9 +85,13 @@ def _choose(t: Tensor) -> ModuleType:
     choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
     if choice not in _BACKENDS:
         raise ValueError(f"{BACKEND_ENV}={choice!r}; valid: {', '.join(_BACKENDS)}")
-    if choice == "auto":
-        choice = "triton" if t.device.type == "cuda" else "compiled" if t.device.type == "cpu" else "reference"
-    return _load(choice) or _reference
+    if choice != "auto":
+        return _load(choice) or _reference
+    for name in _AUTO.get(t.device.type, ()):
+        module = _load(name)
+        if module is not None:
+            return module
+    return _reference
 
 
 def backend_name(t: Tensor) -> str:
@@ -87,21 +102,34 @@ def backend_name(t: Tensor) -> str:
 def _run(name: str, t: Tensor, *args):
     """Call ``name`` on the chosen backend.
 
-    A backend chosen automatically that fails to build is retired, with a warning; one forced
-    with :data:`BACKEND_ENV` raises instead, so that tests of a backend cannot pass on another.
+    A backend chosen automatically that fails to build is retired, with a warning, and the next
+    one of the automatic chain takes the call (the native CPU kernels hand float64 to the compiled
+    ones, so a failure may come from either); one forced with :data:`BACKEND_ENV` raises instead,
+    so that tests of a backend cannot pass on another.
     """
     backend = _choose(t)
     if backend is _reference:
         return getattr(_reference, name)(*args)
     try:
         return getattr(backend, name)(*args)
-    except backend.BuildError as exc:  # compiler missing, unsupported GPU, ...
+    except Exception as exc:  # compiler missing, unsupported GPU, ... (each backend's BuildError)
+        failed = _failed_backend(exc)
+        if failed is None:
+            raise
         if os.environ.get(BACKEND_ENV, "auto").strip().lower() not in ("", "auto"):
             raise
-        label = backend.__name__.rsplit("._", 1)[-1]
-        _broken.add(label)
-        warnings.warn(f"l_p-dist backend {label!r} cannot run here ({exc}); using the pure PyTorch one", stacklevel=3)
-        return getattr(_reference, name)(*args)
+        _broken.add(failed)
+        warnings.warn(f"l_p-dist backend {failed!r} cannot run here ({exc}); using {backend_name(t)!r}", stacklevel=3)
+        return _run(name, t, *args)
+
+
+def _failed_backend(exc: Exception) -> str | None:
+    """The name of the backend whose BuildError ``exc`` is, or None for any other exception."""
+    for label in ("native", "compiled", "triton"):
+        module = _load(label)
+        if module is not None and isinstance(exc, module.BuildError):
+            return label
+    return None
 
 
 # --------------------------------------------------------------------------- autograd
