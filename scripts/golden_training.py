@@ -9,7 +9,7 @@ the final ``state_dict``, the float64 sum, sum of |x| and sum of squares and a
 few elements exactly; and the same sums of the clean logits on 100 test images.
 
 ``tests/test_golden_training.py`` retrains every case and compares it with
-``tests/golden/training.json``. This script writes such files and compares
+this platform's ``tests/golden/training-<cpu capability>.json``. This script writes such files and compares
 two of them. It imports only API that the code before the training scaffold
 (commit 3655b16) already had, so this same file, run with that checkout's
 interpreter, gives the old code's numbers::
@@ -257,8 +257,21 @@ def platform_key() -> dict[str, str]:
     return {
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "lpdist_backend": os.environ.get("HARNESS_LPDIST_BACKEND", "auto").strip().lower() or "auto",
+        "lpdist_backend": lpdist_backend(),
     }
+
+
+def lpdist_backend() -> str:
+    """The l_p-dist backend a float32 CPU training uses: the one ``$HARNESS_LPDIST_BACKEND`` forces, else the one
+    "auto" picks here (which changed when the native kernels came: a record of "auto" does not say which)."""
+    chosen = os.environ.get("HARNESS_LPDIST_BACKEND", "auto").strip().lower() or "auto"
+    if chosen != "auto":
+        return chosen
+    try:
+        from harness_plugins.lib.lpdist.ops import backend_name
+    except ImportError:  # a checkout from before the backends were named
+        return chosen
+    return backend_name(torch.zeros(1))
 
 
 def provenance(command: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@
 // Why these kernels are fast:
 // * the forward works on a TB×TO tile of (sample, unit) pairs at once, so each loaded
 //   vector of x is used TO times and each vector of w TB times (as a GEMM micro-kernel);
-// * finite p computes r^p as exp2(p·log2 r) with short polynomials (log2 error < 3.1e-7
+// * finite p computes r^p as exp2(p·log2 r) with short polynomials (log2 error < 3.9e-7
 //   absolute, exp2 < 7.5e-8 relative): far cheaper than libm, and well inside float32's
 //   own error at these p (a relative error δ of r is already (p − 1)·δ in r^(p−1));
 // * a vector of terms that cannot reach float32 resolution is skipped: a term of the
@@ -85,8 +85,47 @@ inline float hsum(V a) {
     return s;
 }
 
-// log2(a) for a >= 0 finite: a = 2^e·m with m in [√½, √2), log2(1 + t) = t·P(t), t = m − 1.
-// a = 0 gives −127 (and whatever it gives is multiplied by p and clamped by exp2 below).
+#if defined(__AVX512F__)
+// AVX-512 has the pieces as single instructions: getmant/getexp split a into 2^e·m, scalef
+// multiplies by 2^n; a few instructions fewer per term than the portable forms below.
+
+// log2(a) for a >= 0 finite: a = 2^e·m with m in [0.75, 1.5), log2(1 + t) = t·P(t), t = m − 1
+// (error < 3.9e-7 absolute). a = 0 gives −inf (exp2_fast below turns any such exponent into 0).
+inline V log2_fast(V a) {
+    __m512 v = (__m512)a;
+    __m512 m = _mm512_getmant_ps(v, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_zero);
+    __m512 e = _mm512_getexp_ps(v);  // floor(log2 a): the exponent of a mantissa in [1, 2)
+    // A mantissa of [1.5, 2) came back halved into [0.75, 1): its exponent is one more.
+    e = _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.0f), _CMP_LT_OQ), e, _mm512_set1_ps(1.0f));
+    V t = (V)m - splat(1.0f);
+    V poly = splat(0.11320775307380589f);
+    poly = poly * t + splat(-0.23981677986465677f);
+    poly = poly * t + splat(0.2998465113125473f);
+    poly = poly * t + splat(-0.3621237487418518f);
+    poly = poly * t + splat(0.48052233704321284f);
+    poly = poly * t + splat(-0.7213060558934397f);
+    poly = poly * t + splat(1.4426984544560228f);
+    return (V)e + poly * t;
+}
+
+// 2^z for z <= ~0 (error < 7.5e-8 relative): z = n + f, f in [−½, ½], 2^f by a degree-5
+// polynomial, scaled by 2^n. z below −150 (−inf included) gives 0.
+inline V exp2_fast(V z) {
+    __m512 zc = _mm512_max_ps((__m512)z, _mm512_set1_ps(-150.0f));
+    __m512 n = _mm512_roundscale_ps(zc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    V f = (V)zc - (V)n;
+    V poly = splat(0.0013276456198793034f);
+    poly = poly * f + splat(0.009675541209722522f);
+    poly = poly * f + splat(0.055507133223648704f);
+    poly = poly * f + splat(0.24022119726945593f);
+    poly = poly * f + splat(0.6931469670348276f);
+    poly = poly * f + splat(1.0000000716537267f);
+    return (V)_mm512_scalef_ps((__m512)poly, n);
+}
+#else
+// log2(a) for a >= 0 finite: a = 2^e·m with m in [√½, √2), log2(1 + t) = t·P(t), t = m − 1
+// (error < 3.1e-7 absolute). a = 0 gives −127 (and whatever it gives is multiplied by p and
+// clamped by exp2 below).
 inline V log2_fast(V a) {
     VI bits = (VI)a & splati(0x7fffffff);
     VI e = (bits - splati(0x3f3504f3)) >> 23;  // arithmetic shift
@@ -101,8 +140,9 @@ inline V log2_fast(V a) {
     return __builtin_convertvector(e, V) + poly * t;
 }
 
-// 2^z for z <= ~0: z = n + f, f in [−½, ½], 2^f by a degree-5 polynomial. Clamped below at
-// −120: 2^-120 is below every resolution that matters here and keeps the result normal.
+// 2^z for z <= ~0 (error < 7.5e-8 relative): z = n + f, f in [−½, ½], 2^f by a degree-5
+// polynomial. Clamped below at −120: 2^-120 is below every resolution that matters here and
+// keeps the result normal.
 inline V exp2_fast(V z) {
     z = z > splat(-120.0f) ? z : splat(-120.0f);
     const V magic = splat(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
@@ -116,6 +156,25 @@ inline V exp2_fast(V z) {
     poly = poly * f + splat(1.0000000716537267f);
     VI n = __builtin_convertvector(zr, VI);
     return (V)((VI)poly + (n << 23));
+}
+#endif
+
+// a/y for a >= 0, given inv = 1/y: a·inv and one correction by the exact residual a − r·y
+// (a fused multiply-add), so that r is a/y to within a rounding, and exactly 1 where a = y. A
+// plain a·inv can miss 1 by an ulp, which the power p − 1 turns into (p − 1)·6e-8: 1.5e-5 of
+// the largest gradient term at p = 250.
+inline V ratio(V a, V inv, V y) {
+#if defined(__AVX512F__)
+    __m512 r = (__m512)(a * inv);
+    __m512 e = _mm512_fnmadd_ps(r, (__m512)y, (__m512)a);
+    return (V)_mm512_fmadd_ps(e, (__m512)inv, r);
+#elif defined(__FMA__) && defined(__AVX__)
+    __m256 r = (__m256)(a * inv);
+    __m256 e = _mm256_fnmadd_ps(r, (__m256)y, (__m256)a);
+    return (V)_mm256_fmadd_ps(e, (__m256)inv, r);
+#else
+    return a / y;
+#endif
 }
 
 struct DenormalsOff {
@@ -145,57 +204,78 @@ void parallel_for(int64_t n, int threads, F&& fn) {
 
 // --------------------------------------------------------------------------- forward kernels
 
-constexpr int TB = 3, TO = 3;  // the forward's register tile: 9 pairs share 6 loaded vectors
-
 enum class Mode { Max, MaxIndex, Pow8, Pow };
+
+// The register tile per mode: a TB×TO tile of pairs shares TB + TO loaded vectors. The cheap
+// modes are load-bound and take 3×3; the exp2/log2 of Pow needs registers for its constants,
+// and is compute-bound anyway, so it takes 2×2 (3×3 spills).
+template <Mode M> constexpr int tile_b() { return M == Mode::Pow ? 2 : 3; }
+template <Mode M> constexpr int tile_o() { return M == Mode::Pow ? 2 : 3; }
+
+// MaxIndex keeps, per lane, a max over a block of KB vectors (one max per pair and vector, as
+// Mode::Max), and only at the end of a block compares it with the lane's best so far and
+// records the block. The first maximiser is then found by rescanning that one block of the
+// winning lanes: KB elements per output instead of an index update per pair and vector.
+constexpr int KB = 8;
 
 // One TB×TO tile (nb <= TB samples from b0, no <= TO units from o0). Rows past nb/no repeat
 // the last valid one (their results are dropped), which keeps the inner loop branch-free.
 template <Mode M>
 void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t o0, int no, int64_t O,
           float p, const float* m_in, float* y, int64_t* idx) {
+    constexpr int TB = tile_b<M>(), TO = tile_o<M>();
     const float* xr[TB];
     const float* wr[TO];
     for (int i = 0; i < TB; ++i) xr[i] = x + (b0 + std::min(i, nb - 1)) * I;
     for (int j = 0; j < TO; ++j) wr[j] = w + (o0 + std::min(j, no - 1)) * I;
     V acc[TB][TO];
-    VI arg[TB][TO];
-    V limit[TB][TO], lm[TB][TO];
+    V best[TB][TO];   // MaxIndex: the lane's max over finished blocks
+    VI blk[TB][TO];   // MaxIndex: the (first) block it came from
+    V limit[TB][TO], inv_m[TB][TO], mv[TB][TO];
     for (int i = 0; i < TB; ++i)
         for (int j = 0; j < TO; ++j) {
-            acc[i][j] = M == Mode::MaxIndex ? splat(-1.0f) : V{};
-            arg[i][j] = VI{};
+            acc[i][j] = V{};
+            best[i][j] = splat(-1.0f);
+            blk[i][j] = VI{};
             if constexpr (M == Mode::Pow) {
                 // Terms with |d| < limit are below 2^-40 of the largest (which is 1).
                 float m = m_in[(b0 + std::min(i, nb - 1)) * O + o0 + std::min(j, no - 1)];
                 limit[i][j] = splat(m * std::exp2(-40.0f / p));
-                lm[i][j] = splat(p * std::log2(m > 0 ? m : 1.0f));
+                inv_m[i][j] = splat(m > 0 ? 1.0f / m : 0.0f);
+                mv[i][j] = splat(m);
             }
         }
-    VI vec = VI{};
-    for (int64_t k = 0; k < I; k += VL, vec += splati(1)) {
+    int32_t block = 0;
+    for (int64_t k = 0; k < I; k += VL) {
         V xv[TB], wv[TO];
         for (int i = 0; i < TB; ++i) xv[i] = load(xr[i] + k);
         for (int j = 0; j < TO; ++j) wv[j] = load(wr[j] + k);
         for (int i = 0; i < TB; ++i)
             for (int j = 0; j < TO; ++j) {
                 V d = xv[i] - wv[j];
-                if constexpr (M == Mode::Max) {
+                if constexpr (M == Mode::Max || M == Mode::MaxIndex) {
                     acc[i][j] = vmax(acc[i][j], vabs(d));
-                } else if constexpr (M == Mode::MaxIndex) {
-                    V a = vabs(d);
-                    VI better = a > acc[i][j];  // strict: the earliest vector keeps a tie
-                    acc[i][j] = better ? a : acc[i][j];
-                    arg[i][j] = better ? vec : arg[i][j];
                 } else if constexpr (M == Mode::Pow8) {
                     V d2 = d * d;
                     V d4 = d2 * d2;
                     acc[i][j] += d4 * d4;
                 } else {
                     V a = vabs(d);
-                    if (any_ge(a, limit[i][j])) acc[i][j] += exp2_fast(splat(p) * log2_fast(a) - lm[i][j]);
+                    if (any_ge(a, limit[i][j])) acc[i][j] += exp2_fast(splat(p) * log2_fast(ratio(a, inv_m[i][j], mv[i][j])));
                 }
             }
+        if constexpr (M == Mode::MaxIndex) {
+            if ((k / VL + 1) % KB == 0 || k + VL >= I) {
+                for (int i = 0; i < TB; ++i)
+                    for (int j = 0; j < TO; ++j) {
+                        VI better = acc[i][j] > best[i][j];  // strict: an earlier block keeps a tie
+                        best[i][j] = better ? acc[i][j] : best[i][j];
+                        blk[i][j] = better ? splati(block) : blk[i][j];
+                        acc[i][j] = V{};
+                    }
+                ++block;
+            }
+        }
     }
     for (int i = 0; i < nb; ++i)
         for (int j = 0; j < no; ++j) {
@@ -203,11 +283,19 @@ void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t
             if constexpr (M == Mode::Max) {
                 y[out] = hmax(acc[i][j]);
             } else if constexpr (M == Mode::MaxIndex) {
-                float best = hmax(acc[i][j]);
+                float top = hmax(best[i][j]);
                 int64_t first = INT64_MAX;
-                for (int l = 0; l < VL; ++l)
-                    if (acc[i][j][l] == best) first = std::min<int64_t>(first, (int64_t)arg[i][j][l] * VL + l);
-                y[out] = best;
+                for (int l = 0; l < VL; ++l) {
+                    if (best[i][j][l] != top) continue;
+                    // The lane's first element equal to its max, inside its recorded block.
+                    int64_t start = (int64_t)blk[i][j][l] * KB * VL + l, stop = std::min(I, start + KB * VL);
+                    for (int64_t e = start; e < stop; e += VL)
+                        if (std::fabs(xr[i][e] - wr[j][e]) == top) {
+                            first = std::min(first, e);
+                            break;
+                        }
+                }
+                y[out] = top;
                 idx[out] = first;
             } else {
                 y[out] = hsum(acc[i][j]);  // Pow8: Σ d^8; Pow: Σ (|d|/m)^p, the caller takes the root
@@ -218,6 +306,7 @@ void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t
 template <Mode M>
 void forward(const float* x, const float* w, int64_t B, int64_t O, int64_t I, float p, const float* m_in, float* y,
              int64_t* idx, int threads) {
+    constexpr int TB = tile_b<M>(), TO = tile_o<M>();
     int64_t tb = (B + TB - 1) / TB, to = (O + TO - 1) / TO;
     // Task order: blocks of OBLOCK unit tiles outermost, then sample tiles, then the unit tiles
     // of the block; a thread's tiles reuse one block of w (OBLOCK·TO rows) from L2 for every
@@ -227,7 +316,6 @@ void forward(const float* x, const float* w, int64_t B, int64_t O, int64_t I, fl
         for (int64_t t = begin; t < end; ++t) {
             int64_t block = t / (tb * OBLOCK), rest = t % (tb * OBLOCK);
             int64_t width = std::min(OBLOCK, to - block * OBLOCK);
-            if (rest >= tb * width) continue;  // cannot happen: the last block is narrower only at the end
             int64_t bt = rest / width, ot = block * OBLOCK + rest % width;
             int nb = (int)std::min<int64_t>(TB, B - bt * TB), no = (int)std::min<int64_t>(TO, O - ot * TO);
             tile<M>(x, w, I, bt * TB, nb, ot * TO, no, O, p, m_in, y, idx);
@@ -242,10 +330,16 @@ constexpr int NV = 2;    // vectors (columns) per block
 constexpr int64_t OCHUNK = 256;  // units per pass, so w and grad_w of a column block stay in L2
 
 // grad_x[b, k] = Σ_o T[b, o, k], grad_w[o, k] = −Σ_b T[b, o, k] with
-// T = g[b, o]·sign(d)·(|d|/y[b, o])^(p−1), d = x[b, k] − w[o, k]. `scale` holds 1/y (p = 8)
-// or (p − 1)·log2 y (general p), `limit` the |d| below which a term is < 2^-40·|g|.
+// T = g[b, o]·sign(d)·(|d|/y[b, o])^(p−1), d = x[b, k] − w[o, k]. `scale` holds 1/y, `limit`
+// the |d| below which a term is < 2^-40·|g|.
+//
+// General p raises the ratio r = |d|/y <= 1, never |d| itself: log2 r is then small for the
+// terms that matter (r near 1, where log2 is accurate relative to its size), so the exponent
+// (p − 1)·log2 r carries float32's relative error only. Raising |d| and subtracting
+// (p − 1)·log2 y instead loses the difference of two exponents of size (p − 1)·|log2 y|:
+// 3e-5 relative at p = 250, a hundred times float32's rounding of the gradient.
 template <bool P8>
-void backward_columns(const float* x, const float* w, const float* g, const float* scale, const float* limit,
+void backward_columns(const float* x, const float* w, const float* g, const float* y, const float* scale, const float* limit,
                       float* gx, float* gw, int64_t B, int64_t O, int64_t I, float p, int64_t k0, int64_t k1) {
     const V pm1 = splat(p - 1.0f);
     for (int64_t oc = 0; oc < O; oc += OCHUNK) {
@@ -271,7 +365,7 @@ void backward_columns(const float* x, const float* w, const float* g, const floa
                         int64_t pair = (b0 + i) * O + o;
                         float gi = g[pair];
                         if (gi == 0.0f) continue;
-                        V gv = splat(gi), sv = splat(scale[pair]), lv = splat(limit[pair]);
+                        V gv = splat(gi), sv = splat(scale[pair]), lv = splat(limit[pair]), yv = splat(y[pair]);
                         for (int v = 0; v < NV; ++v) {
                             V d = xv[i][v] - wv[v];
                             V term;
@@ -283,7 +377,7 @@ void backward_columns(const float* x, const float* w, const float* g, const floa
                             } else {
                                 V a = vabs(d);
                                 if (!any_ge(a, lv)) continue;
-                                V mag = exp2_fast(pm1 * log2_fast(a) - sv);
+                                V mag = exp2_fast(pm1 * log2_fast(ratio(a, sv, yv)));
                                 VI sign = (VI)d & splati((int32_t)0x80000000);
                                 mag = (V)((VI)mag | sign);
                                 term = gv * (a > V{} ? mag : V{});  // sign(0) = 0
@@ -313,6 +407,26 @@ extern "C" {
 
 int lpdist_vector_width() { return VL; }
 
+// 1 if no element of a[0..n) is inf or NaN (the kernels' bit-level log2 must not see them).
+int lpdist_all_finite(const float* a, int64_t n, int threads) {
+    int64_t chunks = (n + 4095) / 4096;
+    std::vector<int32_t> bad(std::max<int64_t>(chunks, 1), 0);
+    parallel_for(chunks, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+            int64_t e = c * 4096, stop = std::min(n, e + 4096);
+            VI hit = VI{};
+            for (; e + VL <= stop; e += VL) hit |= ((VI)load(a + e) & splati(0x7f800000)) == splati(0x7f800000);
+            int32_t any = 0;
+            for (int l = 0; l < VL; ++l) any |= hit[l];
+            for (; e < stop; ++e) any |= !std::isfinite(a[e]);
+            bad[c] = any;
+        }
+    });
+    for (int32_t b : bad)
+        if (b) return 0;
+    return 1;
+}
+
 // y = max_k |x − w|, and idx = its first maximiser when idx is not null.
 void lpdist_inf_forward(const float* x, const float* w, float* y, int64_t* idx, int64_t B, int64_t O, int64_t I,
                         int threads) {
@@ -336,15 +450,15 @@ void lpdist_p_sum(const float* x, const float* w, float* m, float* y, int64_t B,
 
 // grad_x += Σ_o T and grad_w −= Σ_b T (both zero-initialised by the caller; either may be null
 // only if the other is not: the terms are computed once for both).
-void lpdist_p_backward(const float* x, const float* w, const float* g, const float* scale, const float* limit,
+void lpdist_p_backward(const float* x, const float* w, const float* g, const float* y, const float* scale, const float* limit,
                        float* gx, float* gw, int64_t B, int64_t O, int64_t I, float p, int threads) {
     int64_t blocks = I / (NV * VL) + (I % (NV * VL) != 0);
     parallel_for(blocks, threads, [&](int64_t begin, int64_t end) {
         int64_t k0 = begin * NV * VL, k1 = std::min(I, end * NV * VL);
         if (p == 8.0f)
-            backward_columns<true>(x, w, g, scale, limit, gx, gw, B, O, I, p, k0, k1);
+            backward_columns<true>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1);
         else
-            backward_columns<false>(x, w, g, scale, limit, gx, gw, B, O, I, p, k0, k1);
+            backward_columns<false>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1);
     });
 }
 
