@@ -10,6 +10,11 @@
 # torch<1.13; it goes in with --no-deps too (its real needs, numpy, packaging,
 # appdirs and pyyaml, are the project's dependencies) and runs on current torch
 # through the patches in plugins/lib/lirpa/compat.py.
+#
+# triton goes in only when it does not import: a CUDA build of torch brings the
+# triton it was built against, which must not be replaced; on a CPU machine the
+# l_p-dist Triton kernels are tested through Triton's interpreter
+# (tests/lpdist/test_triton_interpreted.py), which needs the package alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -20,4 +25,5 @@ pip install torch==2.13.0
 pip install -e '.[test,ray]'  # ray: harness sweep's tests run on a local Ray instance
 # Last, and with --no-deps, so pip neither pulls nor complains about its stale pins.
 pip install --no-deps torchattacks==3.5.1 auto-lirpa==0.3
-.venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks', 'auto-lirpa')))"
+.venv/bin/python -c "import triton" 2>/dev/null || pip install triton==3.9.0
+.venv/bin/python -c "import importlib.metadata as m, triton; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks', 'auto-lirpa')), 'triton', triton.__version__)"
