@@ -27,4 +27,4 @@ pip install -e '.[test,ray]'  # ray: harness sweep's tests run on a local Ray in
 # Last, and with --no-deps, so pip neither pulls nor complains about its stale pins.
 pip install --no-deps torchattacks==3.5.1 auto-lirpa==0.3
 .venv/bin/python -c "import triton" 2>/dev/null || pip install triton==3.9.0 || echo "triton not installed: its interpreted tests will skip"
-.venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {m.version(d)}' for d in ('harness-bench', 'torch', 'torchattacks', 'auto-lirpa', 'triton')))"
+.venv/bin/python -c "import importlib.metadata as m; print('.venv ready:', *(f'{d} {next((x.version for x in m.distributions(name=d)), \"absent\")}' for d in ('harness-bench', 'torch', 'torchattacks', 'auto-lirpa', 'triton')))"
