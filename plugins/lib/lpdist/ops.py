@@ -18,8 +18,8 @@ of shape O×I, and its convolutional form :func:`lp_dist_conv` (through
 Backends, chosen per call from the tensors' device (override with the
 environment variable ``HARNESS_LPDIST_BACKEND=reference|native|compiled|triton``):
 
-* ``triton`` on CUDA tensors: kernels tiled like a matrix product
-  (:mod:`._triton`);
+* ``triton`` on CUDA float32 tensors: kernels tiled like a matrix product,
+  one fused kernel for both gradients (:mod:`._triton`);
 * ``native`` on CPU tensors: hand-written C++ kernels built with the host's
   compiler at first use (:mod:`._native`); float32 with finite inputs only,
   everything else it hands to ``compiled``;
