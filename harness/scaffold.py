@@ -38,6 +38,16 @@ check, ``zero_grad``, ``backward``, ``before_optimizer_step``,
 ``optimizer.step()``, the gradient and parameter check, then a checkpoint when
 one is due; at the end a last checkpoint, then ``finish``.
 
+One step at a time. :meth:`~EpochTrainer.steps` prepares a run as ``fit``
+does and takes its steps one by one, each scheduled at a fraction of training,
+with its parts timed (``harness bench step``): ``"loss"`` (all of
+:meth:`~EpochTrainer.loss`), ``"backward"`` and ``"optimiser"``, through the
+same hooks in the same order as the loop. A method marks its forward pass inside
+its loss, ``with self.timer("forward"): logits = model(images)`` (in training
+``self.timer`` times nothing), lists the phases of its schedule in
+:meth:`~harness.Trainer.schedule_phases` and may name the kernels that compute
+it in :meth:`~EpochTrainer.describe_kernels`.
+
 Per-run state. Whatever one ``fit`` creates besides the model and the optimiser
 (v2's learnable logit scale, CRM's warm-started power iteration) is returned by
 :meth:`~EpochTrainer.start` and lives in ``self.state``, and nowhere else: a
@@ -134,7 +144,7 @@ from harness.errors import HarnessError, PluginError, TrainingDiverged, Training
 from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
 from harness.options import options_dict
 from harness.progress import Progress
-from harness.train import StepTimer, TrainContext, TrainData
+from harness.train import StepTimer, TrainContext, TrainData, TrainingSteps
 
 
 @dataclass(frozen=True)
@@ -515,7 +525,7 @@ class EpochTrainer(Trainer):
 
     # -- one step at a time (harness bench step) ------------------------------------------------
 
-    def steps(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> _Steps:
+    def steps(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> TrainingSteps:
         """The run prepared as :meth:`fit` prepares it (``training_data``, ``start``, ``optimizer``,
         ``model.train()``), taken one step at a time: see :class:`harness.train.TrainingSteps`.
 
