@@ -30,6 +30,7 @@ from harness.errors import UsageError, unknown_name
 from harness.options import has_field
 from harness.runner import RunRequest, build_model, jsonable, plan_run
 from harness.schedules import SchedulePhase
+from harness.threat import ThreatModel
 from harness.train import StepTimer, TrainContext, TrainData
 
 #: The parts of a step, in its order, and their column headings.
@@ -92,8 +93,9 @@ class StepProfile:
     trainer: str
     preset: str | None
     dataset: str
-    threat: str
-    device: str
+    threat: ThreatModel
+    device: str  # the torch device
+    device_name: str  # what it is (the CPU's model and threads, the GPU's name)
     parameters: int
     batch_size: int
     kernels: dict[str, str] = field(default_factory=dict)
@@ -153,7 +155,8 @@ def profile(
     phases = [SchedulePhase(f"at {f:g}", f, f) for f in at] or trainer.schedule_phases()
     result = StepProfile(
         trainer=plan.key(trainer), preset=plan.preset.name if plan.preset else None, dataset=plan.key(plan.dataset),
-        threat=str(plan.threat), device=device_name(device), parameters=sum(p.numel() for p in model.parameters()), batch_size=size,
+        threat=plan.threat, device=str(device), device_name=device_name(device), parameters=sum(p.numel() for p in model.parameters()),
+        batch_size=size,
     )
     for phase in phases:
         progress(f"{phase.name}: {WARMUP_STEPS} warm-up and {repeat} timed steps at {phase.middle:.3g} of training")
@@ -179,8 +182,9 @@ def records(result: StepProfile) -> list[dict[str, Any]]:
     rows = []
     for p in result.phases:
         rows.append(jsonable({
-            "plugin": result.trainer, "preset": result.preset, "dataset": result.dataset, "threat": result.threat,
-            "device": result.device, "parameters": result.parameters, "batch_size": result.batch_size, "kernels": result.kernels,
+            "plugin": result.trainer, "preset": result.preset, "dataset": result.dataset, "norm": result.threat.norm,
+            "eps": result.threat.eps, "device": result.device, "device_name": result.device_name, "parameters": result.parameters,
+            "batch_size": result.batch_size, "kernels": result.kernels,
             "phase": p.phase, "at": p.at, "values": p.values, "step_ms": 1000 * p.step_s,
             **{f"{part}_ms": 1000 * seconds for part, seconds in p.parts_s.items()},
             "other_ms": 1000 * p.other_s, "largest": p.largest,
@@ -195,7 +199,7 @@ def _share(seconds: float, total: float) -> str:
 def table(result: StepProfile) -> str:
     """The header, one row per phase (ms, and each part's share of the step), and the largest part of each phase."""
     r = result
-    head = [f"plugin {r.trainer}, preset {r.preset or 'none'}, dataset {r.dataset} ({r.threat}), device {r.device}",
+    head = [f"plugin {r.trainer}, preset {r.preset or 'none'}, dataset {r.dataset} ({r.threat}), device {r.device_name}",
             f"{r.parameters:,} parameters, batch {r.batch_size}" + "".join(f", {k} {v}" for k, v in r.kernels.items())]
     header = ["phase", "at", "step ms", *(f"{name} ms" for name in PARTS.values()), "other ms"]
     rows = [[p.phase, f"{p.at:.3g}", f"{1000 * p.step_s:.1f}", *(_share(p.parts_s[part], p.step_s) for part in PARTS),

@@ -47,7 +47,9 @@ def test_every_phase_of_every_builtin_trainer_is_timed_in_parts(harness_cli, tra
     assert [rec["phase"] for rec in records] == phases
     for rec in records:
         assert (rec["plugin"], rec["preset"], rec["dataset"], rec["batch_size"]) == (trainer, "quick", "mnist", 8)
-        assert rec["device"].startswith("cpu") and rec["parameters"] > 0 and 0 <= rec["at"] <= 1 and "lr" in rec["values"]
+        assert (rec["norm"], rec["eps"]) == (("2", 1.58) if trainer == "crm" else ("inf", 0.3))
+        assert rec["device"] == "cpu" and rec["device_name"].startswith("cpu: ") and rec["parameters"] > 0
+        assert 0 <= rec["at"] <= 1 and "lr" in rec["values"]
         parts = [rec[f"{part}_ms"] for part in PARTS]
         assert all(ms > 0 for ms in parts), rec
         # The parts are timed inside the step: what is left (the schedule, the divergence checks) is small and not negative.
@@ -125,6 +127,22 @@ def test_a_trainer_with_its_own_fit_is_refused_in_one_line(harness_cli):
     r = harness_cli("bench", "step", "--plugin", "plain-fit", "--dataset", "mnist", "--eps", "0.1", "--device", "cpu",
                     plugins=[PlainFitPlugin()])
     assert_one_line_error(r, "trainer 'plain-fit' cannot take one training step at a time", "Trainer.steps()", "EpochTrainer")
+
+
+def phase_names(trainer: str, **options) -> list[str]:
+    from harness.testing import make_catalog
+
+    cls = make_catalog().entry("trainer", trainer).component
+    return [phase.name for phase in cls(cls.Options(**options)).schedule_phases()]
+
+
+def test_the_phases_follow_the_options():
+    assert phase_names("linf_v2", epochs=10, p_start_epoch=2, p_end_epoch=8, p_end=50.0) == ["p = 8", "general p", "p = 50"]
+    assert phase_names("linf_v1", epochs=10, p_start_epoch=0, p_end_epoch=10) == ["general p"]
+    assert phase_names("linf_v1", epochs=10, p_start_epoch=4, p_end_epoch=4) == ["p = ∞"]
+    assert phase_names("linf_mlp", epochs=10, p_start_epoch=2, p_end_epoch=8, eps_warmup_epochs=1, bound="crown-ibp") == [
+        "p = 8, eps warm-up, CROWN-IBP", "p = 8", "general p", "p = ∞"]
+    assert phase_names("crm", epochs=10, lr_decay_epoch=5, robust_start_epoch=0) == ["robust (CE + λ·R)"]
 
 
 @pytest.mark.parametrize(("fraction", "expected"), [(0.0, Step(0, 0, 4, 15)), (0.5, Step(7, 2, 4, 15)), (1.0, Step(14, 3, 4, 15))])
