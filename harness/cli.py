@@ -778,12 +778,62 @@ for _fmt in ("markdown", "csv", "json"):
 
 @cli.group()
 def bench() -> None:
-    """Benchmarks that plugins register.
+    """Benchmarks: one training step of any trainer, and those that plugins register.
 
     \b
-    Example:
-      harness bench dist        # the l_p-dist layer against torch.cdist
+    Examples:
+      harness bench step --plugin linf_v2 --preset quick   # where a training step's time goes
+      harness bench dist        # the l_p-dist layer against torch.cdist (plugin lpdist)
     """
+
+
+@bench.command("step")
+@click.option("--plugin", "trainer", required=True, metavar="NAME", help="The trainer (training method); see `harness plugins`.")
+@click.option("--preset", default=None, metavar="NAME", help="Preset name, as for harness run. Default: the dataset's default preset.")
+@click.option("--dataset", default=None, metavar="NAME", help="Dataset whose shape and classes the synthetic batches take. Default: "
+              "the dataset of the trainer's first preset.")
+@click.option("--eps", type=EpsType(), default=None, help="Radius in [0,1] pixel units, as for harness run. Default: the preset's.")
+@click.option("--norm", type=NormType(), default=None, help="Threat-model norm, as for harness run. Default: the preset's.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a model or trainer option (repeatable), "
+              "as for harness run: model.width=64.")
+@click.option("--batch-size", type=click.IntRange(1), default=None, help="Batch size (--set trainer.batch_size). Default: the preset's.")
+@click.option("--at", "at", multiple=True, type=click.FloatRange(0, 1), metavar="F",
+              help="Time the step at fraction F of training (repeatable) instead of the middle of each phase of the schedule.")
+@click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True, help="Timed steps per phase (the median is kept).")
+@click.option("--device", default="auto", show_default=True, type=click.Choice(DEVICES), help="auto: CUDA when present, else the CPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON records (one per phase) instead of a table.")
+def bench_step(trainer: str, preset: str | None, dataset: str | None, eps: float | None, norm: str | None, overrides: tuple[str, ...],
+               batch_size: int | None, at: tuple[float, ...], repeat: int, device: str, as_json: bool) -> None:
+    """Time one training step of a trainer, split into forward, loss/bounds, backward and optimiser.
+
+    The trainer, model and options are those `harness run` would use (the
+    preset, --set); the batches are synthetic, of the dataset's shape (nothing
+    is downloaded). The step is timed at the middle of each phase of the
+    method's schedule (l_inf-dist nets: p = 8, general p, p = ∞; crm: its
+    cross-entropy warm-up and robust phases; linf_mlp: those and its eps
+    warm-up), or at each --at: warm-up steps, then --repeat timed ones, the
+    median kept. Drawing and augmenting the batch are not timed.
+
+    \b
+    Examples:
+      harness bench step --plugin linf_v2 --preset quick --device cpu
+      harness bench step --plugin crm --preset quick --batch-size 128 --json
+      harness bench step --plugin linf_mlp --dataset cifar10 --at 0 --at 0.5 --at 1
+    """
+    import sys
+
+    from harness import bench_step as b
+    from harness.runner import RunRequest
+
+    s = state()
+    if dataset is None:
+        dataset = b.default_dataset(s.catalog, trainer, preset)
+    request = RunRequest(trainer=trainer, dataset=dataset, eps=eps, norm=norm, preset=preset, device=device, overrides=overrides,
+                         attacks=[], certifiers=[])
+    say = (lambda m: click.echo(f"  {m}", err=True)) if not as_json else (lambda m: None)
+    result = b.profile(s.catalog, request, batch_size=batch_size, at=at, repeat=repeat, progress=say)
+    sys.stderr.flush()
+    click.echo(json.dumps(b.records(result), indent=2) if as_json else b.table(result))
 
 
 @cli.group()

@@ -24,12 +24,13 @@ import torch
 from torch import nn
 
 from harness.data.types import DatasetInfo, Splits
-from harness.errors import PluginError
+from harness.errors import PluginError, UsageError
 from harness.options import NoOptions, option_docs
+from harness.schedules import SchedulePhase
 from harness.threat import NORMS, ThreatModel
 
 if TYPE_CHECKING:
-    from harness.train import TrainContext, TrainData
+    from harness.train import TrainContext, TrainData, TrainingSteps
 
 KINDS = ("model", "trainer", "certifier", "attacker", "dataset")
 
@@ -183,6 +184,27 @@ class Trainer(Component):
         ``ctx.checkpoints`` itself and says so in :meth:`resumable`.
         """
         raise NotImplementedError(f"trainer {self.name!r} does not implement fit()")
+
+    # -- one step at a time (harness bench step) -----------------------------------------------
+
+    def steps(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> TrainingSteps:
+        """Called by ``harness bench step``: prepare a run of ``model`` on ``data`` as :meth:`fit` does, without
+        training, and return what takes its steps one at a time (:class:`harness.train.TrainingSteps`).
+
+        :class:`harness.scaffold.EpochTrainer` implements it; a trainer with its own :meth:`fit` does not
+        unless it overrides this.
+
+        :raises UsageError: this trainer cannot take one step at a time.
+        """
+        raise UsageError(
+            f"trainer {self.name!r} cannot take one training step at a time (harness bench step): it implements fit() itself "
+            "and not Trainer.steps(); build it on harness.scaffold.EpochTrainer to profile it"
+        )
+
+    def schedule_phases(self) -> list[SchedulePhase]:
+        """The phases of this method's schedule, as fractions of training (``harness bench step`` times each one's
+        middle); one phase, ``"training"``, by default."""
+        return [SchedulePhase("training", 0.0, 1.0)]
 
     # -- resume ------------------------------------------------------------------------------
 

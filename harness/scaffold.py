@@ -38,6 +38,16 @@ check, ``zero_grad``, ``backward``, ``before_optimizer_step``,
 ``optimizer.step()``, the gradient and parameter check, then a checkpoint when
 one is due; at the end a last checkpoint, then ``finish``.
 
+One step at a time. :meth:`~EpochTrainer.steps` prepares a run as ``fit``
+does and takes its steps one by one, each scheduled at a fraction of training,
+with its parts timed (``harness bench step``): ``"loss"`` (all of
+:meth:`~EpochTrainer.loss`), ``"backward"`` and ``"optimiser"``, through the
+same hooks in the same order as the loop. A method marks its forward pass inside
+its loss, ``with self.timer("forward"): logits = model(images)`` (in training
+``self.timer`` times nothing), lists the phases of its schedule in
+:meth:`~harness.Trainer.schedule_phases` and may name the kernels that compute
+it in :meth:`~EpochTrainer.describe_kernels`.
+
 Per-run state. Whatever one ``fit`` creates besides the model and the optimiser
 (v2's learnable logit scale, CRM's warm-started power iteration) is returned by
 :meth:`~EpochTrainer.start` and lives in ``self.state``, and nowhere else: a
@@ -134,7 +144,7 @@ from harness.errors import HarnessError, PluginError, TrainingDiverged, Training
 from harness.numerics import beyond_bound, describe, describe_growth, grew_too_much, largest_magnitude
 from harness.options import options_dict
 from harness.progress import Progress
-from harness.train import TrainContext, TrainData
+from harness.train import StepTimer, TrainContext, TrainData, TrainingSteps
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,13 @@ class Step:
     def t(self) -> float:
         """Progress in epochs, fractional: ``epoch + index / steps`` (what :mod:`harness.schedules` takes)."""
         return self.epoch + self.index / self.steps
+
+    @classmethod
+    def at(cls, fraction: float, steps: int, epochs: int) -> Step:
+        """The mini-batch at ``fraction`` of training (0: the first, 1: the last), of ``epochs`` epochs of ``steps``."""
+        t = min(max(fraction, 0.0), 1.0) * epochs
+        epoch = min(int(t), epochs - 1)
+        return cls(epoch, min(int((t - epoch) * steps), steps - 1), steps, epochs)
 
 
 @dataclass
@@ -254,6 +271,19 @@ def _check_shards(n: int, batch_size: int, world: World) -> None:
         )
 
 
+def _watched(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """What the divergence check watches: every trained parameter and every floating buffer (mean shifts)."""
+    watched = [p for group in optimizer.param_groups for p in group["params"]]
+    return watched + [b for b in model.buffers() if b.is_floating_point()]
+
+
+def _step_checks(out: BatchLoss, labels: Tensor, watched: list[Tensor]) -> Tensor:
+    """After a step, in one tensor (one synchronisation): the correct predictions, the largest |gradient| and |parameter|."""
+    grads = [p.grad for p in watched if p.grad is not None]
+    hits = (out.logits.detach().argmax(1) == labels).sum().to(torch.float32)
+    return torch.stack([hits, largest_magnitude(grads).to(hits.device), largest_magnitude(watched).to(hits.device)])
+
+
 def _global_means(loss: float, metrics: Mapping[str, float], n: int, n_batch: int) -> tuple[float, dict[str, float]]:
     """The global batch's mean loss and metrics from every rank's means over its ``n`` rows (one all-reduce)."""
     keys = list(metrics)
@@ -288,6 +318,9 @@ class EpochTrainer(Trainer):
 
     #: The per-run state made by :meth:`start` (``None`` before the first run).
     state: Any = None
+    #: Where :meth:`loss` reports its parts (``with self.timer("forward"): ...``): a timer that times nothing,
+    #: except in the steps of ``harness bench step`` (:meth:`steps`).
+    timer: StepTimer = StepTimer()
 
     @classmethod
     def class_problem(cls) -> tuple[str, str] | None:
@@ -354,6 +387,11 @@ class EpochTrainer(Trainer):
         """Called after the last epoch: leave the model in its evaluated form."""
         model.eval()
 
+    def describe_kernels(self, model: nn.Module, images: Tensor) -> dict[str, str]:
+        """Called by ``harness bench step`` after a step on ``images``: which kernels computed it, for its header
+        (e.g. ``{"l_p-dist backend": "native"}``); nothing by default."""
+        return {}
+
     # -- resume --------------------------------------------------------------------------------
 
     @classmethod
@@ -375,12 +413,7 @@ class EpochTrainer(Trainer):
         """
         epochs: int = self.options.epochs
         batch_size: int = self.options.batch_size
-        given = len(data)
-        data = self.training_data(data, ctx)
-        if len(data) == 0:
-            raise UsageError(f"trainer {self.name!r} has no sample left to train on (of the {given} it was given); give more (--train-samples)")
-        self.state = self.start(model, data, ctx)
-        optimizer = self.optimizer(model)
+        data, optimizer = self._prepare(model, data, ctx)
         augmentation = self.augmentation(data)
         steps = data.steps_per_epoch(batch_size)
         at = _Position()
@@ -400,9 +433,7 @@ class EpochTrainer(Trainer):
             ctx.progress,
             at,
         )
-        # What the divergence check watches: every trained parameter and every floating buffer (mean shifts).
-        watched = [p for group in optimizer.param_groups for p in group["params"]]
-        watched += [b for b in model.buffers() if b.is_floating_point()]
+        watched = _watched(model, optimizer)
         trained = [p for group in optimizer.param_groups for p in group["params"]]
         buffers = list(model.buffers())
         if world is not None:  # every rank starts from rank 0's weights, as DDP does
@@ -444,10 +475,7 @@ class EpochTrainer(Trainer):
                         rows = distributed.shard(n_batch, world)
                         images, labels = images[rows], labels[rows]
                     step = Step(epoch, index, steps, epochs)
-                    values = self._schedule(step)
-                    for group in optimizer.param_groups:
-                        group["lr"] = values["lr"] * group.get("lr_scale", 1.0)
-                    self.apply_schedule(model, values)
+                    values = self._begin_step(model, optimizer, step)
                     out = self.loss(model, images, labels, values)
                     loss = out.loss.item()
                     metrics = out.metrics
@@ -468,10 +496,7 @@ class EpochTrainer(Trainer):
                     optimizer.step()
                     if world is not None:  # buffers (running means) follow rank 0's, as DDP's broadcast_buffers
                         distributed.broadcast_(buffers)
-                    # One synchronisation for the accuracy and both checks.
-                    grads = [p.grad for p in watched if p.grad is not None]
-                    hits = (out.logits.detach().argmax(1) == labels).sum().to(torch.float32)
-                    checks = torch.stack([hits, largest_magnitude(grads).to(hits.device), largest_magnitude(watched).to(hits.device)])
+                    checks = _step_checks(out, labels, watched)
                     stop = False
                     if world is not None:  # one reduction: every rank's hits, rank 0's checks, any rank's stop (a signal)
                         ours = torch.where(torch.tensor([True, world.main, world.main], device=checks.device), checks,
@@ -480,10 +505,7 @@ class EpochTrainer(Trainer):
                         total = distributed.all_reduce(torch.cat([ours, stopping]))
                         stop, checks = bool(total[3] > 0), total[:3]
                     correct, gradient, parameter = checks.tolist()
-                    if beyond_bound(gradient):
-                        raise self._diverged("largest |gradient|", describe(gradient), step, values)
-                    if beyond_bound(parameter):
-                        raise self._diverged("largest |parameter| after the step", describe(parameter), step, values)
+                    self._check_update(gradient, parameter, step, values)
                     at.sums.add(n_batch, int(correct), {"loss": loss, **metrics})
                     at.index, at.step = index + 1, at.step + 1
                     shown: dict[str, float | str] = dict(at.sums.means())
@@ -501,7 +523,46 @@ class EpochTrainer(Trainer):
                     if stop and checkpoints is not None:
                         raise self._interrupted(checkpoints, at, steps, epochs, saver.save())
 
+    # -- one step at a time (harness bench step) ------------------------------------------------
+
+    def steps(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> TrainingSteps:
+        """The run prepared as :meth:`fit` prepares it (``training_data``, ``start``, ``optimizer``,
+        ``model.train()``), taken one step at a time: see :class:`harness.train.TrainingSteps`.
+
+        A step is the loop's, from the batch on the device on (neither drawn nor
+        augmented): the scheduled values, ``loss`` (timed as ``"loss"``),
+        the loss check, ``zero_grad`` and ``backward`` (``"backward"``),
+        ``before_optimizer_step`` and ``optimizer.step()`` (``"optimiser"``), the
+        gradient and parameter check. Its position in the schedule is the
+        mini-batch at the fraction asked of ``epochs`` epochs of ``data``'s batches.
+        """
+        return _Steps(self, model, data, ctx)
+
     # -- the loop's parts ----------------------------------------------------------------------
+
+    def _prepare(self, model: nn.Module, data: TrainData, ctx: TrainContext) -> tuple[TrainData, torch.optim.Optimizer]:
+        """A run's start: the data trained on (refused if empty), ``self.state`` and the optimiser."""
+        given = len(data)
+        data = self.training_data(data, ctx)
+        if len(data) == 0:
+            raise UsageError(f"trainer {self.name!r} has no sample left to train on (of the {given} it was given); give more (--train-samples)")
+        self.state = self.start(model, data, ctx)
+        return data, self.optimizer(model)
+
+    def _begin_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, step: Step) -> dict[str, float]:
+        """The scheduled values of ``step``, set: the lr of every group, then :meth:`apply_schedule`."""
+        values = self._schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = values["lr"] * group.get("lr_scale", 1.0)
+        self.apply_schedule(model, values)
+        return values
+
+    def _check_update(self, gradient: float, parameter: float, step: Step, values: Mapping[str, float]) -> None:
+        """Stop at a diverged step: the largest |gradient| or, after the step, |parameter| past the bound."""
+        if beyond_bound(gradient):
+            raise self._diverged("largest |gradient|", describe(gradient), step, values)
+        if beyond_bound(parameter):
+            raise self._diverged("largest |parameter| after the step", describe(parameter), step, values)
 
     def _schedule(self, step: Step) -> dict[str, float]:
         values = self.schedule(step)
@@ -617,6 +678,46 @@ class EpochTrainer(Trainer):
             seconds=saved["seconds"],
             first_loss=saved["first_loss"],
         )
+
+
+class _Steps:
+    """An :class:`EpochTrainer`'s run taken one step at a time (:meth:`EpochTrainer.steps`)."""
+
+    def __init__(self, trainer: EpochTrainer, model: nn.Module, data: TrainData, ctx: TrainContext) -> None:
+        self.trainer, self.model = trainer, model
+        data, self.optimizer = trainer._prepare(model, data, ctx)
+        self.steps = data.steps_per_epoch(trainer.options.batch_size)
+        self.epochs: int = trainer.options.epochs
+        self.watched = _watched(model, self.optimizer)
+        self.images: Tensor | None = None
+        model.train()
+
+    def step(self, images: Tensor, labels: Tensor, at: float, timer: StepTimer) -> dict[str, float]:
+        trainer, model, optimizer = self.trainer, self.model, self.optimizer
+        step = Step.at(at, self.steps, self.epochs)
+        trainer.timer = timer
+        try:
+            values = trainer._begin_step(model, optimizer, step)
+            with timer("loss"):
+                out = trainer.loss(model, images, labels, values)
+            loss = out.loss.item()
+            if beyond_bound(loss):
+                raise trainer._diverged("loss", describe(loss), step, values)
+            with timer("backward"):
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+            with timer("optimiser"):
+                trainer.before_optimizer_step(model, values)
+                optimizer.step()
+            _, gradient, parameter = _step_checks(out, labels, self.watched).tolist()
+            trainer._check_update(gradient, parameter, step, values)
+        finally:
+            del trainer.timer  # back to the class's timer, which times nothing
+        self.images = images
+        return dict(values)
+
+    def kernels(self) -> dict[str, str]:
+        return self.trainer.describe_kernels(self.model, self.images) if self.images is not None else {}
 
 
 __all__ = ["BatchLoss", "EpochTrainer", "Step", "TrainingDiverged", "TrainingInterrupted"]

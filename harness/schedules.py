@@ -14,6 +14,7 @@ it that way (``tests/test_schedules.py`` pins the formulas).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 #: After its relaxation the v2 code switches p to ∞ only if p_end is at least this
 #: (``main.py``: ``if ratio >= 1 and args.p_end >= 100``).
@@ -152,12 +153,37 @@ def exponential_lr_with_stopping(t: float, base: float, final: float, start: flo
     return base * gamma ** (min(epoch, end - 1) - decay + 1)
 
 
+@dataclass(frozen=True)
+class SchedulePhase:
+    """A stretch of training in which a method's schedule does one kind of work (the l_inf-dist nets: p = 8,
+    the relaxation, p = ∞).
+
+    ``start`` and ``end`` are fractions of training in ``[0, 1]``; ``harness bench step`` times a step at
+    the :attr:`middle` of each phase a trainer lists (:meth:`harness.Trainer.schedule_phases`).
+    """
+
+    name: str
+    start: float
+    end: float
+
+    @property
+    def middle(self) -> float:
+        return (self.start + self.end) / 2
+
+
+def phases_in_epochs(epochs: float, *spans: tuple[str, float, float]) -> list[SchedulePhase]:
+    """The phases of ``(name, start epoch, end epoch)`` spans out of ``epochs``, the empty ones left out."""
+    return [SchedulePhase(name, start / epochs, end / epochs) for name, start, end in spans if end > start]
+
+
 __all__ = [
     "V2_INF_THRESHOLD",
+    "SchedulePhase",
     "cosine_annealing",
     "exponential_lr_with_stopping",
     "geometric",
     "linear",
     "p_relaxation",
+    "phases_in_epochs",
     "ramp",
 ]

@@ -1,11 +1,13 @@
-"""What a trainer gets: its data on the device, and the run's context."""
+"""What a trainer gets: its data on the device, the run's context, and the timer of a profiled step."""
 
 from __future__ import annotations
 
 import math
 import warnings
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -89,6 +91,42 @@ class TrainContext:
     history: list[dict[str, float]] = field(default_factory=list)
     #: The process group of a multi-process run (:mod:`harness.distributed`); ``None``: one process.
     world: World | None = None
+
+
+class StepTimer:
+    """What a training step reports its parts to: ``with timer("forward"): logits = model(images)``.
+
+    This one times nothing: training runs with it, so that a method's code marks
+    its parts once and only ``harness bench step`` pays for timing them (with a
+    timer that synchronises the device around each part). A part entered inside
+    another is counted in it alone: the scaffold times ``"loss"`` (all of
+    ``loss()``), ``"backward"`` and ``"optimiser"``; a method marks its
+    ``"forward"`` pass inside its loss, and the rest of the loss (its bounds,
+    its certified loss) is ``"loss"``.
+    """
+
+    def __call__(self, part: str) -> AbstractContextManager[None]:
+        return nullcontext()
+
+
+class TrainingSteps(Protocol):
+    """A run prepared as training prepares it, taken one step at a time (:meth:`harness.Trainer.steps`).
+
+    ``harness bench step`` calls :meth:`step` repeatedly, at several points
+    of the schedule, on one batch; every call is a real step (the weights change).
+    """
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, at: float, timer: StepTimer) -> dict[str, float]:
+        """One training step on ``images`` (in ``[0, 1]``, on the run's device) and ``labels``, scheduled as
+        at fraction ``at`` of training (0: the first step, 1: the last), its parts reported to ``timer``.
+
+        :returns: the scheduled values of the step (at least ``"lr"``).
+        """
+        ...
+
+    def kernels(self) -> dict[str, str]:
+        """What computed the last step, for the benchmark's header (``{"l_p-dist backend": "native"}``); may be empty."""
+        ...
 
 
 def cosine_lr(base: float, progress: float) -> float:

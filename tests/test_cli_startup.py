@@ -19,8 +19,8 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 HEAVY = ("torch", "numpy", "sqlalchemy", "torchattacks", "pyautoattack", "auto_LiRPA", "scipy", "PIL")
 
 
-@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["bench", "--help"], ["bench", "dist", "--help"], ["leaderboard", "--help"],
-                                  ["export", "html", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["bench", "--help"], ["bench", "dist", "--help"], ["bench", "step", "--help"],
+                                  ["leaderboard", "--help"], ["export", "html", "--help"]])
 def test_help_imports_nothing_heavy(args, builtin_env, tmp_path):
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=builtin_env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr

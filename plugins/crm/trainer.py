@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from harness.errors import UsageError
 from harness.options import doc_field, epochs_field
 from harness.scaffold import BatchLoss, EpochTrainer, Step
-from harness.schedules import exponential_lr_with_stopping
+from harness.schedules import SchedulePhase, exponential_lr_with_stopping, phases_in_epochs
 from harness.train import TrainContext, TrainData
 from harness_plugins.crm.augment import RandomAffine
 from harness_plugins.crm.loss import robust_term
@@ -181,11 +181,18 @@ class CRMTrainer(EpochTrainer):
             "robust": 1.0 if step.epoch >= o.robust_start_epoch else 0.0,
         }
 
+    def schedule_phases(self) -> list[SchedulePhase]:
+        """Cross-entropy alone (its constants computed, without gradients), then with the certified-radius term."""
+        o: CRMOptions = self.options
+        start = math.ceil(o.robust_start_epoch)  # the schedule switches at a whole epoch
+        return phases_in_epochs(o.epochs, ("warm-up (CE)", 0, start), ("robust (CE + λ·R)", start, o.epochs))
+
     def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
         o: CRMOptions = self.options
         state = self.state
         robust = values["robust"] > 0
-        logits = model(images)
+        with self.timer("forward"):
+            logits = model(images)
         ce = F.cross_entropy(logits, labels)
         with torch.set_grad_enabled(robust):
             norms = state.estimator.norms(o.power_iterations) if state.norm == "2" else state.estimator.norms()

@@ -1,4 +1,5 @@
-"""Checks shared by the options of the l_inf-dist trainers (``linf_v1``, ``linf_mlp``, ``linf_v2``).
+"""Checks shared by the options of the l_inf-dist trainers (``linf_v1``, ``linf_mlp``, ``linf_v2``), and
+the phases of their p schedule.
 
 Their options declare the same schedule and optimiser fields with each
 paper's defaults and wording; the constraints on them are one set, here.
@@ -20,6 +21,17 @@ def check_relaxation(o: Any) -> None:
         raise ValueError(f"need 0 <= p_start_epoch <= p_end_epoch <= epochs, got {o.p_start_epoch}, {o.p_end_epoch}, {o.epochs}")
     if not 1 <= o.p_start <= o.p_end < math.inf:
         raise ValueError(f"need 1 <= p_start <= p_end < inf, got {o.p_start}, {o.p_end}")
+
+
+def relaxation_spans(o: Any, inf_threshold: float) -> list[tuple[str, float, float]]:
+    """The phases of the p schedule (:func:`harness.schedules.p_relaxation`) as ``(name, start epoch, end epoch)``:
+    p = p_start, the relaxation ("general p"), then p = ∞ (p_end if below ``inf_threshold``); an empty
+    relaxation is p = ∞ from the first step."""
+    last = "p = ∞" if o.p_end >= inf_threshold else f"p = {o.p_end:g}"
+    if o.p_end_epoch <= o.p_start_epoch:
+        return [(last, 0.0, o.epochs)]
+    relaxed = "general p" if o.p_end > o.p_start else f"p = {o.p_start:g}"
+    return [(f"p = {o.p_start:g}", 0.0, o.p_start_epoch), (relaxed, o.p_start_epoch, o.p_end_epoch), (last, o.p_end_epoch, o.epochs)]
 
 
 def check_positive(o: Any, *names: str) -> None:

@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
 from harness.scaffold import EpochTrainer, Step
-from harness.schedules import cosine_annealing, p_relaxation, ramp
+from harness.schedules import SchedulePhase, cosine_annealing, p_relaxation, phases_in_epochs, ramp
 from harness.train import TrainContext, TrainData
-from harness_plugins.lib.lpdist import lp_layers, set_p
-from harness_plugins.lib.relaxation_options import check_adam_and_batches, check_positive, check_relaxation
+from harness_plugins.lib.lpdist import backend_name, lp_layers, set_p
+from harness_plugins.lib.relaxation_options import check_adam_and_batches, check_positive, check_relaxation, relaxation_spans
 
 
 def lp_decay_direction(rows: Tensor, p: float) -> Tensor:
@@ -176,8 +176,16 @@ class V1Recipe(EpochTrainer):
             "eps_train": self.state.eps_train * ramp(t, 0.0, o.eps_warmup_epochs),
         }
 
+    def schedule_phases(self) -> list[SchedulePhase]:
+        """p = p_start, the relaxation, p = ∞ (the v1 code always ends at ∞)."""
+        o: V1Options = self.options
+        return phases_in_epochs(o.epochs, *relaxation_spans(o, inf_threshold=0.0))
+
     def apply_schedule(self, model: nn.Module, values: Mapping[str, float]) -> None:
         set_p(model, values["p"])
+
+    def describe_kernels(self, model: nn.Module, images: Tensor) -> dict[str, str]:
+        return {"l_p-dist backend": backend_name(images)}
 
     def before_optimizer_step(self, model: nn.Module, values: Mapping[str, float]) -> None:
         decoupled_weight_decay_(model, values["lr"], self.options.weight_decay)

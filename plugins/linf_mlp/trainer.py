@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from harness.options import doc_field, epochs_field
 from harness.scaffold import BatchLoss, Step
-from harness.schedules import linear, ramp
+from harness.schedules import SchedulePhase, linear, ramp
 from harness_plugins.lib import citations
 from harness_plugins.lib.lirpa.bounds import bounds_for
 from harness_plugins.lib.v1_recipe import V1Options, V1Recipe
@@ -74,14 +74,31 @@ class LinfMLPTrainer(V1Recipe):
             values["beta"] = linear(o.crown_beta_start, o.crown_beta_end, ramp(step.t, 0.0, o.eps_warmup_epochs))
         return values
 
+    def schedule_phases(self) -> list[SchedulePhase]:
+        """The p phases, each split where the eps warm-up ends; with CROWN-IBP, named where its bounds are mixed in (β > 0)."""
+        o: LinfMLPOptions = self.options
+        warmup = o.eps_warmup_epochs / o.epochs  # as a fraction of training
+        crown = o.bound == "crown-ibp"
+        during = ", eps warm-up" + (", CROWN-IBP" if crown and max(o.crown_beta_start, o.crown_beta_end) > 0 else "")
+        after = ", CROWN-IBP" if crown and o.crown_beta_end > 0 else ""
+        phases = []
+        for phase in super().schedule_phases():
+            if phase.start < warmup:
+                phases.append(SchedulePhase(phase.name + during, phase.start, min(phase.end, warmup)))
+            if phase.end > warmup:
+                phases.append(SchedulePhase(phase.name + after, max(phase.start, warmup), phase.end))
+        return phases
+
     def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
         o: LinfMLPOptions = self.options
         eps_train = values["eps_train"]
-        features = model.features(images)
+        with self.timer("forward"):
+            features = model.features(images)
         # Before the head's forward pass: building the BoundedModule reloads the head's
         # parameters in place, which would invalidate an autograd graph through them.
         bounds = bounds_for(model.head, features)  # built once per head, shared with the certifiers
-        logits = model.head(features)
+        with self.timer("forward"):
+            logits = model.head(features)
         clean_ce = F.cross_entropy(logits, labels)
         lower, upper = features - eps_train, features + eps_train
         margins = bounds.margins(lower, upper, labels, "ibp", center=features)

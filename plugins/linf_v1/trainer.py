@@ -43,7 +43,8 @@ class LinfV1Trainer(V1Recipe):
 
     def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
         o: LinfV1Options = self.options
-        logits = model(images)
+        with self.timer("forward"):
+            logits = model(images)
         clean = margins_to_label(logits, labels)
         worse = (clean + 2 * values["eps_train"]).scatter(1, labels[:, None], 0.0)  # θ = 2·eps_train
         loss = o.kappa * hinge_mix(worse, o.hinge_mix)

@@ -33,11 +33,11 @@ from torch import Tensor, nn
 from harness.data import Augmentation
 from harness.options import doc_field, epochs_field
 from harness.scaffold import BatchLoss, EpochTrainer, Step
-from harness.schedules import cosine_annealing, geometric, p_relaxation, ramp
+from harness.schedules import V2_INF_THRESHOLD, SchedulePhase, cosine_annealing, geometric, p_relaxation, phases_in_epochs, ramp
 from harness.train import TrainContext, TrainData
 from harness_plugins.lib import citations
-from harness_plugins.lib.lpdist import set_p
-from harness_plugins.lib.relaxation_options import check_adam_and_batches, check_positive, check_relaxation
+from harness_plugins.lib.lpdist import backend_name, set_p
+from harness_plugins.lib.relaxation_options import check_adam_and_batches, check_positive, check_relaxation, relaxation_spans
 
 
 @dataclass(frozen=True)
@@ -128,11 +128,20 @@ class LinfV2Trainer(EpochTrainer):
             "lam": geometric(o.lam0, o.lam_end, ramp(t, o.p_start_epoch, o.p_end_epoch)),
         }
 
+    def schedule_phases(self) -> list[SchedulePhase]:
+        """p = p_start (λ0), the relaxation (λ decaying), p = ∞ (λ_end; p_end if below 100, as the code)."""
+        o: LinfV2Options = self.options
+        return phases_in_epochs(o.epochs, *relaxation_spans(o, inf_threshold=V2_INF_THRESHOLD))
+
     def apply_schedule(self, model: nn.Module, values: Mapping[str, float]) -> None:
         set_p(model, values["p"])
 
+    def describe_kernels(self, model: nn.Module, images: Tensor) -> dict[str, str]:
+        return {"l_p-dist backend": backend_name(images)}
+
     def loss(self, model: nn.Module, images: Tensor, labels: Tensor, values: Mapping[str, float]) -> BatchLoss:
-        logits = model(images)
+        with self.timer("forward"):
+            logits = model(images)
         hinge = clipped_hinge(logits, labels, self.state.theta)
         ce = F.cross_entropy(self.state.scale * logits, labels)
         loss = hinge + values["lam"] * ce

@@ -2,7 +2,8 @@
 
 Registers the ``linf_dist_net`` model (:mod:`.models`; ``linf_v1`` and
 ``linf_v2`` train it, naming it by that registered name) and the commands
-``harness bench dist`` and ``harness bench step`` (:mod:`.bench`). The
+``harness bench dist`` and ``harness bench dist-step`` (:mod:`.bench`; the host's
+``harness bench step`` profiles a whole trainer's step). The
 operation and layers themselves are library code, :mod:`harness_plugins.lib.lpdist`.
 """
 
@@ -77,7 +78,7 @@ def register_commands(cli: click.Group) -> None:
             click.echo(b.table(records))
             click.echo(b.p8_ratios(records))
 
-    @bench.command("step")
+    @bench.command("dist-step")
     @device_option
     @click.option("--depth", type=click.IntRange(2), default=6, show_default=True)
     @click.option("--width", type=click.IntRange(1), default=5120, show_default=True)
@@ -85,16 +86,17 @@ def register_commands(cli: click.Group) -> None:
     @click.option("--batch", type=click.IntRange(1), default=512, show_default=True)
     @click.option("--repeat", type=click.IntRange(1, 1000), default=5, show_default=True)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON records instead of a table.")
-    def step(device: str, depth: int, width: int, inp: int, batch: int, repeat: int, as_json: bool) -> None:
-        """Time one training step of an l_inf-dist net at p = 8, general p and p = ∞.
+    def dist_step(device: str, depth: int, width: int, inp: int, batch: int, repeat: int, as_json: bool) -> None:
+        """Time one training step of a bare l_inf-dist net (cross-entropy, Adam) at p = 8, general p and p = ∞.
 
         The defaults are the paper's CIFAR-10 net (6 × 5120 units, batch 512); the original
-        kernels' published times on an RTX 3090 are printed beside ours.
+        kernels' published times on an RTX 3090 are printed beside ours. `harness bench step`
+        times a trainer's whole step instead (its loss, its bounds), split into parts.
 
         \b
         Examples:
-          harness bench step --device cuda
-          harness bench step --device cpu --width 1024 --input 784 --depth 5 --batch 256
+          harness bench dist-step --device cuda
+          harness bench dist-step --device cpu --width 1024 --input 784 --depth 5 --batch 256
         """
         import json as json_module
 

@@ -209,10 +209,11 @@ def test_bench_dist_prints_the_documented_records(harness_cli):
     assert "harness [native]" in table.out and "G pairs/s" in table.out
 
 
-def test_bench_step_times_each_phase(harness_cli):
+def test_bench_dist_step_times_each_phase(harness_cli):
     import json
 
-    r = harness_cli("bench", "step", "--device", "cpu", "--depth", "3", "--width", "16", "--input", "20", "--batch", "8", "--repeat", "1", "--json")
+    r = harness_cli("bench", "dist-step", "--device", "cpu", "--depth", "3", "--width", "16", "--input", "20", "--batch", "8", "--repeat", "1",
+                    "--json")
     assert r.code == 0, r.err
     rows = json.loads(r.out)
     assert [row["p"] for row in rows] == ["8", "general", "inf"] and all(row["seconds"] > 0 for row in rows)
