@@ -39,7 +39,9 @@ from torch import Tensor
 from harness_plugins.lib.lpdist import _compiled
 
 SOURCE = Path(__file__).with_name("native") / "lpdist.cpp"
-FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math"]
+# -ffp-contract=fast: ISO C++ mode (-std=c++17) would otherwise keep every a·b + c of the polynomials two
+# roundings and two instructions; fused, p = 8 runs 20 % faster here and each step rounds once.
+FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
 CACHE_ENV = "HARNESS_CACHE_DIR"
 #: Terms below 2^-NEGLIGIBLE_LOG2 of the largest possible one are skipped (see the source).
 NEGLIGIBLE_LOG2 = 40.0
