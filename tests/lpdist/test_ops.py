@@ -352,3 +352,18 @@ def test_bounds_chunked_equal_unchunked_and_reject_inverted_boxes(monkeypatch):
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
     with pytest.raises(ValueError, match="lower <= upper"):
         inf_dist_bounds(upper + 1, upper, w)
+
+
+@pytest.mark.parametrize("shape", [(5, 4, 6), (7, 5, 13), (33, 17, 100)])
+def test_native_bounds_are_the_reference_bits(shape, monkeypatch):
+    """float32 bounds from the native kernel equal the reference's bit for bit (same subtractions, exact maxima),
+    over boxes with degenerate coordinates, units inside a box and shapes that fill no tile or vector."""
+    b, o, i = shape
+    lower, upper, w = (t.float() for t in boxes(11, b=b, o=o, i=i))
+    monkeypatch.setenv(ops.BACKEND_ENV, "reference")
+    expected = inf_dist_bounds(lower, upper, w)
+    monkeypatch.setenv(ops.BACKEND_ENV, "native")
+    assert ops.backend_name(lower) == "native"
+    got = inf_dist_bounds(lower, upper, w)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+    assert (got[0] <= got[1]).all() and got[0][0, 0] == 0

@@ -192,3 +192,8 @@ def p_backward(
     # d/dw has the opposite sign of d/dx: the same kernel with x and w swapped gives it directly.
     grad_w = _call(kernel, w, x, y.t().contiguous(), grad.t().contiguous(), arg) if need_w else None
     return grad_x, grad_w
+
+
+def inf_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """No kernel of this backend's own: the reference's (chunked torch, exact)."""
+    return _reference.inf_bounds(lower, upper, w)

@@ -107,6 +107,7 @@ _SIGNATURES = {
     "lpdist_inf_forward": ([_P, _P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p8_sum": ([_P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p_sum": ([_P, _P, _P, _P, _I64, _I64, _I64, _F, _INT], None),
+    "lpdist_inf_bounds": ([_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p_backward": ([_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _F, _INT], None),
 }
 
@@ -206,3 +207,14 @@ def p_backward(
     )
     width = x.shape[1]
     return (grad_x[:, :width] if need_x else None), (grad_w[:, :width] if need_w else None)
+
+
+def inf_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """The interval bounds of the p = ∞ distance over boxes (the reference's bits, one pass, threads)."""
+    if not (_ready(lower, w) and _ready(upper, w)):
+        return _compiled.inf_bounds(lower, upper, w)
+    lp, up, wp = _padded(lower), _padded(upper), _padded(w)
+    (b, k), o = lp.shape, wp.shape[0]
+    lo, hi = torch.empty(b, o), torch.empty(b, o)
+    library().lpdist_inf_bounds(_ptr(lp), _ptr(up), _ptr(wp), _ptr(lo), _ptr(hi), b, o, k, _threads())
+    return lo, hi

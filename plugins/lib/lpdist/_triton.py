@@ -316,3 +316,8 @@ def p_backward(
         return _reference.p_backward(x, w, y, grad, p, need_x, need_w)
     mode = _MODE_P8 if p == FAST_INT_P else _MODE_GENERAL
     return _backward(x.contiguous(), w.contiguous(), y.contiguous(), grad.contiguous(), p, mode, need_x, need_w)
+
+
+def inf_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """No kernel of this backend's own: the reference's (chunked torch, exact)."""
+    return _reference.inf_bounds(lower, upper, w)

@@ -238,7 +238,7 @@ def inf_dist_bounds(lower: Tensor, upper: Tensor, w: Tensor) -> tuple[Tensor, Te
     with torch.no_grad():
         if bool((lower > upper).any()):
             raise ValueError("every box needs lower <= upper")
-        return _reference.inf_bounds(lower, upper, w)
+        return _run("inf_bounds", lower, lower, upper, w)
 
 
 # --------------------------------------------------------------------------- convolutional form

@@ -401,9 +401,62 @@ void backward_columns(const float* x, const float* w, const float* g, const floa
     }
 }
 
+
+// --------------------------------------------------------------------------- interval bounds at p = ∞
+
+// Over the box l <= x <= u: hi[b, o] = max_k max(|l − w|, |u − w|) and lo[b, o] = max_k max(l − w,
+// w − u, 0), the distance from w to the box per coordinate (0 inside it). The same float32
+// subtractions and maxima as the reference (harness_plugins.lib.lpdist._reference.inf_bounds), so
+// the same bits: a max is exact, and each difference is rounded once either way.
+void bounds_tile(const float* l, const float* u, const float* w, int64_t I, int64_t b0, int nb, int64_t o0, int no,
+                 int64_t O, float* lo, float* hi) {
+    constexpr int TB = 2, TO = 2;
+    const float *lr[TB], *ur[TB], *wr[TO];
+    for (int i = 0; i < TB; ++i) {
+        lr[i] = l + (b0 + std::min(i, nb - 1)) * I;
+        ur[i] = u + (b0 + std::min(i, nb - 1)) * I;
+    }
+    for (int j = 0; j < TO; ++j) wr[j] = w + (o0 + std::min(j, no - 1)) * I;
+    V accl[TB][TO], acch[TB][TO];
+    for (int i = 0; i < TB; ++i)
+        for (int j = 0; j < TO; ++j) accl[i][j] = acch[i][j] = V{};
+    for (int64_t k = 0; k < I; k += VL) {
+        V lv[TB], uv[TB], wv[TO];
+        for (int i = 0; i < TB; ++i) {
+            lv[i] = load(lr[i] + k);
+            uv[i] = load(ur[i] + k);
+        }
+        for (int j = 0; j < TO; ++j) wv[j] = load(wr[j] + k);
+        for (int i = 0; i < TB; ++i)
+            for (int j = 0; j < TO; ++j) {
+                V below = lv[i] - wv[j], above = wv[j] - uv[i];  // w below the box: l − w > 0
+                acch[i][j] = vmax(acch[i][j], vmax(vabs(below), vabs(uv[i] - wv[j])));
+                accl[i][j] = vmax(accl[i][j], vmax(below, above));
+            }
+    }
+    for (int i = 0; i < nb; ++i)
+        for (int j = 0; j < no; ++j) {
+            int64_t out = (b0 + i) * O + o0 + j;
+            hi[out] = hmax(acch[i][j]);
+            lo[out] = hmax(accl[i][j]);  // accumulators start at 0: the max with 0 is built in
+        }
+}
+
 }  // namespace
 
 extern "C" {
+
+void lpdist_inf_bounds(const float* l, const float* u, const float* w, float* lo, float* hi, int64_t B, int64_t O,
+                       int64_t I, int threads) {
+    int64_t tb = (B + 1) / 2, to = (O + 1) / 2;
+    parallel_for(tb * to, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+            int64_t bt = t / to, ot = t % to;
+            bounds_tile(l, u, w, I, bt * 2, (int)std::min<int64_t>(2, B - bt * 2), ot * 2,
+                        (int)std::min<int64_t>(2, O - ot * 2), O, lo, hi);
+        }
+    });
+}
 
 int lpdist_vector_width() { return VL; }
 
