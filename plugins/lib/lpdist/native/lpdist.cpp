@@ -73,10 +73,34 @@ inline bool any_ge(V a, V b) {
 #endif
 }
 
+// Horizontal max by halving (log2 VL steps, not VL − 1 dependent scalar maxima): it runs once
+// per output, which at p = ∞ is a cost beside a short reduction.
 inline float hmax(V a) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_max_ps((__m512)a);
+#elif defined(__AVX__)
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128((__m256)a), _mm256_extractf128_ps((__m256)a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+#else
     float m = a[0];
     for (int l = 1; l < VL; ++l) m = std::max(m, a[l]);
     return m;
+#endif
+}
+
+// Bit l set where lane l of a equals t.
+inline uint32_t equal_lanes(V a, float t) {
+#if defined(__AVX512F__)
+    return _mm512_cmp_ps_mask((__m512)a, _mm512_set1_ps(t), _CMP_EQ_OQ);
+#elif defined(__AVX__)
+    return (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps((__m256)a, _mm256_set1_ps(t), _CMP_EQ_OQ));
+#else
+    uint32_t bits = 0;
+    for (int l = 0; l < VL; ++l) bits |= (uint32_t)(a[l] == t) << l;
+    return bits;
+#endif
 }
 
 inline float hsum(V a) {
@@ -291,8 +315,8 @@ void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t
             } else if constexpr (M == Mode::MaxIndex) {
                 float top = hmax(best[i][j]);
                 int64_t first = INT64_MAX;
-                for (int l = 0; l < VL; ++l) {
-                    if (best[i][j][l] != top) continue;
+                for (uint32_t lanes = equal_lanes(best[i][j], top); lanes; lanes &= lanes - 1) {
+                    int l = __builtin_ctz(lanes);
                     // The lane's first element equal to its max, inside its recorded block.
                     int64_t start = (int64_t)blk[i][j][l] * KB * VL + l, stop = std::min(I, start + KB * VL);
                     for (int64_t e = start; e < stop; e += VL)
