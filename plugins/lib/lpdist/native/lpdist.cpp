@@ -109,6 +109,18 @@ inline float hsum(V a) {
     return s;
 }
 
+// c[N−1]·t^(N−1) + … + c[0] by Horner's rule (fused multiply-adds with -ffp-contract=fast).
+template <int N>
+inline V horner(V t, const float (&c)[N]) {
+    V r = splat(c[N - 1]);
+    for (int i = N - 2; i >= 0; --i) r = r * t + splat(c[i]);
+    return r;
+}
+
+// 2^f for f in [−½, ½] (error < 7.5e-8 relative), lowest degree first; both exp2_fast below use it.
+constexpr float EXP2_FRACTION[] = {1.0000000716537267f, 0.6931469670348276f, 0.24022119726945593f,
+                                   0.055507133223648704f, 0.009675541209722522f, 0.0013276456198793034f};
+
 #if defined(__AVX512F__)
 // AVX-512 has the pieces as single instructions: getmant/getexp split a into 2^e·m, scalef
 // multiplies by 2^n; a few instructions fewer per term than the portable forms below.
@@ -122,13 +134,9 @@ inline V log2_fast(V a) {
     // A mantissa of [1.5, 2) came back halved into [0.75, 1): its exponent is one more.
     e = _mm512_mask_add_ps(e, _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.0f), _CMP_LT_OQ), e, _mm512_set1_ps(1.0f));
     V t = (V)m - splat(1.0f);
-    V poly = splat(0.11320775307380589f);
-    poly = poly * t + splat(-0.23981677986465677f);
-    poly = poly * t + splat(0.2998465113125473f);
-    poly = poly * t + splat(-0.3621237487418518f);
-    poly = poly * t + splat(0.48052233704321284f);
-    poly = poly * t + splat(-0.7213060558934397f);
-    poly = poly * t + splat(1.4426984544560228f);
+    constexpr float c[] = {1.4426984544560228f, -0.7213060558934397f, 0.48052233704321284f, -0.3621237487418518f,
+                           0.2998465113125473f, -0.23981677986465677f, 0.11320775307380589f};
+    V poly = horner(t, c);
     return (V)e + poly * t;
 }
 
@@ -138,12 +146,7 @@ inline V exp2_fast(V z) {
     __m512 zc = _mm512_max_ps((__m512)z, _mm512_set1_ps(-150.0f));
     __m512 n = _mm512_roundscale_ps(zc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     V f = (V)zc - (V)n;
-    V poly = splat(0.0013276456198793034f);
-    poly = poly * f + splat(0.009675541209722522f);
-    poly = poly * f + splat(0.055507133223648704f);
-    poly = poly * f + splat(0.24022119726945593f);
-    poly = poly * f + splat(0.6931469670348276f);
-    poly = poly * f + splat(1.0000000716537267f);
+    V poly = horner(f, EXP2_FRACTION);
     return (V)_mm512_scalef_ps((__m512)poly, n);
 }
 #else
@@ -154,13 +157,9 @@ inline V log2_fast(V a) {
     VI bits = (VI)a & splati(0x7fffffff);
     VI e = (bits - splati(0x3f3504f3)) >> 23;  // arithmetic shift
     V t = (V)(bits - (e << 23)) - splat(1.0f);
-    V poly = splat(0.17063222528098881f);
-    poly = poly * t + splat(-0.27269769546352546f);
-    poly = poly * t + splat(0.2972630130461666f);
-    poly = poly * t + splat(-0.3589618423948937f);
-    poly = poly * t + splat(0.48046501323485913f);
-    poly = poly * t + splat(-0.7213758741136931f);
-    poly = poly * t + splat(1.4426997262147687f);
+    constexpr float c[] = {1.4426997262147687f, -0.7213758741136931f, 0.48046501323485913f, -0.3589618423948937f,
+                           0.2972630130461666f, -0.27269769546352546f, 0.17063222528098881f};
+    V poly = horner(t, c);
     return __builtin_convertvector(e, V) + poly * t;
 }
 
@@ -172,12 +171,7 @@ inline V exp2_fast(V z) {
     const V magic = splat(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
     V zr = (z + magic) - magic;
     V f = z - zr;
-    V poly = splat(0.0013276456198793034f);
-    poly = poly * f + splat(0.009675541209722522f);
-    poly = poly * f + splat(0.055507133223648704f);
-    poly = poly * f + splat(0.24022119726945593f);
-    poly = poly * f + splat(0.6931469670348276f);
-    poly = poly * f + splat(1.0000000716537267f);
+    V poly = horner(f, EXP2_FRACTION);
     VI n = __builtin_convertvector(zr, VI);
     return (V)((VI)poly + (n << 23));
 }
