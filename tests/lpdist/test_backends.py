@@ -107,6 +107,59 @@ def test_fast_paths_agree_with_reference(monkeypatch, p, target):
     assert torch.isfinite(gx).all() and torch.isfinite(gw).all()
 
 
+def _uniform_inputs(b=37, i=203, o=61, seed=3):
+    """No dominant coordinate: every |x − w| counts at every p, and gradients cancel."""
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.rand(b, i, generator=g), torch.rand(o, i, generator=g)
+    return x.requires_grad_(), w.requires_grad_(), torch.randn(b, o, generator=g)
+
+
+def _errors_in_eps(x, w, grad, p, y, gx, gw, ry, rx, rw):
+    """Max errors in float32 eps: y relative to itself, each gradient element relative to the sum of
+    its terms' magnitudes, Σ |g|·(|d|/y)^(p−1) (a cancelling sum cannot be rounded better than that).
+    Elements whose terms all lie near float32's underflow (sum < 2^-90; the native kernels flush
+    terms below 2^-126 to zero) are left out."""
+    eps = torch.finfo(torch.float32).eps
+    d = (x.detach().double()[:, None] - w.detach().double()[None]).abs()
+    terms = grad.double().abs()[:, :, None] * (d / ry.double()[:, :, None]) ** (p - 1)
+    return [((y.double() - ry.double()).abs() / ry.double()).max().item() / eps] + [
+        ((got.double() - ref.double()).abs() / size)[size > 2.0**-90].max().item() / eps
+        for got, ref, size in ((gx, rx, terms.sum(1)), (gw, rw, terms.sum(0)))
+    ]
+
+
+@pytest.mark.parametrize("p", [8.5, 9.5, 23.9, 47.99])
+@pytest.mark.parametrize("inputs", [identity_init_inputs, _uniform_inputs], ids=["identity-init", "uniform"])
+def test_native_table_power_is_as_accurate_as_float32_arithmetic(monkeypatch, p, inputs):
+    """Where the native kernels raise terms by tables and a polynomial (AVX-512, 8 <= p < 64), the
+    forward and both gradients are as close to float64 as the float32 formula itself is."""
+    from harness_plugins.lib.lpdist import _native
+
+    route = _native.power_route(p)
+    if not route.startswith("table"):
+        pytest.skip(f"p = {p} takes the {route} route on this CPU")
+    x, w, grad = inputs()
+    exact = run_with("reference", monkeypatch, x.detach().double().requires_grad_(), w.detach().double().requires_grad_(), grad.double(), p)
+    native = _errors_in_eps(x, w, grad, p, *run_with("native", monkeypatch, x, w, grad, p), *exact)
+    float32 = _errors_in_eps(x, w, grad, p, *run_with("reference", monkeypatch, x, w, grad, p), *exact)
+    for name, ours, theirs in zip(("y", "grad x", "grad w"), native, float32):
+        assert ours <= 1.25 * theirs + 4, f"{name}: {ours:.1f} eps against float32's {theirs:.1f}"
+
+
+def test_power_route_names_how_each_p_is_raised():
+    from harness_plugins.lib.lpdist import _native
+
+    assert _native.power_route(8.0) == "p8"
+    assert _native.power_route(1000.0) == "log2/exp2"
+    assert _native.power_route(3.0) == "log2/exp2"
+    if _native.vector_width() == 16:  # AVX-512: its permutes hold the tables
+        assert _native.power_route(9.5) == "table, degree 4"
+        assert _native.power_route(63.9).startswith("table, degree ")
+        assert _native.power_route(64.0) == "log2/exp2"
+    else:
+        assert _native.power_route(9.5) == "log2/exp2"
+
+
 @pytest.mark.parametrize("backend", ["native", "compiled"])
 def test_p8_fast_path_falls_back_when_its_sums_would_overflow(monkeypatch, backend):
     x, w, grad = identity_init_inputs()

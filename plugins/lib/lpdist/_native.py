@@ -14,8 +14,12 @@ Everything else goes to the inductor backend (:mod:`._compiled`): float64,
 non-finite inputs (the bit-level log2 would turn them into finite numbers),
 and shapes with a dimension of size 0.
 
-Accuracy: the polynomials' errors (log2 < 3.9e-7 absolute, exp2 < 7.5e-8
-relative) amount to a relative error of about 2e-7·p in a term of the
+Accuracy: with AVX-512 and 8 <= p < 64 the terms (|x − w|/y)^(p−1) are
+raised by tables and a polynomial fitted per call, without forming the
+quotient (:func:`power_route` says which route a p takes): each term carries a
+few float32 roundings, as a float32 computation of the formula does.
+Elsewhere the log2/exp2 polynomials' errors (log2 < 3.9e-7 absolute, exp2 <
+7.5e-8 relative) amount to a relative error of about 2e-7·p in a term of the
 gradient and 3e-7 in the forward, inside float32's own error at each p (a
 rounding error δ of |x − w|/y becomes (p − 1)·δ in its (p − 1)-th power).
 """
@@ -107,6 +111,7 @@ _SIGNATURES = {
     "lpdist_inf_forward": ([_P, _P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p8_sum": ([_P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p_sum": ([_P, _P, _P, _P, _I64, _I64, _I64, _F, _INT], None),
+    "lpdist_table_degree": ([_F], _INT),
     "lpdist_inf_bounds": ([_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p_backward": ([_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _F, _INT], None),
 }
@@ -130,6 +135,15 @@ def library() -> ctypes.CDLL:
 
 def vector_width() -> int:
     return library().lpdist_vector_width()
+
+
+def power_route(p: float) -> str:
+    """How the float32 kernels raise the terms at this finite p: ``"p8"`` (p = 8 by multiplications),
+    ``"table, degree N"`` (AVX-512, 8 <= p < 64) or ``"log2/exp2"``."""
+    if p == FAST_INT_P:
+        return "p8"
+    degree = library().lpdist_table_degree(float(p))
+    return f"table, degree {degree}" if degree else "log2/exp2"
 
 
 def _ready(x: Tensor, w: Tensor) -> bool:

@@ -11,9 +11,13 @@
 // Why these kernels are fast:
 // * the forward works on a TB×TO tile of (sample, unit) pairs at once, so each loaded
 //   vector of x is used TO times and each vector of w TB times (as a GEMM micro-kernel);
-// * finite p computes r^p as exp2(p·log2 r) with short polynomials (log2 error < 3.9e-7
-//   absolute, exp2 < 7.5e-8 relative): far cheaper than libm, and well inside float32's
-//   own error at these p (a relative error δ of r is already (p − 1)·δ in r^(p−1));
+// * finite p on AVX-512 below p = 64 (the p schedule's 8 → 64 stretch) splits |d|/t (t the
+//   max or y) into exponents and fractions and raises it with two register-held tables and a
+//   short polynomial fitted per call (pow_table): no quotient, log2 or exp2, about 13 +
+//   degree instructions per term, and a few float32 roundings per term whatever p is;
+// * elsewhere finite p computes r^p as exp2(p·log2 r) with short polynomials (log2 error <
+//   3.9e-7 absolute, exp2 < 7.5e-8 relative): far cheaper than libm, and inside float32's own
+//   error at these p (a relative error δ of r is already (p − 1)·δ in r^(p−1));
 // * a vector of terms that cannot reach float32 resolution is skipped: a term of the
 //   forward sum is at most 1 and the largest is exactly 1, so terms with r^p < 2^-40 can
 //   change no bit of the result; the backward drops terms below 2^-40 of |g|. At large p
@@ -24,10 +28,12 @@
 //   first maximiser comes out of the same pass as the value.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -195,6 +201,158 @@ inline V ratio(V a, V inv, V y) {
 #endif
 }
 
+#if defined(__AVX512F__)
+// (a/t)^q for 0 <= a <= t and 7 <= q < TABLE_BELOW_P − 1, without log2, exp2 or even the quotient:
+// with a = 2^e·m and t = 2^f·n, m and n in [1, 2),
+//   (a/t)^q = 2^(q·(e − f + ½)) · (2/c)^-q · (m/c)^q · (√2/n)^q,
+// where c is the centre of the 32nd of [1, 2) that holds m. The first two factors come from tables
+// (one permute each: AVX-512 looks up 16 or 32 floats held in registers), m/c = 1 + z with |z| <=
+// 1/64, and (1 + z)^q is a short polynomial fitted per call; (√2/n)^q is one number per pair (sample,
+// unit), which the caller applies once. (The powers of 2 are shared out so that every factor stays
+// within 2^±(q/2 + 1): normal floats for any q < 64, with room for g in the backward.) Nothing rounds a quotient (a rounding ε of a/t would become
+// q·ε in the power), so a term carries a few float32 roundings whatever q is, where the log2/exp2
+// route carries about 2e-7·q; and it costs about 13 + degree instructions instead of about 27.
+// Below p = 64 the polynomial needs degree <= 8. Above, the polynomial grows and the factors'
+// range with it, and the log2/exp2 route with its skipping is as fast: at large p most vectors
+// of terms are negligible and skipped (measured on 256×784→1024 with no dominant coordinate,
+// p = 100: 111 ms here against 114 by log2/exp2; p = 128: 124 against 123).
+constexpr float TABLE_BELOW_P = 64.0f;
+constexpr int TABLE_MAX_DEGREE = 9;
+
+struct PowTable {
+    __m512 inv_lo, inv_hi;    // 1/c_k rounded, c_k = 1 + (k + ½)/32, k = the top 5 bits of m's fraction
+    __m512 mant_lo, mant_hi;  // (2·(1/c_k))^-q of the rounded 1/c_k: (m/2)^q = T[k]·(m·(1/c_k))^q exactly
+    __m512 expo;              // 2^(q·(s + ½)) at slot (s + 127) mod 16 for s = e − f in [−14, 0]; 0 at
+                              // the slot of s <= −15 and wherever it is below 2^-126: a term dropped
+                              // there is below 2^-126·(√2/n)^q <= 2^(q/2 − 126), negligible
+    float coef[TABLE_MAX_DEGREE + 1];  // (1 + z)^q ≈ Σ coef[j]·z^j on |z| <= TABLE_HALF_WIDTH
+    int degree = 0;                    // 0: no polynomial of degree <= TABLE_MAX_DEGREE is accurate enough
+    // The same pieces in double, for the pair factor.
+    double inv_d[32], mant_d[32], coef_d[TABLE_MAX_DEGREE + 1], pow2 = 1;  // pow2 = 2^(-q/2)
+
+    // (√2/n)^q for the fraction n in [1, 2) of t > 0 (t normal), to about 2^-26 relative.
+    double pair_factor(float t) const {
+        uint32_t bits;
+        std::memcpy(&bits, &t, 4);
+        int k = (bits >> 18) & 31;
+        double n = 1.0 + (bits & 0x007fffff) * 0x1p-23, z = n * inv_d[k] - 1.0, v = 0;
+        for (int j = degree; j >= 0; --j) v = v * z + coef_d[j];
+        return pow2 / (mant_d[k] * v);  // (√2/n)^q = 2^(-q/2)/(n/2)^q
+    }
+};
+
+// z = m/c − 1 lies within 1/64 of 0 (and the rounding of 1/c widens that by under 2^-23 relative).
+constexpr double TABLE_HALF_WIDTH = (1.0 / 64) * (1 + 1.0 / (1 << 20));
+// The exponent difference is clamped below at this biased value (s = −15), whose slot holds 0:
+// a/t < 2^-14 is dropped, and (a/t)^q < 2^-98 at q >= 7 cannot change a sum whose largest term is
+// 1 (the forward) or move a gradient by more than 2^-98·|g| per term. a <= t keeps s <= 0.
+constexpr int TABLE_ZERO_EXPONENT = 112;
+
+// Offset added to a's biased exponent so that the clamp and the table see s = e − f biased by 127:
+// 127 − f's biased exponent; a reference t that is 0 or subnormal sends every term to the zero slot.
+// The backward's reference: y·(1 + 2^-20), above every |d| that y's rounding lets exceed y.
+inline float inflated(float y) { return y + y * 0x1p-20f; }
+
+inline int32_t exponent_offset(float t) {
+    if (!(t >= 0x1p-126f)) return -1000;
+    uint32_t bits;
+    std::memcpy(&bits, &t, 4);
+    return 127 - (int32_t)(bits >> 23);
+}
+
+// The interpolant of (1 + z)^q at the n + 1 Chebyshev nodes of [−h, h] (near-minimax), in the
+// scaled variable u = z/h so that the linear system is well conditioned; the smallest n whose
+// relative error, checked on a fine grid in double, is below 2^-26.
+inline void fit_power(double q, PowTable& t) {
+    const double h = TABLE_HALF_WIDTH;
+    for (int n = 2; n <= TABLE_MAX_DEGREE; ++n) {
+        double a[TABLE_MAX_DEGREE + 1][TABLE_MAX_DEGREE + 2];
+        for (int i = 0; i <= n; ++i) {
+            double u = std::cos(3.141592653589793 * (i + 0.5) / (n + 1)), uj = 1;
+            for (int j = 0; j <= n; ++j, uj *= u) a[i][j] = uj;
+            a[i][n + 1] = std::pow(1 + h * u, q);
+        }
+        for (int c = 0; c <= n; ++c) {  // Gauss–Jordan with partial pivoting
+            int piv = c;
+            for (int i = c + 1; i <= n; ++i)
+                if (std::fabs(a[i][c]) > std::fabs(a[piv][c])) piv = i;
+            std::swap(a[c], a[piv]);
+            for (int i = 0; i <= n; ++i)
+                if (i != c) {
+                    double f = a[i][c] / a[c][c];
+                    for (int j = c; j <= n + 1; ++j) a[i][j] -= f * a[c][j];
+                }
+        }
+        double coef[TABLE_MAX_DEGREE + 1], scale = 1;
+        for (int j = 0; j <= n; ++j, scale /= h) coef[j] = a[j][n + 1] / a[j][j] * scale;
+        double worst = 0;
+        for (int s = -2000; s <= 2000; ++s) {
+            double z = h * s / 2000, v = 0;
+            for (int j = n; j >= 0; --j) v = v * z + coef[j];
+            worst = std::max(worst, std::fabs(v / std::pow(1 + z, q) - 1));
+        }
+        if (worst < 0x1p-26) {
+            for (int j = 0; j <= TABLE_MAX_DEGREE; ++j) {
+                t.coef_d[j] = j <= n ? coef[j] : 0.0;
+                t.coef[j] = (float)t.coef_d[j];
+            }
+            t.degree = n;
+            return;
+        }
+    }
+    t.degree = 0;
+}
+
+inline PowTable make_pow_table(float q) {
+    PowTable t;
+    alignas(64) float inv[32], mant[32], expo[16];
+    for (int k = 0; k < 32; ++k) {
+        inv[k] = (float)(1.0 / (1.0 + (k + 0.5) / 32));
+        t.inv_d[k] = inv[k];
+        t.mant_d[k] = std::pow(2.0 * inv[k], -(double)q);
+        mant[k] = (float)t.mant_d[k];
+    }
+    for (int slot = 0; slot < 16; ++slot) {
+        // The biased exponents TABLE_ZERO_EXPONENT .. TABLE_ZERO_EXPONENT + 15 fill the 16 slots once.
+        int biased = TABLE_ZERO_EXPONENT + ((slot - TABLE_ZERO_EXPONENT) % 16 + 16) % 16;
+        double v = std::exp2((double)q * (biased - 127 + 0.5));
+        expo[slot] = biased == TABLE_ZERO_EXPONENT || v < 0x1p-126 ? 0.0f : (float)v;
+    }
+    t.inv_lo = _mm512_load_ps(inv), t.inv_hi = _mm512_load_ps(inv + 16);
+    t.mant_lo = _mm512_load_ps(mant), t.mant_hi = _mm512_load_ps(mant + 16);
+    t.expo = _mm512_load_ps(expo);
+    t.pow2 = std::exp2(-(double)q / 2);
+    fit_power(q, t);
+    return t;
+}
+
+// (a/t)^q·n^q as two factors, scale·poly (the caller multiplies or fuses them), for a >= 0 and
+// offset = exponent_offset(t).
+template <int N>
+inline void pow_table(V a, VI offset, const PowTable& t, const V (&c)[N + 1], V& scale, V& poly) {
+    __m512i bits = _mm512_castps_si512((__m512)a);
+    __m512i k = _mm512_srli_epi32(bits, 18);  // the permutes read its low 5 bits (4 for expo) only
+    __m512i e = _mm512_add_epi32(_mm512_srli_epi32(bits, 23), (__m512i)offset);
+    e = _mm512_max_epi32(e, _mm512_set1_epi32(TABLE_ZERO_EXPONENT));
+    // m = a's fraction under the exponent of 1.0: (bits & 0x007fffff) | 0x3f800000
+    __m512 m = _mm512_castsi512_ps(
+        _mm512_ternarylogic_epi32(bits, _mm512_set1_epi32(0x007fffff), _mm512_set1_epi32(0x3f800000), 0xEA));
+    V z = (V)_mm512_fmsub_ps(m, _mm512_permutex2var_ps(t.inv_lo, k, t.inv_hi), _mm512_set1_ps(1.0f));
+    scale = (V)_mm512_mul_ps(_mm512_permutex2var_ps(t.mant_lo, k, t.mant_hi), _mm512_permutexvar_ps(e, t.expo));
+    V acc = c[N];
+    for (int j = N - 1; j >= 0; --j) acc = acc * z + c[j];
+    poly = acc;
+}
+#else
+constexpr float TABLE_BELOW_P = 0.0f;
+struct PowTable {
+    int degree = 0;  // the table power needs AVX-512's permutes; elsewhere the log2/exp2 route serves every p
+};
+inline PowTable make_pow_table(float) { return PowTable{}; }
+inline int32_t exponent_offset(float) { return 0; }
+inline float inflated(float y) { return y; }
+#endif
+
 struct DenormalsOff {
     // Terms far below a sum's resolution may be denormal; x86 computes those many times slower.
 #if defined(__x86_64__) || defined(__i386__)
@@ -220,9 +378,28 @@ void parallel_for(int64_t n, int threads, F&& fn) {
     for (auto& th : pool) th.join();
 }
 
+// fn(std::integral_constant<int, n>{}) for the polynomial degree n of a PowTable: the kernels are
+// instantiated per degree so that Horner's rule unrolls and its coefficients stay in registers.
+template <class F>
+void with_degree(int n, F&& fn) {
+#if defined(__AVX512F__)
+    switch (n) {
+        case 2: return fn(std::integral_constant<int, 2>{});
+        case 3: return fn(std::integral_constant<int, 3>{});
+        case 4: return fn(std::integral_constant<int, 4>{});
+        case 5: return fn(std::integral_constant<int, 5>{});
+        case 6: return fn(std::integral_constant<int, 6>{});
+        case 7: return fn(std::integral_constant<int, 7>{});
+        case 8: return fn(std::integral_constant<int, 8>{});
+        case 9: return fn(std::integral_constant<int, 9>{});
+    }
+#endif
+    (void)n, (void)fn;
+}
+
 // --------------------------------------------------------------------------- forward kernels
 
-enum class Mode { Max, MaxIndex, Pow8, Pow, PowDense };
+enum class Mode { Max, MaxIndex, Pow8, Pow, PowDense, PowTable, PowTableSkip };
 
 // Below this p, skipping negligible terms costs more than it saves: the bound 2^(-40/p) of a
 // kept |d|/max is under 0.56, nearly every vector holds a term above it, and the per-pair test
@@ -233,8 +410,10 @@ constexpr float DENSE_BELOW_P = 48.0f;
 // The register tile per mode: a TB×TO tile of pairs shares TB + TO loaded vectors. The cheap
 // modes are load-bound and take 3×3; the exp2/log2 of Pow needs registers for its constants,
 // and is compute-bound anyway, so it takes 2×2 (3×3 spills).
-template <Mode M> constexpr int tile_b() { return M == Mode::Pow || M == Mode::PowDense ? 2 : 3; }
-template <Mode M> constexpr int tile_o() { return M == Mode::Pow || M == Mode::PowDense ? 2 : 3; }
+template <Mode M> constexpr bool is_table() { return M == Mode::PowTable || M == Mode::PowTableSkip; }
+template <Mode M> constexpr bool is_pow() { return M == Mode::Pow || M == Mode::PowDense || is_table<M>(); }
+template <Mode M> constexpr int tile_b() { return is_pow<M>() ? 2 : 3; }
+template <Mode M> constexpr int tile_o() { return is_pow<M>() ? 2 : 3; }
 
 // MaxIndex keeps, per lane, a max over a block of KB vectors (one max per pair and vector, as
 // Mode::Max), and only at the end of a block compares it with the lane's best so far and
@@ -244,9 +423,9 @@ constexpr int KB = 8;
 
 // One TB×TO tile (nb <= TB samples from b0, no <= TO units from o0). Rows past nb/no repeat
 // the last valid one (their results are dropped), which keeps the inner loop branch-free.
-template <Mode M>
+template <Mode M, int N = 0>
 void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t o0, int no, int64_t O,
-          float p, const float* m_in, float* y, int64_t* idx) {
+          float p, const float* m_in, float* y, int64_t* idx, const PowTable& table) {
     constexpr int TB = tile_b<M>(), TO = tile_o<M>();
     const float* xr[TB];
     const float* wr[TO];
@@ -256,17 +435,30 @@ void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t
     V best[TB][TO];   // MaxIndex: the lane's max over finished blocks
     VI blk[TB][TO];   // MaxIndex: the (first) block it came from
     V limit[TB][TO], inv_m[TB][TO], mv[TB][TO];
+    double fix[TB][TO];  // PowTable: (√2/n)^p for m = 2^f·n, the pair factor of pow_table
+    VI offset[TB][TO];   // PowTable: exponent_offset(m)
+    V coef[N + 1];
+#if defined(__AVX512F__)
+    if constexpr (is_table<M>())
+        for (int j = 0; j <= N; ++j) coef[j] = splat(table.coef[j]);
+#endif
     for (int i = 0; i < TB; ++i)
         for (int j = 0; j < TO; ++j) {
             acc[i][j] = V{};
             best[i][j] = splat(-1.0f);
             blk[i][j] = VI{};
-            if constexpr (M == Mode::Pow || M == Mode::PowDense) {
+            if constexpr (is_pow<M>()) {
                 // Terms with |d| < limit are below 2^-40 of the largest (which is 1).
                 float m = m_in[(b0 + std::min(i, nb - 1)) * O + o0 + std::min(j, no - 1)];
                 limit[i][j] = splat(m * std::exp2(-40.0f / p));
                 inv_m[i][j] = splat(m > 0 ? 1.0f / m : 0.0f);
                 mv[i][j] = splat(m);
+#if defined(__AVX512F__)
+                if constexpr (is_table<M>()) {
+                    offset[i][j] = splati(exponent_offset(m));
+                    fix[i][j] = m >= 0x1p-126f ? table.pair_factor(m) : 1.0;
+                }
+#endif
             }
         }
     int32_t block = 0;
@@ -283,6 +475,14 @@ void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t
                     V d2 = d * d;
                     V d4 = d2 * d2;
                     acc[i][j] += d4 * d4;
+                } else if constexpr (is_table<M>()) {
+#if defined(__AVX512F__)
+                    V a = vabs(d), scale, poly;
+                    if (M == Mode::PowTable || any_ge(a, limit[i][j])) {
+                        pow_table<N>(a, offset[i][j], table, coef, scale, poly);
+                        acc[i][j] = (V)_mm512_fmadd_ps((__m512)scale, (__m512)poly, (__m512)acc[i][j]);
+                    }
+#endif
                 } else {
                     V a = vabs(d);
                     if (M == Mode::PowDense || any_ge(a, limit[i][j])) acc[i][j] += exp2_fast(splat(p) * log2_fast(ratio(a, inv_m[i][j], mv[i][j])));
@@ -321,15 +521,17 @@ void tile(const float* x, const float* w, int64_t I, int64_t b0, int nb, int64_t
                 }
                 y[out] = top;
                 idx[out] = first;
+            } else if constexpr (is_table<M>()) {
+                y[out] = (float)(hsum(acc[i][j]) * fix[i][j]);
             } else {
                 y[out] = hsum(acc[i][j]);  // Pow8: Σ d^8; Pow: Σ (|d|/m)^p, the caller takes the root
             }
         }
 }
 
-template <Mode M>
+template <Mode M, int N = 0>
 void forward(const float* x, const float* w, int64_t B, int64_t O, int64_t I, float p, const float* m_in, float* y,
-             int64_t* idx, int threads) {
+             int64_t* idx, int threads, const PowTable& table = PowTable{}) {
     constexpr int TB = tile_b<M>(), TO = tile_o<M>();
     int64_t tb = (B + TB - 1) / TB, to = (O + TO - 1) / TO;
     // Task order: blocks of OBLOCK unit tiles outermost, then sample tiles, then the unit tiles
@@ -342,7 +544,7 @@ void forward(const float* x, const float* w, int64_t B, int64_t O, int64_t I, fl
             int64_t width = std::min(OBLOCK, to - block * OBLOCK);
             int64_t bt = rest / width, ot = block * OBLOCK + rest % width;
             int nb = (int)std::min<int64_t>(TB, B - bt * TB), no = (int)std::min<int64_t>(TO, O - ot * TO);
-            tile<M>(x, w, I, bt * TB, nb, ot * TO, no, O, p, m_in, y, idx);
+            tile<M, N>(x, w, I, bt * TB, nb, ot * TO, no, O, p, m_in, y, idx, table);
         }
     });
 }
@@ -362,10 +564,23 @@ constexpr int64_t OCHUNK = 256;  // units per pass, so w and grad_w of a column 
 // (p − 1)·log2 r carries float32's relative error only. Raising |d| and subtracting
 // (p − 1)·log2 y instead loses the difference of two exponents of size (p − 1)·|log2 y|:
 // 3e-5 relative at p = 250, a hundred times float32's rounding of the gradient.
-template <bool P8, bool SKIP>
+//
+// Term::Table (AVX-512, 8 < p < TABLE_BELOW_P) raises |d|/t with the table power (no quotient is
+// formed), t = y·(1 + 2^-20) so that |d| <= t holds through the rounding of y; the factor
+// (t/y)^(p−1) and the pair factor common to a pair's terms are in `g` (see lpdist_p_backward).
+enum class Term { P8, Dense, Skip, Table, TableSkip };
+
+template <Term T, int N = 0>
 void backward_columns(const float* x, const float* w, const float* g, const float* y, const float* scale, const float* limit,
-                      float* gx, float* gw, int64_t B, int64_t O, int64_t I, float p, int64_t k0, int64_t k1) {
+                      float* gx, float* gw, int64_t B, int64_t O, int64_t I, float p, int64_t k0, int64_t k1,
+                      const PowTable& table) {
     const V pm1 = splat(p - 1.0f);
+    V coef[N + 1];
+    constexpr bool TABLE = T == Term::Table || T == Term::TableSkip;
+#if defined(__AVX512F__)
+    if constexpr (TABLE)
+        for (int j = 0; j <= N; ++j) coef[j] = splat(table.coef[j]);
+#endif
     for (int64_t oc = 0; oc < O; oc += OCHUNK) {
         int64_t oe = std::min(O, oc + OCHUNK);
         for (int64_t k = k0; k < k1; k += NV * VL) {
@@ -390,17 +605,30 @@ void backward_columns(const float* x, const float* w, const float* g, const floa
                         float gi = g[pair];
                         if (gi == 0.0f) continue;
                         V gv = splat(gi), sv = splat(scale[pair]), lv = splat(limit[pair]), yv = splat(y[pair]);
+                        VI ov = TABLE ? splati(exponent_offset(inflated(y[pair]))) : VI{};
                         for (int v = 0; v < NV; ++v) {
                             V d = xv[i][v] - wv[v];
                             V term;
-                            if constexpr (P8) {
+                            if constexpr (T == Term::P8) {
                                 V r = d * sv;  // |r| <= 1
                                 V r2 = r * r;
                                 V r3 = r2 * r;
                                 term = gv * (r3 * (r2 * r2));  // r^7 keeps the sign of d
+                            } else if constexpr (TABLE) {
+#if defined(__AVX512F__)
+                                V a = vabs(d), tscale, poly;
+                                if (T == Term::TableSkip && !any_ge(a, lv)) continue;
+                                pow_table<N>(a, ov, table, coef, tscale, poly);
+                                // |d| <= y to the forward's rounding, and d = 0 falls in the zero slot (0).
+                                __m512 mag = _mm512_mul_ps((__m512)tscale, (__m512)poly);
+                                // mag | (d & sign bit): the term takes the sign of d
+                                mag = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_castps_si512(mag), _mm512_castps_si512((__m512)d),
+                                                                                    _mm512_set1_epi32((int32_t)0x80000000), 0xF8));
+                                term = gv * (V)mag;
+#endif
                             } else {
                                 V a = vabs(d);
-                                if (SKIP && !any_ge(a, lv)) continue;
+                                if (T == Term::Skip && !any_ge(a, lv)) continue;
                                 V mag = exp2_fast(pm1 * log2_fast(ratio(a, sv, yv)));
                                 VI sign = (VI)d & splati((int32_t)0x80000000);
                                 mag = (V)((VI)mag | sign);
@@ -484,6 +712,10 @@ void lpdist_inf_bounds(const float* l, const float* u, const float* w, float* lo
 
 int lpdist_vector_width() { return VL; }
 
+// The degree of the polynomial the forward at this p raises its terms with (pow_table), or 0 where
+// it takes the log2/exp2 route (p outside [8, TABLE_BELOW_P), or no AVX-512).
+int lpdist_table_degree(float p) { return p >= 8.0f && p < TABLE_BELOW_P ? make_pow_table(p).degree : 0; }
+
 // 1 if no element of a[0..n) is inf or NaN (the kernels' bit-level log2 must not see them).
 int lpdist_all_finite(const float* a, int64_t n, int threads) {
     int64_t chunks = (n + 4095) / 4096;
@@ -522,7 +754,16 @@ void lpdist_p8_sum(const float* x, const float* w, float* y, int64_t B, int64_t 
 void lpdist_p_sum(const float* x, const float* w, float* m, float* y, int64_t B, int64_t O, int64_t I, float p,
                   int threads) {
     forward<Mode::Max>(x, w, B, O, I, 0, nullptr, m, nullptr, threads);
-    if (p < DENSE_BELOW_P)
+    PowTable table = p >= 8.0f && p < TABLE_BELOW_P ? make_pow_table(p) : PowTable{};
+    if (table.degree && p < DENSE_BELOW_P)
+        with_degree(table.degree, [&](auto n) {
+            forward<Mode::PowTable, decltype(n)::value>(x, w, B, O, I, p, m, y, nullptr, threads, table);
+        });
+    else if (table.degree)
+        with_degree(table.degree, [&](auto n) {
+            forward<Mode::PowTableSkip, decltype(n)::value>(x, w, B, O, I, p, m, y, nullptr, threads, table);
+        });
+    else if (p < DENSE_BELOW_P)
         forward<Mode::PowDense>(x, w, B, O, I, p, m, y, nullptr, threads);
     else
         forward<Mode::Pow>(x, w, B, O, I, p, m, y, nullptr, threads);
@@ -533,14 +774,49 @@ void lpdist_p_sum(const float* x, const float* w, float* m, float* y, int64_t B,
 void lpdist_p_backward(const float* x, const float* w, const float* g, const float* y, const float* scale, const float* limit,
                        float* gx, float* gw, int64_t B, int64_t O, int64_t I, float p, int threads) {
     int64_t blocks = I / (NV * VL) + (I % (NV * VL) != 0);
+    PowTable table = p > 8.0f && p < TABLE_BELOW_P ? make_pow_table(p - 1.0f) : PowTable{};
+    std::vector<float> gt;
+#if defined(__AVX512F__)
+    if (table.degree) {
+        // g·(t/y)^q·(√2/n)^q for t = y·(1 + 2^-20) = 2^f·n, q = p − 1; a pair with g != 0 and y not normal
+        // (not expected: the caller zeroes g where y = 0) sends the whole call to the log2/exp2 route.
+        gt.resize(B * O);
+        std::atomic<bool> odd{false};
+        const double q = p - 1.0;
+        parallel_for(B, threads, [&](int64_t begin, int64_t end) {
+            for (int64_t pair = begin * O; pair < end * O; ++pair) {
+                bool normal = y[pair] >= 0x1p-126f && y[pair] <= 0x1p126f;
+                if (g[pair] == 0.0f || !normal) {
+                    gt[pair] = 0.0f;
+                    odd = odd || g[pair] != 0.0f;
+                    continue;
+                }
+                float t = inflated(y[pair]);
+                // (1 + δ)^q by its series: δ ≈ 2^-20, so the δ^4 term is below 2^-56 for q < 64.
+                double delta = (double)t / y[pair] - 1.0;
+                double growth = 1.0 + q * delta * (1.0 + (q - 1.0) * delta / 2 * (1.0 + (q - 2.0) * delta / 3));
+                gt[pair] = (float)(g[pair] * growth * table.pair_factor(t));
+            }
+        });
+        if (odd) table.degree = 0;
+    }
+#endif
     parallel_for(blocks, threads, [&](int64_t begin, int64_t end) {
         int64_t k0 = begin * NV * VL, k1 = std::min(I, end * NV * VL);
         if (p == 8.0f)
-            backward_columns<true, false>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1);
+            backward_columns<Term::P8>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1, table);
+        else if (table.degree && p < DENSE_BELOW_P)
+            with_degree(table.degree, [&](auto n) {
+                backward_columns<Term::Table, decltype(n)::value>(x, w, gt.data(), y, scale, limit, gx, gw, B, O, I, p, k0, k1, table);
+            });
+        else if (table.degree)
+            with_degree(table.degree, [&](auto n) {
+                backward_columns<Term::TableSkip, decltype(n)::value>(x, w, gt.data(), y, scale, limit, gx, gw, B, O, I, p, k0, k1, table);
+            });
         else if (p < DENSE_BELOW_P)
-            backward_columns<false, false>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1);
+            backward_columns<Term::Dense>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1, table);
         else
-            backward_columns<false, true>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1);
+            backward_columns<Term::Skip>(x, w, g, y, scale, limit, gx, gw, B, O, I, p, k0, k1, table);
     });
 }
 
