@@ -20,9 +20,12 @@ import pytest
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'harness-bench[ray]'; scripts/setup-venv.sh installs it)")
 
 SECRET = "s3cret-pw"
+# The worker is killed at its first checkpoint before the last epoch: the epochs after it are the window
+# the poll below must hit (one epoch of 256 images, about half a second, was missed now and then).
+EPOCHS = 3
 TINY = [
-    "--plugin", "linf_v2,linf_v1", "--dataset", "mnist", "--preset", "quick", "--seeds", "2", "--epochs", "2",
-    "--train-samples", "256", "--eval-samples", "50", "--set", "model.width=64", "--set", "model.depth=3",
+    "--plugin", "linf_v2,linf_v1", "--dataset", "mnist", "--preset", "quick", "--seeds", "2", "--epochs", str(EPOCHS),
+    "--train-samples", "1024", "--eval-samples", "50", "--set", "model.width=64", "--set", "model.depth=3",
     "--set", "attacker.pgd.steps=5", "--attack", "pgd",
 ]
 
@@ -38,10 +41,12 @@ class Swept:
     err: str
     killed_run: int
     killed_pid: int
+    killed_epoch: int  # of its checkpoint when killed
 
 
-def _kill_after_first_checkpoint(proc: subprocess.Popen[str], url: str) -> tuple[int, int]:
-    """SIGKILL the worker of a linf_v2 run once its epoch-1 checkpoint (of 2) is recorded; its run id and pid."""
+def _kill_after_first_checkpoint(proc: subprocess.Popen[str], url: str) -> tuple[int, int, int]:
+    """SIGKILL the worker of a linf_v2 run once a checkpoint before its last epoch is recorded; its run id, pid and
+    the checkpoint's epoch."""
     from harness.errors import HarnessError
     from harness.store import open_store
 
@@ -57,11 +62,12 @@ def _kill_after_first_checkpoint(proc: subprocess.Popen[str], url: str) -> tuple
             time.sleep(0.2)
             continue
         for run in runs:
-            if run.info.trainer == "linf_v2" and (run.checkpoint or {}).get("epoch") == 1:
+            epoch = (run.checkpoint or {}).get("epoch")
+            if run.info.trainer == "linf_v2" and epoch is not None and 1 <= epoch < EPOCHS:
                 pid = run.info.environment["pid"]
                 os.kill(pid, signal.SIGKILL)
                 store.close()
-                return run.id, pid
+                return run.id, pid, epoch
         time.sleep(0.05)
     proc.kill()
     pytest.fail("no linf_v2 checkpoint within 300 s")
@@ -84,12 +90,12 @@ def swept(tmp_path_factory, harness_postgres_server, harness_exe, shared_data):
     proc = subprocess.Popen([harness_exe, "sweep", *TINY, "--db", with_password], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        run_id, pid = _kill_after_first_checkpoint(proc, url)
+        run_id, pid, epoch = _kill_after_first_checkpoint(proc, url)
         out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-    yield Swept(with_password, str(make_url(with_password).password), cwd, env, proc.returncode, out, err, run_id, pid)
+    yield Swept(with_password, str(make_url(with_password).password), cwd, env, proc.returncode, out, err, run_id, pid, epoch)
     drop_database(url)
 
 
@@ -122,7 +128,7 @@ def test_the_sweep_records_four_finished_runs_and_the_killed_one_resumed_once(sw
     logs = list((swept.cwd / "runs" / "sweeps").glob("quick-*/*.log"))
     assert len(logs) == 4
     retried = [log.read_text() for log in logs if log.read_text().count("== 20") == 2]
-    assert len(retried) == 1 and "resumed from epoch 1" in retried[0]
+    assert len(retried) == 1 and f"resumed from epoch {swept.killed_epoch}" in retried[0]
     assert all(swept.secret not in log.read_text() for log in logs)
     assert all(swept.secret not in json.dumps([r.info.config, r.info.environment]) for r in runs)
 
