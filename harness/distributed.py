@@ -138,11 +138,19 @@ def use_batch_stats(batch_stats: str) -> World | None:
 
 
 def shutdown() -> None:
-    """Leave the group (at the end of a process's run)."""
+    """Leave the group (at the end of a process's run, from a ``finally``).
+
+    With no exception in flight (the run succeeded), every rank first waits for the others: a gloo peer that
+    closes its connections while another still finishes its last collective can abort that one ("terminate
+    called without an active exception", seen on a loaded 2-core machine). With one in flight it leaves at
+    once: a failed peer would never arrive, and the launcher stops the others."""
     global _world
     if _world is not None:
         import torch.distributed as dist
 
+        if sys.exc_info()[1] is None:
+            with contextlib.suppress(Exception):
+                dist.barrier()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
         _world = None

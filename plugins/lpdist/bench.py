@@ -26,8 +26,9 @@ from harness_plugins.lib.lpdist.ops import backend_name, lp_dist
 
 CPU_SHAPES = [(256, 784, 1024), (256, 1024, 1024)]  # (batch, in, out)
 PAPER_SHAPES = [(512, 784, 5120), (512, 3072, 5120), (512, 5120, 5120), (512, 5120, 10)]
-# 9.5: the relaxation's first epochs, where no term is small enough to skip (the slowest finite p).
-P_VALUES = [8.0, 9.5, 64.0, 1000.0, math.inf]
+# 9.5: the relaxation's first epochs, where no term is small enough to skip; 40: the top of the dense stretch,
+# where the native kernels' polynomial is longest and still nothing is skipped.
+P_VALUES = [8.0, 9.5, 40.0, 64.0, 1000.0, math.inf]
 IMPLS = ("harness", "cdist", "naive")
 
 
@@ -200,6 +201,30 @@ def p8_ratios(records: list[Record]) -> str:
         worst = max(finite, key=lambda r: r.fwdbwd_s, default=None)
         summary = f"; slowest finite p: {worst.fwdbwd_s / base.fwdbwd_s:.2f}× p=8" if worst else ""
         lines.append(f"B={shape[0]} {shape[1]}→{shape[2]}, fwd+bwd over p=8: " + ", ".join(parts) + summary)
+    return "\n".join(lines)
+
+
+def peak_lines(records: list[Record]) -> str:
+    """Where the native CPU kernels ran: this CPU's arithmetic ceiling for the p = 8 and p = ∞ forwards (their inner
+    loops on operands held in registers, measured now) and each harness forward's rate as a share of it; and how each
+    finite p was raised (the native kernels' route). Empty elsewhere."""
+    mine = [r for r in records if r.impl == "harness" and r.backend == "native" and r.fwd_s]
+    if not mine:
+        return ""
+    from harness_plugins.lib.lpdist import _native
+
+    peaks = {p: _native.peak_pairs_per_second(p) for p in (8.0, math.inf)}
+    lines = [f"this CPU's peak for the forward's arithmetic alone ({torch.get_num_threads()} threads, operands in registers): "
+             f"p=8 {peaks[8.0] / 1e9:.1f} G pairs/s, p=inf {peaks[math.inf] / 1e9:.1f} G pairs/s"]
+    for r in mine:
+        peak = peaks.get(math.inf if r.p == "inf" else r.p)
+        if peak:
+            rate = r.batch * r.in_ * r.out / r.fwd_s
+            what = "with the argmax a backward needs" if r.p == "inf" else "the sum"
+            lines.append(f"B={r.batch} {r.in_}→{r.out} p={r.p} forward ({what}): {rate / 1e9:.1f} G pairs/s, {100 * rate / peak:.0f} % of peak")
+    finite = sorted({r.p for r in mine if isinstance(r.p, float) and r.p != 8.0})
+    if finite:
+        lines.append("finite p raised by: " + ", ".join(f"p={p} {_native.power_route(p)}" for p in finite))
     return "\n".join(lines)
 
 

@@ -258,8 +258,12 @@ def test_bench_dist_prints_the_documented_records(harness_cli):
         assert (rec["batch"], rec["in"], rec["out"]) == (16, 20, 24) and rec["fwd_s"] > 0 and rec["fwdbwd_s"] > 0
         # Only this module stays finite at p = 1000 (|x − w| ≈ 10 under the identity init).
         assert rec["finite"] == (rec["impl"] == "harness" or rec["p"] != 1000.0)
-    table = harness_cli("bench", "dist", "--shape", "16,20,24", "--p", "inf", "--repeat", "1")
+    table = harness_cli("bench", "dist", "--shape", "16,20,24", "--p", "9.5", "--p", "inf", "--repeat", "1")
     assert "harness [native]" in table.out and "G pairs/s" in table.out
+    # The native kernels' rates against this CPU's measured ceiling, and the route each finite p took.
+    assert "this CPU's peak for the forward's arithmetic alone" in table.out
+    assert "B=16 20→24 p=inf forward (with the argmax a backward needs):" in table.out and "% of peak" in table.out
+    assert "finite p raised by: p=9.5 " in table.out
 
 
 def test_bench_dist_step_times_each_phase(harness_cli):

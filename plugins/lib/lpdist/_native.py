@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -112,6 +113,7 @@ _SIGNATURES = {
     "lpdist_p8_sum": ([_P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p_sum": ([_P, _P, _P, _P, _I64, _I64, _I64, _F, _INT], None),
     "lpdist_table_degree": ([_F], _INT),
+    "lpdist_peak_pairs": ([_INT, _INT, ctypes.c_double], ctypes.c_double),
     "lpdist_inf_bounds": ([_P, _P, _P, _P, _P, _I64, _I64, _I64, _INT], None),
     "lpdist_p_backward": ([_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _F, _INT], None),
 }
@@ -135,6 +137,12 @@ def library() -> ctypes.CDLL:
 
 def vector_width() -> int:
     return library().lpdist_vector_width()
+
+
+def peak_pairs_per_second(p: float, seconds: float = 0.3) -> float:
+    """The pair rate of the p = ∞ (``p=inf``) or p = 8 forward's arithmetic alone on this CPU, with torch's
+    thread count: its inner loop on operands held in registers (no memory traffic). The ceiling for a forward."""
+    return library().lpdist_peak_pairs(0 if math.isinf(p) else 1, _threads(), seconds)
 
 
 def power_route(p: float) -> str:

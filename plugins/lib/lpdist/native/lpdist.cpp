@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -64,7 +65,17 @@ inline void store(float* p, V v) { std::memcpy(p, &v, sizeof v); }
 
 inline V vabs(V a) { return (V)((VI)a & splati(0x7fffffff)); }
 
-inline V vmax(V a, V b) { return a > b ? a : b; }
+// a > b ? a : b, which is exactly what maxps computes (ties and NaN give b); spelled as the
+// instruction because GCC sometimes compiles the select to a compare and a blend instead.
+inline V vmax(V a, V b) {
+#if defined(__AVX512F__)
+    return (V)_mm512_max_ps((__m512)a, (__m512)b);
+#elif defined(__AVX__)
+    return (V)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return a > b ? a : b;
+#endif
+}
 
 inline bool any_ge(V a, V b) {
 #if defined(__AVX512F__)
@@ -694,6 +705,47 @@ void bounds_tile(const float* l, const float* u, const float* w, int64_t I, int6
         }
 }
 
+// lpdist_peak_pairs's loop: the tile's arithmetic of mode M, repeated until `seconds` have passed
+// since `start`; the pairs it did.
+template <Mode M>
+int64_t peak_loop(std::chrono::steady_clock::time_point start, double seconds) {
+    V xv[3], wv[3], acc[3][3];
+    for (int i = 0; i < 3; ++i) xv[i] = splat(0.25f * (i + 1)), wv[i] = splat(-0.5f * (i + 1));
+    for (auto& row : acc)
+        for (V& a : row) a = V{};
+    constexpr int64_t CHUNK = 1 << 14;
+    int64_t done = 0;
+    do {
+        for (int64_t it = 0; it < CHUNK; ++it) {
+            for (int i = 0; i < 3; ++i) {
+#if defined(__x86_64__) || defined(__i386__)
+                asm volatile("" : "+v"(xv[i]));  // no instruction: only hides that x does not change
+#elif defined(__aarch64__)
+                asm volatile("" : "+w"(xv[i]));
+#endif
+            }
+            for (int i = 0; i < 3; ++i)
+                for (int j = 0; j < 3; ++j) {
+                    V d = xv[i] - wv[j];
+                    if constexpr (M == Mode::Max) {
+                        acc[i][j] = vmax(acc[i][j], vabs(d));
+                    } else {
+                        V d2 = d * d;
+                        V d4 = d2 * d2;
+                        acc[i][j] += d4 * d4;
+                    }
+                }
+        }
+        done += CHUNK;
+    } while (std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < seconds);
+    V sink = V{};
+    for (auto& row : acc)
+        for (V& a : row) sink += a;
+    volatile float keep = hsum(sink);  // the accumulators are used: the loop cannot be dropped
+    (void)keep;
+    return done * 9 * VL;
+}
+
 }  // namespace
 
 extern "C" {
@@ -711,6 +763,21 @@ void lpdist_inf_bounds(const float* l, const float* u, const float* w, float* lo
 }
 
 int lpdist_vector_width() { return VL; }
+
+// Pairs per second that the forward's arithmetic alone reaches on this CPU: the inner loop of the
+// p = ∞ forward (Mode::Max: |x − w| and a max) or of the p = 8 sum (Mode::Pow8: x − w, two squarings
+// and a fused multiply-add) on a 3×3 tile whose operands stay in registers (no loads, no argmax
+// bookkeeping), on `threads` threads for about `seconds`. The ceiling a forward pass could reach,
+// against which `harness bench dist` states its own rate.
+double lpdist_peak_pairs(int mode, int threads, double seconds) {
+    std::atomic<int64_t> pairs{0};
+    auto start = std::chrono::steady_clock::now();
+    parallel_for(threads, threads, [&](int64_t, int64_t) {
+        pairs += mode == 0 ? peak_loop<Mode::Max>(start, seconds) : peak_loop<Mode::Pow8>(start, seconds);
+    });
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return (double)pairs / elapsed;
+}
 
 // The degree of the polynomial the forward at this p raises its terms with (pow_table), or 0 where
 // it takes the log2/exp2 route (p outside [8, TABLE_BELOW_P), or no AVX-512).
