@@ -71,15 +71,16 @@ def register_commands(cli: click.Group) -> None:
         target = resolve_device(device)
         shapes = custom or (b.PAPER_SHAPES if paper else b.CPU_SHAPES)
         say = (lambda m: print(f"  {m}", file=sys.stderr, flush=True)) if not as_json else (lambda m: None)
+        peaks = None if as_json else b.native_peaks(target)
         records = b.run(shapes, ps, target, repeat, progress=say)
         if as_json:
             click.echo(b.to_json(records))
         else:
             click.echo(b.table(records))
             click.echo(b.p8_ratios(records))
-            peaks = b.peak_lines(records)
-            if peaks:
-                click.echo(peaks)
+            shares = b.peak_lines(records, peaks)
+            if shares:
+                click.echo(shares)
 
     @bench.command("dist-step")
     @device_option

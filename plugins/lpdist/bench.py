@@ -204,16 +204,26 @@ def p8_ratios(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-def peak_lines(records: list[Record]) -> str:
-    """Where the native CPU kernels ran: this CPU's arithmetic ceiling for the p = 8 and p = ∞ forwards (their inner
-    loops on operands held in registers, measured now) and each harness forward's rate as a share of it; and how each
-    finite p was raised (the native kernels' route). Empty elsewhere."""
+def native_peaks(device: torch.device) -> dict[float, float] | None:
+    """This CPU's arithmetic ceiling (pairs/s) for the native p = 8 and p = ∞ forwards: their inner loops on operands
+    held in registers. Measured before any timing, while torch's OpenMP workers are not spinning on the cores (they
+    stay busy for a while after each parallel operation, and measured right after the bench the ceiling came out
+    a third lower). None where the native kernels would not run."""
+    if device.type != "cpu" or backend_name(torch.zeros(1)) != "native":
+        return None
+    from harness_plugins.lib.lpdist import _native
+
+    return {p: _native.peak_pairs_per_second(p) for p in (8.0, math.inf)}
+
+
+def peak_lines(records: list[Record], peaks: dict[float, float] | None) -> str:
+    """Each native forward's rate as a share of this CPU's ceiling (:func:`native_peaks`), and how each finite p was
+    raised (the native kernels' route). Empty where the native kernels did not run."""
     mine = [r for r in records if r.impl == "harness" and r.backend == "native" and r.fwd_s]
-    if not mine:
+    if not mine or not peaks:
         return ""
     from harness_plugins.lib.lpdist import _native
 
-    peaks = {p: _native.peak_pairs_per_second(p) for p in (8.0, math.inf)}
     lines = [f"this CPU's peak for the forward's arithmetic alone ({torch.get_num_threads()} threads, operands in registers): "
              f"p=8 {peaks[8.0] / 1e9:.1f} G pairs/s, p=inf {peaks[math.inf] / 1e9:.1f} G pairs/s"]
     for r in mine:
