@@ -34,7 +34,7 @@ def test_run_is_recorded_with_typed_results_and_per_sample_results(finished_run,
     # The resolved configuration is stored in full, overrides included.
     config = shown["info"]["config"]
     assert config["model"]["options"]["width"] == 64 and config["trainer"]["options"]["epochs"] == 2
-    assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 12 / 15)  # scaled with --epochs
+    assert config["trainer"]["options"]["p_end_epoch"] == pytest.approx(2 * 8 / 9)  # the preset's 8/9 of its epochs, scaled with --epochs
     (attacker,) = [a for a in config["evaluation"]["attackers"] if a["name"] == "pgd"]
     assert attacker["options"]["steps"] == 10
     # Only the certifiers that ran are in the stored configuration; the others say why they did not apply.
