@@ -21,7 +21,9 @@
 // * a vector of terms that cannot reach float32 resolution is skipped: a term of the
 //   forward sum is at most 1 and the largest is exactly 1, so terms with r^p < 2^-40 can
 //   change no bit of the result; the backward drops terms below 2^-40 of |g|. At large p
-//   (p = 1000 keeps r > 0.973 only) nearly every vector is skipped after one compare;
+//   (p = 1000 keeps r > 0.973 only) nearly every vector is skipped after one compare. The
+//   log2/exp2 route tests from p = 48; the table route where a sample of 64 pairs says that
+//   most vectors are skippable (the test and its mispredicted branch cost more otherwise);
 // * the backward computes each term once and adds it to both gradients (x and w); threads
 //   own disjoint column blocks, so no reduction is shared and the result is deterministic;
 // * p = ∞ tracks, per vector lane, the max and the index of the vector it came from, so the
@@ -217,16 +219,18 @@ inline V ratio(V a, V inv, V y) {
 // with a = 2^e·m and t = 2^f·n, m and n in [1, 2),
 //   (a/t)^q = 2^(q·(e − f + ½)) · (2/c)^-q · (m/c)^q · (√2/n)^q,
 // where c is the centre of the 32nd of [1, 2) that holds m. The first two factors come from tables
-// (one permute each: AVX-512 looks up 16 or 32 floats held in registers), m/c = 1 + z with |z| <=
-// 1/64, and (1 + z)^q is a short polynomial fitted per call; (√2/n)^q is one number per pair (sample,
-// unit), which the caller applies once. (The powers of 2 are shared out so that every factor stays
-// within 2^±(q/2 + 1): normal floats for any q < 64, with room for g in the backward.) Nothing rounds a quotient (a rounding ε of a/t would become
-// q·ε in the power), so a term carries a few float32 roundings whatever q is, where the log2/exp2
-// route carries about 2e-7·q; and it costs about 13 + degree instructions instead of about 27.
-// Below p = 64 the polynomial needs degree <= 8. Above, the polynomial grows and the factors'
-// range with it, and the log2/exp2 route with its skipping is as fast: at large p most vectors
-// of terms are negligible and skipped (measured on 256×784→1024 with no dominant coordinate,
-// p = 100: 111 ms here against 114 by log2/exp2; p = 128: 124 against 123).
+// (one permute each: AVX-512 looks up 16 or 32 floats held in registers), m/c = 1 + z with
+// |z| <= 1/64, and (1 + z)^q is a short polynomial fitted per call; (√2/n)^q is one number per pair
+// (sample, unit), which the caller applies once. The powers of 2 are shared out so that every
+// factor stays within 2^±(q/2 + 1): normal floats for q < 64, with room for g in the backward.
+// Nothing rounds a quotient (a rounding ε of a/t would become q·ε in the power), so a term carries
+// a few float32 roundings whatever q is, where the log2/exp2 route carries about 2e-7·q; and it
+// costs about 13 + degree instructions instead of about 27.
+//
+// Below p = 64 the polynomial needs degree <= 8. Above, it grows (degree 10 at p = 100) and the
+// factors leave float's range; with wider factors the table route measured no faster there than
+// log2/exp2 (256×784→1024, no dominant coordinate: p = 100 111 ms against 114, p = 128 124 against
+// 123), so p >= 64 takes the log2/exp2 route.
 constexpr float TABLE_BELOW_P = 64.0f;
 constexpr int TABLE_MAX_DEGREE = 9;
 
