@@ -35,6 +35,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -229,8 +230,8 @@ inline V ratio(V a, V inv, V y) {
 //
 // Below p = 64 the polynomial needs degree <= 8. Above, it grows (degree 10 at p = 100) and the
 // factors leave float's range; with wider factors the table route measured no faster there than
-// log2/exp2 (256×784→1024, no dominant coordinate: p = 100 111 ms against 114, p = 128 124 against
-// 123), so p >= 64 takes the log2/exp2 route.
+// log2/exp2 (256×784→1024, no dominant coordinate: p = 100 111 ms against 114, p = 127.9 129 ms
+// against 123 at p = 128), so p >= 64 takes the log2/exp2 route.
 constexpr float TABLE_BELOW_P = 64.0f;
 constexpr int TABLE_MAX_DEGREE = 9;
 
@@ -263,11 +264,11 @@ constexpr double TABLE_HALF_WIDTH = (1.0 / 64) * (1 + 1.0 / (1 << 20));
 // 1 (the forward) or move a gradient by more than 2^-98·|g| per term. a <= t keeps s <= 0.
 constexpr int TABLE_ZERO_EXPONENT = 112;
 
-// Offset added to a's biased exponent so that the clamp and the table see s = e − f biased by 127:
-// 127 − f's biased exponent; a reference t that is 0 or subnormal sends every term to the zero slot.
 // The backward's reference: y·(1 + 2^-20), above every |d| that y's rounding lets exceed y.
 inline float inflated(float y) { return y + y * 0x1p-20f; }
 
+// Offset added to a's biased exponent so that the clamp and the table see s = e − f biased by 127:
+// 127 − f's biased exponent; a reference t that is 0 or subnormal sends every term to the zero slot.
 inline int32_t exponent_offset(float t) {
     if (!(t >= 0x1p-126f)) return -1000;
     uint32_t bits;
@@ -341,8 +342,27 @@ inline PowTable make_pow_table(float q) {
     return t;
 }
 
-// (a/t)^q·n^q as two factors, scale·poly (the caller multiplies or fuses them), for a >= 0 and
-// offset = exponent_offset(t).
+// make_pow_table(q), remembered for the last few q: the layers of a step share p (the forward
+// raises to p, the backward to p − 1), and a fit costs 0.2–0.4 ms, 4–10 % of a quick linf_v2
+// step when made per call. A copy is returned: another thread may replace the entry.
+inline PowTable pow_table_for(float q) {
+    static std::mutex lock;
+    static PowTable cache[4];
+    static float keys[4] = {-1, -1, -1, -1};
+    static int next = 0;
+    {
+        std::lock_guard<std::mutex> hold(lock);
+        for (int i = 0; i < 4; ++i)
+            if (keys[i] == q) return cache[i];
+    }
+    PowTable made = make_pow_table(q);
+    std::lock_guard<std::mutex> hold(lock);
+    keys[next] = q, cache[next] = made, next = (next + 1) % 4;
+    return made;
+}
+
+// (a/t)^q without its pair factor (√2/n)^q, as two factors scale·poly (the caller multiplies or
+// fuses them), for a >= 0 and offset = exponent_offset(t).
 template <int N>
 inline void pow_table(V a, VI offset, const PowTable& t, const V (&c)[N + 1], V& scale, V& poly) {
     __m512i bits = _mm512_castps_si512((__m512)a);
@@ -364,6 +384,7 @@ struct PowTable {
     int degree = 0;  // the table power needs AVX-512's permutes; elsewhere the log2/exp2 route serves every p
 };
 inline PowTable make_pow_table(float) { return PowTable{}; }
+inline PowTable pow_table_for(float) { return PowTable{}; }
 inline int32_t exponent_offset(float) { return 0; }
 inline float inflated(float y) { return y; }
 #endif
@@ -426,7 +447,8 @@ constexpr float DENSE_BELOW_P = 48.0f;
 // this share of the vectors can be skipped. The test costs about 12 % where nothing is skippable
 // (p = 48, inputs with no dominant coordinate: 90 ms against 80), twice the dense time where half
 // is, at random (p = 24, identity-init inputs, 48 % skippable: 122 ms against 63: the branch is
-// mispredicted), and saves most where most is (p = 32, 90 %: 50 ms against 67).
+// mispredicted), and saves most where most is (1024→1024, p = 32, 90 %: 50 ms, where p = 16
+// densely took 67).
 constexpr double SKIP_WORTH_IT = 0.7;
 
 // The share of VL-wide vectors of |x − w| whose every lane lies below 2^(-40/q) of the pair's
@@ -856,7 +878,7 @@ void lpdist_p8_sum(const float* x, const float* w, float* y, int64_t B, int64_t 
 void lpdist_p_sum(const float* x, const float* w, float* m, float* y, int64_t B, int64_t O, int64_t I, float p,
                   int threads) {
     forward<Mode::Max>(x, w, B, O, I, 0, nullptr, m, nullptr, threads);
-    PowTable table = p >= 8.0f && p < TABLE_BELOW_P ? make_pow_table(p) : PowTable{};
+    PowTable table = p >= 8.0f && p < TABLE_BELOW_P ? pow_table_for(p) : PowTable{};
     bool skip = table.degree && skippable_share(x, w, B, O, I, p, [](int64_t, int64_t, float max) { return max; }) >= SKIP_WORTH_IT;
     if (table.degree && !skip)
         with_degree(table.degree, [&](auto n) {
@@ -877,7 +899,7 @@ void lpdist_p_sum(const float* x, const float* w, float* m, float* y, int64_t B,
 void lpdist_p_backward(const float* x, const float* w, const float* g, const float* y, const float* scale, const float* limit,
                        float* gx, float* gw, int64_t B, int64_t O, int64_t I, float p, int threads) {
     int64_t blocks = I / (NV * VL) + (I % (NV * VL) != 0);
-    PowTable table = p > 8.0f && p < TABLE_BELOW_P ? make_pow_table(p - 1.0f) : PowTable{};
+    PowTable table = p > 8.0f && p < TABLE_BELOW_P ? pow_table_for(p - 1.0f) : PowTable{};
     std::vector<float> gt;
     std::vector<int32_t> offsets;
 #if defined(__AVX512F__)
